@@ -1,0 +1,468 @@
+"""Datasets: Fashion-MNIST, one-class splits, and the user's own images from folders.
+
+Images are kept as ``uint8`` arrays of shape (n, h, w, c) with ``c`` 1 (gray) or 3 (RGB) at their stored size;
+resizing and the backbone's normalisation happen batch by batch in :mod:`doc_core.backbones`, so no float copy of a
+whole dataset is ever held.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """A dataset could not be found or read; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------------- Fashion-MNIST
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) of unsigned bytes into an array of its stated shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise DataError(f"{path} is truncated or corrupt: {len(data)} bytes, expected {expected}")
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+@dataclass(frozen=True)
+class FashionMNIST:
+    """The Fashion-MNIST arrays: images uint8 (n, 28, 28, 1), labels int64 (n,) in 0-9."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+    class_names: tuple[str, ...] = FASHION_MNIST_CLASSES
+
+
+def _keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets" / "fashion-mnist"
+
+
+def fashion_mnist_candidates(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """The folders searched for the four Fashion-MNIST ``.gz`` files, in order, each with a label."""
+    places: list[tuple[str, Path]] = []
+    if data_dir is not None:
+        places.append(("data_dir argument", Path(data_dir)))
+    if os.environ.get("DOC_DATA_DIR"):
+        places.append(("DOC_DATA_DIR", Path(os.environ["DOC_DATA_DIR"])))
+    places.append(("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST_DIR))
+    places.append(("Keras cache", _keras_cache_dir()))
+    return places
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> FashionMNIST:
+    """Load Fashion-MNIST from the first place that has it.
+
+    Searched in order: ``data_dir``, ``$DOC_DATA_DIR``, ``/usr/share/datasets/fashion-mnist`` (Debian package
+    ``dataset-fashion-mnist``), the Keras cache, then (if ``download``) Keras' own download.
+
+    Raises
+    ------
+    DataError
+        Naming every place tried and how to fix it, when none works.
+    """
+    tried: list[str] = []
+    for label, folder in fashion_mnist_candidates(data_dir):
+        paths = {k: folder / v for k, v in FASHION_MNIST_FILES.items()}
+        missing = [p.name for p in paths.values() if not p.is_file()]
+        if missing:
+            tried.append(f"{label}: {folder} (missing {', '.join(missing)})")
+            continue
+        try:
+            arrays = {k: read_idx(p) for k, p in paths.items()}
+        except (OSError, EOFError, DataError) as exc:
+            tried.append(f"{label}: {folder} (unreadable: {exc})")
+            continue
+        return _fashion_from_arrays(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                                    arrays["test_labels"], str(folder))
+    if download:
+        try:
+            import keras
+
+            (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
+            return _fashion_from_arrays(xtr, ytr, xte, yte, "keras download")
+        except Exception as exc:  # noqa: BLE001 - any network or file failure ends up in the one message below
+            tried.append(f"Keras download (failed: {type(exc).__name__}: {exc})")
+    else:
+        tried.append("Keras download (not attempted: download=False)")
+    raise DataError(
+        "Fashion-MNIST was not found. Tried:\n  - " + "\n  - ".join(tried)
+        + "\nFix: install the Debian package (`apt-get install dataset-fashion-mnist`), or put the four files "
+        + ", ".join(FASHION_MNIST_FILES.values()) + " in a folder and set DOC_DATA_DIR to it."
+    )
+
+
+def _fashion_from_arrays(xtr, ytr, xte, yte, source: str) -> FashionMNIST:
+    xtr, xte = np.asarray(xtr, np.uint8), np.asarray(xte, np.uint8)
+    if xtr.shape[1:] != (28, 28) or xte.shape[1:] != (28, 28) or len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataError(f"Fashion-MNIST from {source} has unexpected shapes {xtr.shape}, {xte.shape}")
+    return FashionMNIST(xtr[..., None], np.asarray(ytr, np.int64), xte[..., None], np.asarray(yte, np.int64), source)
+
+
+# --------------------------------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How to cut Fashion-MNIST into a one-class problem.
+
+    Parameters
+    ----------
+    normal_classes : tuple of int
+        Classes treated as normal (target) data.
+    anomaly_classes : tuple of int or None
+        Test classes treated as anomalies; None means every class that is not normal.
+    reference_classes : tuple of int or None
+        Classes of the reference set for the descriptiveness loss; None means every class that is neither normal nor
+        an anomaly class (when that leaves none, every class that is not normal).
+    n_normal : int or None
+        Number of normal training images (a random subset); None uses all of them.
+    n_reference : int
+        Number of reference training images, drawn at random from the reference classes.
+    seed : int
+        Seed of every random draw of the split.
+    """
+
+    normal_classes: tuple[int, ...] = (7,)
+    anomaly_classes: tuple[int, ...] | None = (9,)
+    reference_classes: tuple[int, ...] | None = (0, 1, 2, 3, 4, 5, 6, 8)
+    n_normal: int | None = None
+    n_reference: int = 6000
+    seed: int = 0
+
+    @classmethod
+    def tutorial(cls, seed: int = 0) -> "SplitConfig":
+        """The Keras write-up's experiment: Sneaker normal, Ankle boot anomalous, 6,000 reference images of 0-6, 8."""
+        return cls(seed=seed)
+
+    @classmethod
+    def one_vs_rest(cls, normal_class: int, seed: int = 0, n_reference: int = 6000) -> "SplitConfig":
+        """Normal = one class, anomalies = all others on the whole test set, reference = the other classes."""
+        return cls(normal_classes=(normal_class,), anomaly_classes=None, reference_classes=None,
+                   n_reference=n_reference, seed=seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SplitConfig":
+        tup = lambda v: None if v is None else tuple(int(x) for x in v)  # noqa: E731
+        return cls(normal_classes=tup(d["normal_classes"]), anomaly_classes=tup(d.get("anomaly_classes")),
+                   reference_classes=tup(d.get("reference_classes")), n_normal=d.get("n_normal"),
+                   n_reference=int(d.get("n_reference", 6000)), seed=int(d.get("seed", 0)))
+
+
+@dataclass(frozen=True)
+class OneClassSplit:
+    """A one-class problem: normal training images, labelled reference images and a test set.
+
+    Attributes
+    ----------
+    train_normal : np.ndarray, uint8, shape (n, h, w, c)
+    reference : np.ndarray, uint8, shape (r, h, w, c)
+    reference_labels : np.ndarray, int64, shape (r,)
+        Indices into ``reference_names``.
+    reference_names : tuple of str
+    test_images : np.ndarray, uint8, shape (m, h, w, c)
+    test_labels : np.ndarray, int64, shape (m,)
+        1 = anomaly, 0 = normal, -1 = unknown (unlabelled test images).
+    test_classes : tuple of str, length m
+        Class name of each test image (for colouring and filtering).
+    name : str
+    info : dict
+        JSON-serialisable description (source, config).
+    """
+
+    train_normal: np.ndarray
+    reference: np.ndarray
+    reference_labels: np.ndarray
+    reference_names: tuple[str, ...]
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    test_classes: tuple[str, ...]
+    name: str = "split"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def has_test_labels(self) -> bool:
+        """Whether the test set has both normal and anomalous labelled images (so AUC is defined)."""
+        return bool(np.any(self.test_labels == 0) and np.any(self.test_labels == 1))
+
+    def summary(self) -> dict[str, int]:
+        """Image counts per role."""
+        return {
+            "normal training": int(len(self.train_normal)),
+            "reference": int(len(self.reference)),
+            "test normal": int(np.sum(self.test_labels == 0)),
+            "test anomaly": int(np.sum(self.test_labels == 1)),
+            "test unlabelled": int(np.sum(self.test_labels == -1)),
+        }
+
+
+def _check_classes(classes: Iterable[int], what: str) -> tuple[int, ...]:
+    out = tuple(int(c) for c in classes)
+    bad = [c for c in out if not 0 <= c <= 9]
+    if bad:
+        raise ValueError(f"{what} must be Fashion-MNIST classes 0-9, got {bad}")
+    return out
+
+
+def make_split(config: SplitConfig = SplitConfig(), data: FashionMNIST | None = None) -> OneClassSplit:
+    """Cut Fashion-MNIST into a :class:`OneClassSplit` as described by ``config`` (see :class:`SplitConfig`)."""
+    data = data if data is not None else load_fashion_mnist()
+    normal = _check_classes(config.normal_classes, "normal_classes")
+    if not normal:
+        raise ValueError("at least one normal class is needed")
+    anomaly = (tuple(c for c in range(10) if c not in normal) if config.anomaly_classes is None
+               else _check_classes(config.anomaly_classes, "anomaly_classes"))
+    if set(anomaly) & set(normal):
+        raise ValueError(f"classes {sorted(set(anomaly) & set(normal))} are both normal and anomalous")
+    if not anomaly:
+        raise ValueError("at least one anomaly class is needed")
+    if config.reference_classes is None:
+        reference = tuple(c for c in range(10) if c not in normal and c not in anomaly) or \
+            tuple(c for c in range(10) if c not in normal)
+    else:
+        reference = _check_classes(config.reference_classes, "reference_classes")
+    if set(reference) & set(normal):
+        raise ValueError(f"reference classes {sorted(set(reference) & set(normal))} are also normal classes")
+    if len(reference) < 2:
+        raise ValueError("the descriptiveness loss needs at least 2 reference classes")
+    rng = np.random.default_rng(config.seed)
+    normal_idx = np.flatnonzero(np.isin(data.train_labels, normal))
+    if config.n_normal is not None:
+        if config.n_normal > len(normal_idx):
+            raise ValueError(f"n_normal={config.n_normal} but only {len(normal_idx)} normal training images exist")
+        normal_idx = np.sort(rng.choice(normal_idx, config.n_normal, replace=False))
+    ref_pool = np.flatnonzero(np.isin(data.train_labels, reference))
+    if config.n_reference > len(ref_pool):
+        raise ValueError(f"n_reference={config.n_reference} but only {len(ref_pool)} reference images exist")
+    ref_idx = np.sort(rng.choice(ref_pool, config.n_reference, replace=False))
+    ref_map = {c: i for i, c in enumerate(reference)}
+    test_idx = np.flatnonzero(np.isin(data.test_labels, normal + anomaly))
+    test_y = data.test_labels[test_idx]
+    names = data.class_names
+    return OneClassSplit(
+        train_normal=data.train_images[normal_idx],
+        reference=data.train_images[ref_idx],
+        reference_labels=np.array([ref_map[c] for c in data.train_labels[ref_idx]], np.int64),
+        reference_names=tuple(names[c] for c in reference),
+        test_images=data.test_images[test_idx],
+        test_labels=np.isin(test_y, anomaly).astype(np.int64),
+        test_classes=tuple(names[c] for c in test_y),
+        name="fashion-mnist: normal " + "+".join(names[c] for c in normal),
+        info={"source": "fashion-mnist", "data_path": data.source, "config": config.to_dict()},
+    )
+
+
+# --------------------------------------------------------------------------------------------------- image files
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that could not be used, and why."""
+
+    path: str
+    reason: str
+
+
+def read_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode one image file into an RGB ``uint8`` array (h, w, 3), resized to (size, size) when given.
+
+    Handles gray, palette, 16-bit, alpha (composited on white) and EXIF-rotated images.
+
+    Raises
+    ------
+    DataError
+        For unreadable, non-image, empty or oversized files, naming the file.
+    """
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the limit of {max_pixels}")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            arr = _pil_to_rgb(im)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    if size is not None:
+        arr = resize_image(arr, size)
+    return arr
+
+
+def _pil_to_rgb(im) -> np.ndarray:
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
+        return np.repeat(a.round().astype(np.uint8)[..., None], 3, axis=-1)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (h, w, c) uint8 image to (size, size, c): area averaging when shrinking, bilinear when enlarging."""
+    import cv2
+
+    h, w = image.shape[:2]
+    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
+    out = cv2.resize(image, (size, size), interpolation=interp)
+    return out.reshape(size, size, -1) if out.ndim == 2 else out
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by extension) directly inside ``folder`` and its subfolders, sorted; hidden files skipped."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def read_images(paths: Sequence[str | os.PathLike], size: int) -> tuple[np.ndarray, list[Path], list[SkippedFile]]:
+    """Read many images at (size, size, 3), skipping bad files.
+
+    Returns
+    -------
+    images : np.ndarray, uint8, shape (n_ok, size, size, 3)
+    ok : list of Path, the files that were read, in order
+    skipped : list of SkippedFile
+    """
+    images, ok, skipped = [], [], []
+    for p in paths:
+        try:
+            images.append(read_image(p, size))
+            ok.append(Path(p))
+        except DataError as exc:
+            skipped.append(SkippedFile(str(p), str(exc)))
+    arr = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return arr, ok, skipped
+
+
+FOLDER_LAYOUT = """\
+my_data/
+  train/                 normal training images (any names, subfolders allowed)
+  reference/             reference images, one subfolder per class (at least 2 classes)
+    class_a/  class_b/ ...
+  test/                  optional
+    normal/              test images known to be normal
+    anomaly/             test images known to be anomalous
+    unlabelled/          test images without a label (also: images directly in test/)
+"""
+
+
+def load_folder_split(root: str | os.PathLike, image_size: int = 96, min_train: int = 2,
+                      min_reference_per_class: int = 1) -> tuple[OneClassSplit, list[SkippedFile]]:
+    """Load the user's own images laid out as in :data:`FOLDER_LAYOUT`.
+
+    Parameters
+    ----------
+    root : path
+        The folder holding ``train/``, ``reference/`` and optionally ``test/``.
+    image_size : int
+        Every image is stored resized to (image_size, image_size, 3) uint8.
+    min_train : int
+        Fewest normal training images accepted (the compactness loss needs a batch of at least 2).
+
+    Returns
+    -------
+    split : OneClassSplit
+    skipped : list of SkippedFile
+        Files that could not be read; the rest of the dataset is still loaded.
+
+    Raises
+    ------
+    DataError
+        Missing folders, empty folders or too few images, with the expected layout in the message.
+    """
+    root = Path(root)
+    layout_hint = "\nExpected layout:\n" + FOLDER_LAYOUT
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder.{layout_hint}")
+    train_dir, ref_dir, test_dir = root / "train", root / "reference", root / "test"
+    for d in (train_dir, ref_dir):
+        if not d.is_dir():
+            raise DataError(f"missing folder {d}.{layout_hint}")
+    skipped: list[SkippedFile] = []
+    train, _, sk = read_images(list_images(train_dir), image_size)
+    skipped += sk
+    if len(train) < min_train:
+        raise DataError(f"{train_dir} has {len(train)} readable images; at least {min_train} are needed.{layout_hint}")
+    ref_classes = sorted(d.name for d in ref_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    refs, ref_labels, ref_names = [], [], []
+    for name in ref_classes:
+        imgs, _, sk = read_images(list_images(ref_dir / name), image_size)
+        skipped += sk
+        if len(imgs) < min_reference_per_class:
+            continue
+        ref_labels.append(np.full(len(imgs), len(ref_names), np.int64))
+        ref_names.append(name)
+        refs.append(imgs)
+    if len(ref_names) < 2:
+        raise DataError(f"{ref_dir} needs at least 2 class subfolders with readable images, found "
+                        f"{len(ref_names)}.{layout_hint}")
+    test_imgs, test_labels, test_classes, test_paths = [], [], [], []
+    if test_dir.is_dir():
+        groups = [("normal", 0, list_images(test_dir / "normal") if (test_dir / "normal").is_dir() else []),
+                  ("anomaly", 1, list_images(test_dir / "anomaly") if (test_dir / "anomaly").is_dir() else [])]
+        loose = [p for p in list_images(test_dir)
+                 if p.relative_to(test_dir).parts[0] not in ("normal", "anomaly")]
+        groups.append(("unlabelled", -1, loose))
+        for name, label, paths in groups:
+            imgs, ok, sk = read_images(paths, image_size)
+            skipped += sk
+            test_imgs.append(imgs)
+            test_labels += [label] * len(imgs)
+            test_classes += [name] * len(imgs)
+            test_paths += [str(p.relative_to(root)) for p in ok]
+    test = np.concatenate(test_imgs) if test_imgs else np.zeros((0, image_size, image_size, 3), np.uint8)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable file(s), first: {skipped[0].path}: {skipped[0].reason}",
+                      stacklevel=2)
+    split = OneClassSplit(
+        train_normal=train, reference=np.concatenate(refs), reference_labels=np.concatenate(ref_labels),
+        reference_names=tuple(ref_names), test_images=test, test_labels=np.asarray(test_labels, np.int64),
+        test_classes=tuple(test_classes), name=f"folder: {root.name}",
+        info={"source": "folder", "root": str(root), "image_size": image_size, "test_paths": test_paths,
+              "skipped": [asdict(s) for s in skipped]},
+    )
+    return split, skipped

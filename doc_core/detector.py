@@ -1,0 +1,278 @@
+"""The DOC anomaly detector: a fine-tuned backbone, a memory bank of normal features, a scorer and a threshold."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .backbones import Backbone, BackboneConfig
+from .metrics import threshold_percentile
+from .scoring import SCORERS, make_scorer
+from .training import DOCTrainer, StepRecord, TrainConfig
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "doc-explorer-detector"
+_FILES = ("detector.json", "backbone.weights.h5", "bank.npz")
+
+
+class DetectorFormatError(ValueError):
+    """A saved detector folder is missing, broken, tampered with or from an incompatible version."""
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Test-time scorer: ``name`` in {"knn", "lof"}, ``k`` neighbours (None = the scorer's default), bank size cap."""
+
+    name: str = "knn"
+    k: int | None = None
+    max_bank_size: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "k": self.k, "max_bank_size": self.max_bank_size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScorerConfig":
+        return cls(name=str(d.get("name", "knn")), k=d.get("k"), max_bank_size=d.get("max_bank_size"))
+
+
+class DOCDetector:
+    """Deep One-Class Classification detector (Perera & Patel, 2019).
+
+    Parameters
+    ----------
+    backbone : BackboneConfig
+    train : TrainConfig
+        ``epochs=0`` gives the pretrained-feature baseline (no DOC training).
+    scorer : ScorerConfig
+    threshold_percentile : float
+        Default threshold: this percentile of the leave-one-out scores of the normal training images.
+
+    Attributes
+    ----------
+    backbone_ : Backbone
+        The fine-tuned feature extractor.
+    bank_ : np.ndarray, float32, shape (n, k)
+        Features of the normal training images.
+    scorer_ : KNNScorer or LOFScorer
+    threshold_ : float
+        Images with ``decision_function > threshold_`` are predicted anomalous.
+    history_ : list of StepRecord
+    reference_names_ : tuple of str
+    fit_seconds_ : float
+    """
+
+    def __init__(self, backbone: BackboneConfig = BackboneConfig(), train: TrainConfig = TrainConfig(),
+                 scorer: ScorerConfig = ScorerConfig(), threshold_percentile: float = 95.0) -> None:
+        self.backbone = backbone
+        self.train = train
+        self.scorer = scorer
+        self.threshold_percentile = threshold_percentile
+
+    # ------------------------------------------------------------------------------------------------ fitting
+
+    def fit_steps(self, normal: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
+                  reference_names: tuple[str, ...] | None = None,
+                  on_prepare: Callable[[str], None] | None = None) -> Iterator[StepRecord]:
+        """Train and fit the scorer, yielding a :class:`StepRecord` per training step.
+
+        Parameters
+        ----------
+        normal : np.ndarray, uint8, shape (n, h, w, c)
+            Normal (target) training images.
+        reference : np.ndarray, uint8, shape (r, h, w, c)
+        reference_labels : np.ndarray, int, shape (r,)
+            Reference class indices in ``[0, n_classes)``.
+        reference_names : tuple of str, optional
+            Names of the reference classes (stored with the detector).
+        on_prepare : callable, optional
+            Called with a message before slow non-step phases (frozen layers, memory bank).
+
+        Stopping the iteration early (or :meth:`stop`) still leaves a usable detector trained for fewer steps.
+        """
+        if self.scorer.name not in SCORERS:
+            raise ValueError(f"unknown scorer {self.scorer.name!r}; choose one of {', '.join(SCORERS)}")
+        t0 = time.perf_counter()
+        self.backbone_ = Backbone(self.backbone)
+        n_classes = int(np.max(reference_labels)) + 1 if len(reference_labels) else 0
+        self.reference_names_ = tuple(reference_names) if reference_names else tuple(str(i) for i in range(n_classes))
+        self.history_: list[StepRecord] = []
+        if self.train.epochs > 0:
+            self._trainer = DOCTrainer(self.backbone_, max(n_classes, len(self.reference_names_)), self.train)
+            try:
+                for rec in self._trainer.steps(normal, reference, reference_labels, on_prepare=on_prepare):
+                    self.history_.append(rec)
+                    yield rec
+            finally:
+                self._trainer = None
+        if on_prepare:
+            on_prepare(f"embedding {len(normal)} normal training images")
+        self._fit_bank(self.backbone_.embed(normal))
+        self.fit_seconds_ = time.perf_counter() - t0
+
+    def fit(self, normal: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
+            reference_names: tuple[str, ...] | None = None,
+            callback: Callable[[StepRecord], None] | None = None) -> "DOCDetector":
+        """Train and fit the scorer to the end; see :meth:`fit_steps`. Returns self."""
+        for rec in self.fit_steps(normal, reference, reference_labels, reference_names):
+            if callback is not None:
+                callback(rec)
+        return self
+
+    def fit_split(self, split, callback: Callable[[StepRecord], None] | None = None) -> "DOCDetector":
+        """:meth:`fit` on a :class:`doc_core.data.OneClassSplit`."""
+        return self.fit(split.train_normal, split.reference, split.reference_labels, split.reference_names, callback)
+
+    def stop(self) -> None:
+        """Ask a running :meth:`fit_steps` to end training after the current step (thread-safe)."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            trainer.stop()
+
+    def _fit_bank(self, bank: np.ndarray) -> None:
+        self.bank_ = np.asarray(bank, np.float32)
+        self.scorer_ = make_scorer(self.scorer.name, self.scorer.k, self.scorer.max_bank_size).fit(self.bank_)
+        self.train_scores_ = self.scorer_.training_scores()
+        self.threshold_ = threshold_percentile(self.train_scores_, self.threshold_percentile)
+
+    def with_scorer(self, scorer: ScorerConfig) -> "DOCDetector":
+        """A copy sharing the fine-tuned backbone but scoring with another scorer (no retraining)."""
+        self._check_fitted()
+        other = DOCDetector(self.backbone, self.train, scorer, self.threshold_percentile)
+        other.backbone_, other.history_ = self.backbone_, self.history_
+        other.reference_names_, other.fit_seconds_ = self.reference_names_, getattr(self, "fit_seconds_", 0.0)
+        other._fit_bank(self.bank_)
+        return other
+
+    # ------------------------------------------------------------------------------------------------ inference
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "bank_"):
+            raise RuntimeError("this DOCDetector is not fitted yet; call fit() or DOCDetector.load()")
+
+    def embed(self, images: np.ndarray, batch_size: int = 256, progress=None) -> np.ndarray:
+        """Features of uint8 images (n, h, w, c) -> float32 (n, k)."""
+        self._check_fitted()
+        return self.backbone_.embed(_as_images(images), batch_size, progress)
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        """Anomaly scores of precomputed features, float32 (n,); higher = more anomalous."""
+        self._check_fitted()
+        return self.scorer_.score_samples(features)
+
+    def decision_function(self, images: np.ndarray, batch_size: int = 256, progress=None) -> np.ndarray:
+        """Anomaly scores of uint8 images (n, h, w, c), float32 (n,); higher = more anomalous."""
+        return self.score_features(self.embed(images, batch_size, progress))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """1 (anomaly) where ``decision_function > threshold_``, else 0; int64 (n,)."""
+        return (self.decision_function(images) > self.threshold_).astype(np.int64)
+
+    # ------------------------------------------------------------------------------------------------ persistence
+
+    def config_dict(self) -> dict:
+        return {"backbone": self.backbone.to_dict(), "train": self.train.to_dict(), "scorer": self.scorer.to_dict(),
+                "threshold_percentile": self.threshold_percentile}
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+        """Save to a folder (Keras weights + ``.npz`` + JSON; no pickle), atomically.
+
+        Everything is written to a temporary folder beside ``path`` and then renamed into place, so a crash
+        mid-save leaves any earlier detector at ``path`` intact.
+        """
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            self.backbone_.model.save_weights(tmp / "backbone.weights.h5")
+            np.savez(tmp / "bank.npz", bank=self.bank_)
+            doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": self.config_dict(),
+                   "threshold": float(self.threshold_), "reference_names": list(self.reference_names_),
+                   "feature_dim": int(self.bank_.shape[1]), "fit_seconds": float(getattr(self, "fit_seconds_", 0.0)),
+                   "history": [r.to_dict() for r in self.history_], "metadata": metadata or {}}
+            (tmp / "detector.json").write_text(json.dumps(doc, indent=1))
+            _fsync_tree(tmp)
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DOCDetector":
+        """Load a folder written by :meth:`save`. Runs no code from the folder (weights and arrays only).
+
+        Raises
+        ------
+        DetectorFormatError
+            Missing files, invalid JSON, wrong format or version, or arrays that do not fit the config.
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise DetectorFormatError(f"{path} is not a detector folder")
+        missing = [f for f in _FILES if not (path / f).is_file()]
+        if missing:
+            raise DetectorFormatError(f"{path} is not a complete detector: missing {', '.join(missing)}")
+        try:
+            doc = json.loads((path / "detector.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DetectorFormatError(f"{path / 'detector.json'} is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+            raise DetectorFormatError(f"{path} does not hold a {FORMAT_NAME} (detector.json has no matching 'format')")
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise DetectorFormatError(f"{path} has format version {doc.get('format_version')!r}; this doc_core reads "
+                                      f"version {FORMAT_VERSION}")
+        try:
+            cfg = doc["config"]
+            det = cls(BackboneConfig.from_dict(cfg["backbone"]), TrainConfig.from_dict(cfg["train"]),
+                      ScorerConfig.from_dict(cfg["scorer"]), float(cfg.get("threshold_percentile", 95.0)))
+            # all weights come from the folder, so no ImageNet file is needed to rebuild the network
+            det.backbone_ = Backbone(BackboneConfig.from_dict({**cfg["backbone"], "weights": None}))
+            det.backbone_.model.load_weights(path / "backbone.weights.h5")
+            with np.load(path / "bank.npz", allow_pickle=False) as z:
+                bank = z["bank"]
+            if bank.ndim != 2 or bank.shape[1] != det.backbone_.feature_dim or bank.shape[1] != doc["feature_dim"]:
+                raise DetectorFormatError(f"{path}: memory bank of shape {bank.shape} does not fit feature dimension "
+                                          f"{det.backbone_.feature_dim}")
+            det.reference_names_ = tuple(str(n) for n in doc.get("reference_names", []))
+            det.history_ = [StepRecord(**r) for r in doc.get("history", [])]
+            det.fit_seconds_ = float(doc.get("fit_seconds", 0.0))
+            det.metadata_ = dict(doc.get("metadata", {}))
+            det._fit_bank(bank)
+            det.threshold_ = float(doc["threshold"])
+        except DetectorFormatError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure here means the folder is broken
+            raise DetectorFormatError(f"{path} could not be loaded ({type(exc).__name__}: {exc})") from exc
+        return det
+
+
+def _as_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must have shape (n, h, w, 1 or 3), got {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 in [0, 255], got {images.dtype}")
+    return images
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())

@@ -1,0 +1,56 @@
+"""Loss functions of Deep One-Class Classification (Perera & Patel, 2019).
+
+Both losses are pure functions of tensors, so they can be tested against brute-force formulas and used inside
+``tf.function``.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def compactness_loss(features: tf.Tensor) -> tf.Tensor:
+    """Compactness loss ``l_C`` of a batch of target features.
+
+    With ``n`` features ``x_i`` of ``k`` dimensions and ``m_i`` the mean of the *other* ``n - 1`` features,
+
+    ``l_C = 1 / (n k) * sum_i |x_i - m_i|^2 = n^2 / ((n - 1)^2 n k) * sum_i |x_i - mean|^2``.
+
+    The second form is what is computed: one pass, no ``n x n`` intermediate.
+
+    Parameters
+    ----------
+    features : tf.Tensor, shape (n, k), float
+        Features of one batch of target (normal) images; ``n >= 2``.
+
+    Returns
+    -------
+    tf.Tensor, shape (), float32
+        The non-negative loss; 0 when all features are equal.
+    """
+    x = tf.cast(features, tf.float32)
+    n = tf.cast(tf.shape(x)[0], tf.float32)
+    k = tf.cast(tf.shape(x)[1], tf.float32)
+    tf.debugging.assert_greater_equal(n, 2.0, message="compactness_loss needs a batch of at least 2 features")
+    centred = x - tf.reduce_mean(x, axis=0, keepdims=True)
+    return (n * n) / ((n - 1.0) ** 2 * n * k) * tf.reduce_sum(tf.square(centred))
+
+
+def descriptiveness_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Descriptiveness loss ``l_D``: mean softmax cross-entropy of the reference head.
+
+    Parameters
+    ----------
+    labels : tf.Tensor, shape (n,), int
+        Reference class indices in ``[0, n_classes)``.
+    logits : tf.Tensor, shape (n, n_classes), float
+        Unnormalised scores of the head ``h``.
+
+    Returns
+    -------
+    tf.Tensor, shape (), float32
+        Mean cross-entropy in nats; ``log(n_classes)`` for uniform logits.
+    """
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
+    )

@@ -1,0 +1,152 @@
+"""Evaluation of anomaly scores: ROC/PR curves, threshold policies and metrics at a threshold.
+
+Convention everywhere: ``scores`` are higher for more anomalous images, ``y_true`` is 1 for an anomaly and 0 for a
+normal image, and an image is predicted anomalous when ``score > threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def _check(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).astype(int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y_true has {y.size} entries but scores has {s.size}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold 0 (normal) and 1 (anomaly) only")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return y, s
+
+
+def _need_both(y: np.ndarray) -> None:
+    if y.min() == y.max():
+        raise ValueError("this metric needs both normal (0) and anomalous (1) examples")
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve; 0.5 is chance, 1.0 a perfect ranking of anomalies above normal images."""
+    y, s = _check(y_true, scores)
+    _need_both(y)
+    return float(skm.roc_auc_score(y, s))
+
+
+def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC curve.
+
+    Returns
+    -------
+    dict
+        ``fpr``, ``tpr`` and ``thresholds`` (float64 arrays of equal length, thresholds decreasing; the first one is
+        ``inf``).
+    """
+    y, s = _check(y_true, scores)
+    _need_both(y)
+    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=True)
+    return {"fpr": fpr, "tpr": tpr, "thresholds": thr}
+
+
+def pr_curve(y_true: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision-recall curve with anomalies as the positive class.
+
+    Returns
+    -------
+    dict
+        ``precision``, ``recall`` (length m + 1) and ``thresholds`` (length m, increasing).
+    """
+    y, s = _check(y_true, scores)
+    _need_both(y)
+    p, r, thr = skm.precision_recall_curve(y, s)
+    return {"precision": p, "recall": r, "thresholds": thr}
+
+
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision (area under the PR curve, step-wise) with anomalies as positives."""
+    y, s = _check(y_true, scores)
+    _need_both(y)
+    return float(skm.average_precision_score(y, s))
+
+
+def threshold_at_fpr(normal_scores: np.ndarray, target_fpr: float) -> float:
+    """Smallest threshold whose false-positive rate on ``normal_scores`` is at most ``target_fpr``.
+
+    Parameters
+    ----------
+    normal_scores : np.ndarray, shape (n,)
+        Scores of images known to be normal.
+    target_fpr : float
+        In ``[0, 1]``; 0.05 flags at most 5 % of the normal images.
+    """
+    if not 0.0 <= target_fpr <= 1.0:
+        raise ValueError(f"target_fpr must be in [0, 1], got {target_fpr}")
+    s = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())
+    if s.size == 0:
+        raise ValueError("no normal scores to set a threshold on")
+    allowed = int(np.floor(target_fpr * s.size + 1e-9))  # number of normal images allowed above the threshold
+    if allowed >= s.size:
+        return float(np.nextafter(s[0], -np.inf))
+    return float(s[s.size - 1 - allowed])
+
+
+def threshold_percentile(train_scores: np.ndarray, percentile: float) -> float:
+    """Threshold at a percentile (0-100) of scores of normal training images; needs no labels."""
+    if not 0.0 <= percentile <= 100.0:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    s = np.asarray(train_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("no training scores to set a threshold on")
+    return float(np.percentile(s, percentile))
+
+
+def threshold_best_f1(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Threshold that maximises F1 of the anomaly class on labelled data (predicted anomalous when score > threshold)."""
+    y, s = _check(y_true, scores)
+    _need_both(y)
+    p, r, thr = skm.precision_recall_curve(y, s)
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)[:-1]
+    best = thr[int(np.argmax(f1))]  # sklearn predicts positive for score >= thr; ours is strict, so step just below
+    return float(np.nextafter(best, -np.inf))
+
+
+@dataclass(frozen=True)
+class ThresholdReport:
+    """Confusion matrix and metrics at one threshold; anomalies are the positive class."""
+
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    precision: float
+    recall: float
+    f1: float
+    accuracy: float
+    fpr: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def report_at_threshold(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> ThresholdReport:
+    """Confusion matrix, precision, recall (= TPR), F1, accuracy and FPR when ``score > threshold`` means anomaly.
+
+    Undefined ratios (for example precision with no positive predictions) are reported as 0.0.
+    """
+    y, s = _check(y_true, scores)
+    pred = s > threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    tn = int(np.sum(~pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return ThresholdReport(
+        threshold=float(threshold), tp=tp, fp=fp, tn=tn, fn=fn, precision=precision, recall=recall, f1=f1,
+        accuracy=(tp + tn) / y.size if y.size else 0.0, fpr=fp / (fp + tn) if fp + tn else 0.0,
+    )

@@ -1,0 +1,267 @@
+"""Joint DOC training: one ``tf.GradientTape`` step on ``L = l_D + lambda * l_C`` per pair of batches.
+
+The target batch and the reference batch go through the shared backbone ``g`` in a single forward pass; the
+reference features also go through the head ``h``. Frozen layers are run once up front (their activations are
+cached as float16), so every epoch only runs the trainable tail.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+
+from .backbones import Backbone, preprocess
+from .losses import compactness_loss, descriptiveness_loss
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN/infinite or exploded; the weights are those from before the bad step."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of DOC training.
+
+    Parameters
+    ----------
+    lam : float
+        Weight ``lambda`` of the compactness loss (paper: 0.1).
+    learning_rate : float
+    optimizer : {"adam", "sgd"}
+        ``adam`` becomes AdamW when ``weight_decay > 0``; ``sgd`` uses momentum 0.9.
+    weight_decay : float
+    batch_size : int
+        Images per target batch and per reference batch (each); at least 2.
+    epochs : int
+        Passes over the target set; the reference set is cycled alongside.
+    seed : int
+        Seeds the head's initialisation and the batch order.
+    max_loss : float
+        A total loss above this stops training as diverged.
+    """
+
+    lam: float = 0.1
+    learning_rate: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 3
+    seed: int = 0
+    max_loss: float = 1e4
+
+    def validate(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2 (the compactness loss needs pairs), got {self.batch_size}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lam < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one training step reports; ``step`` counts from 1 across epochs, ``epoch`` from 1."""
+
+    epoch: int
+    step: int
+    steps_total: int
+    l_d: float
+    l_c: float
+    total: float
+    images_per_s: float
+    elapsed_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay or None)
+    if cfg.weight_decay > 0:
+        return keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return keras.optimizers.Adam(cfg.learning_rate)
+
+
+class DOCTrainer:
+    """Runs DOC training of a :class:`Backbone` on target and reference images.
+
+    Use :meth:`steps` to get one :class:`StepRecord` per step (for live curves), :meth:`fit` to run to the end, and
+    :meth:`stop` (from any thread) to end after the current step. The backbone's weights are updated in place.
+
+    Parameters
+    ----------
+    backbone : Backbone
+    n_reference_classes : int
+        Number of reference classes (outputs of the head ``h``).
+    config : TrainConfig
+    """
+
+    def __init__(self, backbone: Backbone, n_reference_classes: int, config: TrainConfig = TrainConfig()) -> None:
+        config.validate()
+        if n_reference_classes < 2:
+            raise ValueError("the descriptiveness loss needs at least 2 reference classes")
+        self.backbone = backbone
+        self.config = config
+        keras.utils.set_random_seed(config.seed)
+        self.head = keras.layers.Dense(n_reference_classes, name="reference_head")
+        self.head.build((None, backbone.feature_dim))
+        self.optimizer = _make_optimizer(config)
+        self._stop = threading.Event()
+        self.history: list[StepRecord] = []
+
+    def stop(self) -> None:
+        """Ask training to end after the step in progress (thread-safe)."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def _variables(self) -> list[tf.Variable]:
+        return list(self.backbone.tail.trainable_variables) + list(self.head.trainable_variables)
+
+    def _build_step(self, staged: bool) -> Callable:
+        backbone, head, lam, opt = self.backbone, self.head, float(self.config.lam), self.optimizer
+        variables = self._variables()
+        if not variables:
+            raise ValueError("nothing to train: the backbone has no trainable layers (trainable_from='none')")
+        forward = (lambda x: backbone.tail(tf.cast(x, tf.float32), training=False)) if staged else \
+            (lambda x: backbone.model(preprocess(x, backbone.config), training=False))
+        max_loss = float(self.config.max_loss)
+
+        @tf.function(reduce_retracing=True)
+        def step(target_x, ref_x, ref_y):
+            n = tf.shape(target_x)[0]
+            with tf.GradientTape() as tape:
+                feats = forward(tf.concat([target_x, ref_x], axis=0))
+                l_c = compactness_loss(feats[:n])
+                l_d = descriptiveness_loss(ref_y, head(feats[n:]))
+                total = l_d + lam * l_c
+            grads = tape.gradient(total, variables)
+            ok = tf.math.is_finite(total) & (total < max_loss)
+            for g in grads:
+                ok = ok & tf.reduce_all(tf.math.is_finite(g))
+            if ok:  # a bad step is not applied, so the weights stay as they were before it
+                opt.apply_gradients(zip(grads, variables))
+            return l_d, l_c, total, ok
+
+        return step
+
+    def steps(self, target: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
+              on_prepare: Callable[[str], None] | None = None) -> Iterator[StepRecord]:
+        """Train, yielding a record after every step.
+
+        Parameters
+        ----------
+        target : np.ndarray, uint8, shape (n, h, w, c)
+            Normal training images; ``n >= batch_size`` is not required but ``n >= 2`` is.
+        reference : np.ndarray, uint8, shape (r, h, w, c)
+        reference_labels : np.ndarray, int, shape (r,)
+            In ``[0, n_reference_classes)``.
+        on_prepare : callable, optional
+            Called with a short message before the frozen layers are run over both sets.
+
+        Raises
+        ------
+        TrainingDivergedError
+            When a loss is NaN/infinite or above ``max_loss``.
+        """
+        cfg = self.config
+        if len(target) < 2:
+            raise ValueError(f"DOC training needs at least 2 target images, got {len(target)}")
+        if len(reference) < 2:
+            raise ValueError(f"DOC training needs at least 2 reference images, got {len(reference)}")
+        if len(reference) != len(reference_labels):
+            raise ValueError("reference and reference_labels differ in length")
+        n_classes = self.head.units
+        if reference_labels.min() < 0 or reference_labels.max() >= n_classes:
+            raise ValueError(f"reference_labels must be in [0, {n_classes})")
+        staged = self.backbone.trunk is not None
+        if staged:
+            if on_prepare:
+                on_prepare(f"running the frozen layers over {len(target) + len(reference)} images")
+            target_in = self.backbone.trunk_features(target)
+            ref_in = self.backbone.trunk_features(reference)
+        else:
+            target_in, ref_in = target, reference
+        step = self._build_step(staged)
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(cfg.seed)
+        bs = min(cfg.batch_size, len(target))
+        rbs = min(cfg.batch_size, len(reference))
+        per_epoch = max(1, len(target) // bs)  # the last partial batch is dropped: l_C wants full batches
+        total_steps = per_epoch * cfg.epochs
+        ref_order, ref_pos = rng.permutation(len(reference)), 0
+        labels = np.asarray(reference_labels, np.int32)
+        global_step = 0
+        for epoch in range(1, cfg.epochs + 1):
+            order = rng.permutation(len(target))
+            for b in range(per_epoch):
+                if self._stop.is_set():
+                    return
+                t_step = time.perf_counter()
+                if ref_pos + rbs > len(reference):
+                    ref_order, ref_pos = rng.permutation(len(reference)), 0
+                ridx = np.sort(ref_order[ref_pos:ref_pos + rbs])
+                ref_pos += rbs
+                tidx = np.sort(order[b * bs:(b + 1) * bs])
+                l_d, l_c, total, ok = step(tf.convert_to_tensor(target_in[tidx]), tf.convert_to_tensor(ref_in[ridx]),
+                                           tf.convert_to_tensor(labels[ridx]))
+                global_step += 1
+                l_d, l_c, total = float(l_d), float(l_c), float(total)
+                if not bool(ok):
+                    raise TrainingDivergedError(
+                        f"training diverged at epoch {epoch}, step {global_step}: l_D={l_d:.4g}, l_C={l_c:.4g}, "
+                        f"total={total:.4g} (limit {cfg.max_loss:g}). The weights are kept from the step before. "
+                        "Try a lower learning rate or a smaller lambda.")
+                now = time.perf_counter()
+                rec = StepRecord(epoch=epoch, step=global_step, steps_total=total_steps, l_d=l_d, l_c=l_c, total=total,
+                                 images_per_s=(bs + rbs) / max(now - t_step, 1e-9), elapsed_s=now - t0)
+                self.history.append(rec)
+                yield rec
+
+    def fit(self, target: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
+            callback: Callable[[StepRecord], None] | None = None) -> "DOCTrainer":
+        """Run :meth:`steps` to the end (or until :meth:`stop`); returns self."""
+        for rec in self.steps(target, reference, reference_labels):
+            if callback is not None:
+                callback(rec)
+        return self
+
+
+def smooth(values: list[float] | np.ndarray, alpha: float = 0.1) -> np.ndarray:
+    """Exponential moving average (bias-corrected) of a loss curve, for display; same length as ``values``."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.empty_like(v)
+    acc = 0.0
+    for i, x in enumerate(v):
+        acc = (1 - alpha) * acc + alpha * x
+        out[i] = acc / (1 - (1 - alpha) ** (i + 1))
+    return out
+
+
+def eta_seconds(record: StepRecord) -> float:
+    """Estimated seconds left, from the mean time per step so far."""
+    if record.step <= 0:
+        return math.nan
+    return record.elapsed_s / record.step * (record.steps_total - record.step)
