@@ -1,0 +1,19 @@
+# DOC Explorer: `make app` sets up and starts the dashboard, `make test` sets up and runs the tests.
+.PHONY: setup app test bench bench-ovr
+
+PORT ?= 8501
+
+setup:
+	@bash scripts/setup.sh
+
+app: setup
+	.venv/bin/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	.venv/bin/python -m doc_core benchmark --protocol tutorial --json results-tutorial.json
+
+bench-ovr: setup
+	.venv/bin/python -m doc_core benchmark --protocol one-vs-rest --json results-one-vs-rest.json
