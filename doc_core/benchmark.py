@@ -1,0 +1,159 @@
+"""Benchmarks: the Keras write-up's tutorial protocol and Fashion-MNIST one-vs-rest, with baselines.
+
+Every method runs with one fixed default configuration for every class and protocol; nothing is tuned on test labels.
+AUCs are averaged over seeds (the seed changes the reference draw, the head's initialisation and the batch order).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .data import FASHION_MNIST_CLASSES, FashionMNIST, OneClassSplit, SplitConfig, load_fashion_mnist, make_split
+from .detector import DOCDetector, ScorerConfig
+from .metrics import roc_auc
+from .backbones import BackboneConfig
+from .scoring import KNNScorer
+from .training import TrainConfig
+
+PROTOCOLS = ("tutorial", "one-vs-rest")
+# The Keras write-up's published numbers, for the README's comparison.
+WRITEUP = {"doc_lof_auc": 0.90, "score_ms_per_image_gpu": 140.0, "gradcam_s_per_image_gpu": 5.0}
+
+
+@dataclass
+class MethodResult:
+    """One method on one split: AUC, fitting seconds, scoring milliseconds per image (end to end)."""
+
+    auc: float
+    fit_s: float
+    score_ms_per_image: float
+
+
+def _raw(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def run_raw_knn(split: OneClassSplit) -> MethodResult:
+    """k-NN (k=1) on raw pixels scaled to [0, 1]."""
+    t0 = time.perf_counter()
+    scorer = KNNScorer(k=1).fit(_raw(split.train_normal))
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = scorer.score_samples(_raw(split.test_images))
+    ms = (time.perf_counter() - t0) * 1000 / len(split.test_images)
+    return MethodResult(roc_auc(split.test_labels, scores), fit_s, ms)
+
+
+def _timed_scores(det: DOCDetector, images: np.ndarray) -> tuple[np.ndarray, float]:
+    det.decision_function(images[:64])  # warm-up: traces the tf.function once, as any long-running scorer would
+    t0 = time.perf_counter()
+    scores = det.decision_function(images)
+    return scores, (time.perf_counter() - t0) * 1000 / len(images)
+
+
+def run_detector(split: OneClassSplit, backbone: BackboneConfig, train: TrainConfig,
+                 scorers: dict[str, ScorerConfig]) -> dict[str, MethodResult]:
+    """Fit one detector (``train.epochs == 0``: pretrained features only) and score the test set with each scorer."""
+    t0 = time.perf_counter()
+    first = next(iter(scorers.values()))
+    det = DOCDetector(backbone, train, first).fit_split(split)
+    fit_s = time.perf_counter() - t0
+    out = {}
+    for name, sc in scorers.items():
+        t1 = time.perf_counter()
+        d = det if sc == first else det.with_scorer(sc)
+        extra = time.perf_counter() - t1 if sc != first else 0.0
+        scores, ms = _timed_scores(d, split.test_images)
+        out[name] = MethodResult(roc_auc(split.test_labels, scores), fit_s + extra, ms)
+    return out
+
+
+def _summarise(results: list[MethodResult]) -> dict:
+    aucs = [r.auc for r in results]
+    return {"auc": float(np.mean(aucs)), "auc_std": float(np.std(aucs)), "aucs": [round(a, 5) for a in aucs],
+            "fit_s": float(np.mean([r.fit_s for r in results])),
+            "score_ms_per_image": float(np.mean([r.score_ms_per_image for r in results]))}
+
+
+def machine_info() -> dict:
+    import tensorflow as tf
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "tensorflow": tf.__version__, "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
+              backbone: BackboneConfig = BackboneConfig(), train: TrainConfig = TrainConfig(),
+              classes: tuple[int, ...] = tuple(range(10)), data: FashionMNIST | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Run a protocol and return the results as a JSON-serialisable dict.
+
+    ``{"protocol": ..., "methods": {NAME: {"auc", "auc_std", "aucs", "fit_s", "score_ms_per_image", ...}}, ...}``;
+    for one-vs-rest each method also has ``per_class`` (mean AUC per normal class) and the top-level AUC is the mean
+    over classes of the per-class means.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    data = data if data is not None else load_fashion_mnist()
+    knn, lof = ScorerConfig("knn"), ScorerConfig("lof")
+    pre_train = TrainConfig(**{**train.to_dict(), "epochs": 0})
+    t_start = time.perf_counter()
+    per: dict[str, dict[int, list[MethodResult]]] = {}
+
+    def add(name: str, cls: int, res: MethodResult) -> None:
+        per.setdefault(name, {}).setdefault(cls, []).append(res)
+
+    split_classes = (7,) if protocol == "tutorial" else classes
+    for c in split_classes:
+        for i, seed in enumerate(seeds):
+            cfg = SplitConfig.tutorial(seed) if protocol == "tutorial" else SplitConfig.one_vs_rest(c, seed=seed)
+            split = make_split(cfg, data)
+            label = f"class {c} ({FASHION_MNIST_CLASSES[c]}) seed {seed}"
+            if i == 0:  # the baselines do not depend on the seed: the normal set and the test set are fixed
+                add("raw_knn", c, run_raw_knn(split))
+                add("pretrained_knn", c, run_detector(split, backbone, pre_train, {"knn": knn})["knn"])
+            seeded = TrainConfig(**{**train.to_dict(), "seed": seed})
+            scorers = {"doc_knn": knn, "doc_lof": lof} if protocol == "tutorial" else {"doc_knn": knn}
+            for name, res in run_detector(split, backbone, seeded, scorers).items():
+                add(name, c, res)
+            log(f"{label}: " + ", ".join(f"{n} {v[c][-1].auc:.4f}" for n, v in per.items() if c in v)
+                + f"  [{time.perf_counter() - t_start:.0f} s]")
+    methods = {}
+    for name, by_class in per.items():
+        if protocol == "tutorial":
+            methods[name] = _summarise(by_class[7])
+        else:
+            summ = {c: _summarise(r) for c, r in by_class.items()}
+            methods[name] = {
+                "auc": float(np.mean([s["auc"] for s in summ.values()])),
+                "auc_std": float(np.mean([s["auc_std"] for s in summ.values()])),
+                "fit_s": float(np.mean([s["fit_s"] for s in summ.values()])),
+                "score_ms_per_image": float(np.mean([s["score_ms_per_image"] for s in summ.values()])),
+                "per_class": {FASHION_MNIST_CLASSES[c]: round(s["auc"], 5) for c, s in summ.items()},
+                "per_class_std": {FASHION_MNIST_CLASSES[c]: round(s["auc_std"], 5) for c, s in summ.items()},
+            }
+    return {"protocol": protocol, "methods": methods, "seeds": list(seeds),
+            "config": {"backbone": backbone.resolved().to_dict(), "train": train.to_dict()},
+            "total_s": time.perf_counter() - t_start, "machine": machine_info()}
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of a :func:`benchmark` result."""
+    lines = [f"protocol: {result['protocol']}  seeds: {result['seeds']}",
+             f"{'method':<16}{'AUC':>8}{'± std':>8}{'fit s':>9}{'score ms/img':>14}"]
+    for name, m in result["methods"].items():
+        lines.append(f"{name:<16}{m['auc']:>8.4f}{m['auc_std']:>8.4f}{m['fit_s']:>9.1f}{m['score_ms_per_image']:>14.3f}")
+    first = next(iter(result["methods"].values()))
+    if "per_class" in first:
+        lines.append("per-class AUC:")
+        names = list(first["per_class"])
+        lines.append(f"{'class':<14}" + "".join(f"{n:>16}" for n in result["methods"]))
+        for cls in names:
+            lines.append(f"{cls:<14}" + "".join(f"{m['per_class'][cls]:>16.4f}" for m in result["methods"].values()))
+    return "\n".join(lines)

@@ -1,0 +1,242 @@
+"""Command line: ``python -m doc_core {train,evaluate,score,benchmark}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DESCRIPTION = """DOC Explorer: Deep One-Class Classification (Perera & Patel) for image anomaly detection.
+Scores are higher for more anomalous images everywhere."""
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (Fashion-MNIST by default; --folder for your own images)")
+    g.add_argument("--protocol", choices=("tutorial", "one-vs-rest"), default="tutorial",
+                   help="tutorial: normal Sneaker vs Ankle boot, 6,000 reference images of classes 0-6 and 8 "
+                        "(the Keras write-up); one-vs-rest: normal = --normal-class, test = the whole test set")
+    g.add_argument("--normal-class", type=int, default=7, help="normal class for one-vs-rest (0-9; default 7)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the reference draw (default 0)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with the four Fashion-MNIST .gz files (default: $DOC_DATA_DIR, then Debian's "
+                        "/usr/share/datasets/fashion-mnist, the Keras cache, Keras' download)")
+    g.add_argument("--folder", default=None,
+                   help="use your own images: a folder with train/, reference/<class>/ and optionally "
+                        "test/normal, test/anomaly (see README)")
+    g.add_argument("--image-size", type=int, default=96, help="size images from --folder are stored at (default 96)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .backbones import BACKBONES
+
+    g = p.add_argument_group("backbone")
+    g.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2", help="feature network (default mobilenet_v2)")
+    g.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier (default 1.0)")
+    g.add_argument("--input-size", type=int, default=96, help="network input size in pixels (default 96)")
+    g.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (found via $DOC_WEIGHTS, the Keras cache or ../shared/weights, else downloaded), "
+                        "a weights file, or 'none' for random weights")
+    g.add_argument("--feature-layer", default=None, help="layer whose pooled output is the feature (default per backbone)")
+    g.add_argument("--trainable-from", default=None,
+                   help="last frozen layer; later layers are fine-tuned ('all', 'none', or a layer name; default per "
+                        "backbone)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=None, help="passes over the normal images (default from TrainConfig)")
+    t.add_argument("--batch-size", type=int, default=None, help="images per target and per reference batch")
+    t.add_argument("--lr", type=float, default=None, help="learning rate")
+    t.add_argument("--lam", type=float, default=None, help="weight lambda of the compactness loss")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
+    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--seed", type=int, default=None, help="training seed")
+    s = p.add_argument_group("scoring")
+    s.add_argument("--scorer", choices=("knn", "lof"), default="knn", help="k-NN distance (default) or LOF")
+    s.add_argument("--k", type=int, default=None, help="neighbours (default 1 for knn, 20 for lof)")
+    s.add_argument("--max-bank-size", type=int, default=None, help="subsample the normal feature bank to this size")
+
+
+def _configs(args):
+    from .backbones import BackboneConfig
+    from .detector import ScorerConfig
+    from .training import TrainConfig
+
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    bb = BackboneConfig(args.backbone, args.alpha, args.input_size, weights, args.feature_layer, args.trainable_from)
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr, "lam": args.lam,
+                 "optimizer": args.optimizer, "weight_decay": args.weight_decay, "seed": args.seed}
+    tc = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    return bb, tc, ScorerConfig(args.scorer, args.k, args.max_bank_size)
+
+
+def _load_split(args):
+    from .data import SplitConfig, load_fashion_mnist, load_folder_split, make_split
+
+    if args.folder:
+        split, skipped = load_folder_split(args.folder, image_size=args.image_size)
+        for s in skipped:
+            print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+        return split
+    cfg = (SplitConfig.tutorial(args.split_seed) if args.protocol == "tutorial"
+           else SplitConfig.one_vs_rest(args.normal_class, seed=args.split_seed))
+    return make_split(cfg, load_fashion_mnist(args.data_dir))
+
+
+def _embed_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
+    state = {"done": 0}
+
+    def progress(done: int) -> None:
+        bar.update(done - state["done"])
+        state["done"] = done
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+def _evaluation(det, split) -> dict:
+    from .metrics import average_precision, report_at_threshold, roc_auc
+
+    scores = det.decision_function(split.test_images, progress=_embed_bar(len(split.test_images), "scoring test set"))
+    out = {"n_test": int(len(scores)), "threshold": float(det.threshold_)}
+    if split.has_test_labels:
+        labelled = split.test_labels >= 0
+        y, s = split.test_labels[labelled], scores[labelled]
+        out.update(auc=roc_auc(y, s), average_precision=average_precision(y, s),
+                   at_threshold=report_at_threshold(y, s, det.threshold_).to_dict())
+    return out
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .detector import DOCDetector
+
+    split = _load_split(args)
+    bb, tc, sc = _configs(args)
+    det = DOCDetector(bb, tc, sc)
+    print(f"training on {split.name}: {split.summary()}", file=sys.stderr)
+    bar = None
+    try:
+        for rec in det.fit_steps(split.train_normal, split.reference, split.reference_labels, split.reference_names,
+                                 on_prepare=lambda m: print(m, file=sys.stderr)):
+            if bar is None:
+                bar = tqdm(total=rec.steps_total, desc="training", unit="step", file=sys.stderr)
+            bar.update(1)
+            bar.set_postfix(epoch=rec.epoch, l_D=f"{rec.l_d:.3f}", l_C=f"{rec.l_c:.4f}", total=f"{rec.total:.3f}")
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was saved", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    result = {"fit_s": det.fit_seconds_}
+    if len(split.test_images):
+        result.update(_evaluation(det, split))
+    path = det.save(args.out, metadata={"split": split.info, "split_name": split.name, "evaluation": result})
+    result["detector"] = str(path)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .detector import DOCDetector
+
+    det = DOCDetector.load(args.detector)
+    split = _load_split(args)
+    if not len(split.test_images):
+        print("error: the dataset has no test images", file=sys.stderr)
+        return 2
+    result = _evaluation(det, split)
+    text = json.dumps(result, indent=1)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .data import read_images
+    from .detector import DOCDetector
+
+    det = DOCDetector.load(args.detector)
+    images, ok, skipped = read_images(args.images, size=det.backbone.input_size)
+    scores = det.decision_function(images) if len(images) else np.zeros(0)
+    out = {"threshold": float(det.threshold_),
+           "results": [{"path": str(p), "score": float(s), "anomalous": bool(s > det.threshold_)}
+                       for p, s in zip(ok, scores)],
+           "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
+    text = json.dumps(out, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0 if ok or not args.images else 1
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import benchmark, format_table
+    from .data import load_fashion_mnist
+
+    bb, tc, _ = _configs(args)
+    classes = tuple(args.classes) if args.classes else tuple(range(10))
+    res = benchmark(args.protocol, tuple(args.seeds), bb, tc, classes, load_fashion_mnist(args.data_dir),
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_table(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m doc_core", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a detector and save it to a folder",
+                       description="Fine-tune the backbone with DOC, score the test set (if any) and save.")
+    _add_data_args(p)
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="folder to save the detector in (replaced atomically)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="AUC and metrics of a saved detector on a labelled test set")
+    p.add_argument("--detector", required=True, help="a folder written by `train` (or a dashboard run's detector/)")
+    _add_data_args(p)
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="score image files with a saved detector (JSON out)")
+    p.add_argument("--detector", required=True, help="a folder written by `train`")
+    p.add_argument("images", nargs="+", help="image files (png, jpg, ...); unreadable ones are listed as skipped")
+    p.add_argument("--out", default=None, help="write the JSON here as well as to stdout")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("benchmark", help="AUC, fit time and scoring speed of DOC and baselines on Fashion-MNIST",
+                       description="Runs raw_knn, pretrained_knn, doc_knn (and doc_lof for the tutorial protocol) "
+                                   "with one fixed configuration; AUC is the mean over --seeds.")
+    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest"), default="tutorial")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over (default 0 1 2)")
+    p.add_argument("--classes", type=int, nargs="+", default=None, help="one-vs-rest: only these normal classes")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_benchmark)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .backbones import WeightsNotFoundError
+    from .data import DataError
+    from .detector import DetectorFormatError
+    from .training import TrainingDivergedError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, WeightsNotFoundError, DetectorFormatError, TrainingDivergedError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
