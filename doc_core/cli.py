@@ -20,6 +20,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "(the Keras write-up); one-vs-rest: normal = --normal-class, test = the whole test set")
     g.add_argument("--normal-class", type=int, default=7, help="normal class for one-vs-rest (0-9; default 7)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the reference draw (default 0)")
+    g.add_argument("--n-normal", type=int, default=None, help="use a random subset of this many normal training images")
+    g.add_argument("--n-reference", type=int, default=6000, help="number of reference images (default 6000)")
     g.add_argument("--data-dir", default=None,
                    help="folder with the four Fashion-MNIST .gz files (default: $DOC_DATA_DIR, then Debian's "
                         "/usr/share/datasets/fashion-mnist, the Keras cache, Keras' download)")
@@ -48,8 +50,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, default=None, help="images per target and per reference batch")
     t.add_argument("--lr", type=float, default=None, help="learning rate")
     t.add_argument("--lam", type=float, default=None, help="weight lambda of the compactness loss")
-    t.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
-    t.add_argument("--weight-decay", type=float, default=None)
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
+                   help="adam (AdamW when --weight-decay > 0) or sgd with momentum 0.9")
+    t.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay (default 0)")
     t.add_argument("--seed", type=int, default=None, help="training seed")
     s = p.add_argument_group("scoring")
     s.add_argument("--scorer", choices=("knn", "lof"), default="knn", help="k-NN distance (default) or LOF")
@@ -80,6 +83,7 @@ def _load_split(args):
         return split
     cfg = (SplitConfig.tutorial(args.split_seed) if args.protocol == "tutorial"
            else SplitConfig.one_vs_rest(args.normal_class, seed=args.split_seed))
+    cfg = SplitConfig.from_dict({**cfg.to_dict(), "n_normal": args.n_normal, "n_reference": args.n_reference})
     return make_split(cfg, load_fashion_mnist(args.data_dir))
 
 
@@ -218,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="AUC, fit time and scoring speed of DOC and baselines on Fashion-MNIST",
                        description="Runs raw_knn, pretrained_knn, doc_knn (and doc_lof for the tutorial protocol) "
                                    "with one fixed configuration; AUC is the mean over --seeds.")
-    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest"), default="tutorial")
+    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest"), default="tutorial",
+                   help="tutorial: Sneaker vs Ankle boot (the Keras write-up); one-vs-rest: each class in turn is "
+                        "normal and the whole test set is scored (default tutorial)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over (default 0 1 2)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="one-vs-rest: only these normal classes")
     p.add_argument("--json", default=None, help="write the results to this JSON file")

@@ -1,0 +1,117 @@
+"""The command line and the benchmark, end to end on tiny fake data with the tiny backbone."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from doc_core import benchmark as bench
+from doc_core.cli import build_parser, main
+from doc_core.data import FASHION_MNIST_FILES, FashionMNIST
+
+TINY = ["--backbone", "tiny", "--input-size", "32", "--weights", "none", "--epochs", "1", "--batch-size", "16"]
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def _fake_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each class is a bright bar at its own row, plus noise: separable, so AUCs are far from chance."""
+    imgs = rng.integers(0, 40, size=(len(labels), 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        imgs[i, 2 + 2 * c: 5 + 2 * c, 4:24] = 220
+    return imgs
+
+
+@pytest.fixture(scope="module")
+def fake_fmnist(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("fmnist")
+    ytr = np.repeat(np.arange(10), 800)
+    yte = np.repeat(np.arange(10), 10)
+    arrays = {"train_images": _fake_images(ytr, rng), "train_labels": ytr, "test_images": _fake_images(yte, rng),
+              "test_labels": yte}
+    for key, name in FASHION_MNIST_FILES.items():
+        _write_idx(folder / name, arrays[key])
+    return folder
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("train", "evaluate", "score", "benchmark"):
+        assert cmd in out
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    for sub in parser._subparsers._group_actions[0].choices.values():
+        for action in sub._actions:
+            if action.dest != "help" and action.option_strings:
+                assert action.help, f"{sub.prog} {action.option_strings} has no help text"
+
+
+def test_train_evaluate_score(tmp_path, fake_fmnist, capsys):
+    out = tmp_path / "det"
+    args = ["--data-dir", str(fake_fmnist), "--protocol", "one-vs-rest", "--normal-class", "3"]
+    assert main(["train", *args, *TINY, "--out", str(out)]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["auc"] > 0.8 and (out / "detector.json").is_file()
+
+    assert main(["evaluate", "--detector", str(out), *args, "--json", str(tmp_path / "ev.json")]) == 0
+    evaluated = json.loads((tmp_path / "ev.json").read_text())
+    assert evaluated["auc"] == pytest.approx(trained["auc"], abs=1e-6)
+    capsys.readouterr()
+
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(img)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["score", "--detector", str(out), str(img), str(bad), "--out", str(tmp_path / "s.json")]) == 0
+    scored = json.loads((tmp_path / "s.json").read_text())
+    assert [r["path"] for r in scored["results"]] == [str(img)]
+    assert scored["results"][0]["anomalous"] == (scored["results"][0]["score"] > scored["threshold"])
+    assert scored["skipped"][0]["path"] == str(bad)
+
+
+def test_clear_error_for_a_broken_detector(tmp_path, capsys):
+    (tmp_path / "det").mkdir()
+    assert main(["score", "--detector", str(tmp_path / "det"), "x.png"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_benchmark_json_schema(tmp_path, fake_fmnist, capsys):
+    path = tmp_path / "r.json"
+    assert main(["benchmark", "--protocol", "tutorial", "--seeds", "0", "1", "--data-dir", str(fake_fmnist),
+                 "--json", str(path), *TINY]) == 0
+    res = json.loads(path.read_text())
+    assert res["protocol"] == "tutorial"
+    assert set(res["methods"]) == {"raw_knn", "pretrained_knn", "doc_knn", "doc_lof"}
+    for m in res["methods"].values():
+        assert 0.0 <= m["auc"] <= 1.0 and m["fit_s"] >= 0 and m["score_ms_per_image"] > 0
+    assert len(res["methods"]["doc_knn"]["aucs"]) == 2
+    assert "doc_knn" in capsys.readouterr().out
+
+
+def test_one_vs_rest_per_class(fake_fmnist):
+    from doc_core.backbones import BackboneConfig
+    from doc_core.data import load_fashion_mnist
+    from doc_core.training import TrainConfig
+
+    data = load_fashion_mnist(fake_fmnist)
+    small = FashionMNIST(data.train_images, data.train_labels, data.test_images, data.test_labels, "fake")
+    res = bench.benchmark("one-vs-rest", (0,), BackboneConfig("tiny", input_size=32, weights=None),
+                          TrainConfig(epochs=1, batch_size=16), classes=(0, 5), data=small, log=lambda m: None)
+    doc = res["methods"]["doc_knn"]
+    assert set(doc["per_class"]) == {"T-shirt/top", "Sandal"}
+    assert doc["auc"] == pytest.approx(np.mean(list(doc["per_class"].values())), abs=1e-4)
+    assert "per-class AUC" in bench.format_table(res)
