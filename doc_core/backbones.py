@@ -183,6 +183,8 @@ def preprocess(images: tf.Tensor, config: BackboneConfig) -> tf.Tensor:
         x = tf.image.resize(x, (size, size), method="bilinear")
     if x.shape[-1] == 1:
         x = tf.repeat(x, 3, axis=-1)
+    elif x.shape[-1] is None:  # a trace relaxed by reduce_retracing serves gray and RGB batches alike
+        x = tf.broadcast_to(x, tf.concat([tf.shape(x)[:-1], [3]], axis=0))
     if config.name == "vgg16":
         return x[..., ::-1] - tf.constant([103.939, 116.779, 123.68])
     return x / 127.5 - 1.0

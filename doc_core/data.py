@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -37,11 +38,20 @@ class DataError(ValueError):
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) of unsigned bytes into an array of its stated shape."""
+    """Read an IDX file (optionally gzip-compressed) of unsigned bytes into an array of its stated shape.
+
+    Raises
+    ------
+    DataError
+        When the file is not an IDX file of unsigned bytes, or is truncated or corrupt (also inside the gzip stream).
+    """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{path} is truncated or corrupt: {exc}") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]

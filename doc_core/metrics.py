@@ -87,9 +87,11 @@ def threshold_at_fpr(normal_scores: np.ndarray, target_fpr: float) -> float:
     s = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())
     if s.size == 0:
         raise ValueError("no normal scores to set a threshold on")
+    if not np.isfinite(s).all():
+        raise ValueError("normal_scores contain NaN or infinite values")
     allowed = int(np.floor(target_fpr * s.size + 1e-9))  # number of normal images allowed above the threshold
-    if allowed >= s.size:
-        return float(np.nextafter(s[0], -np.inf))
+    if allowed >= s.size:  # a float32 step below the minimum, so float32 scores are all flagged too
+        return float(np.nextafter(np.float32(s[0]), np.float32(-np.inf)))
     return float(s[s.size - 1 - allowed])
 
 
@@ -100,6 +102,8 @@ def threshold_percentile(train_scores: np.ndarray, percentile: float) -> float:
     s = np.asarray(train_scores, dtype=np.float64).ravel()
     if s.size == 0:
         raise ValueError("no training scores to set a threshold on")
+    if not np.isfinite(s).all():
+        raise ValueError("train_scores contain NaN or infinite values")
     return float(np.percentile(s, percentile))
 
 
@@ -109,8 +113,11 @@ def threshold_best_f1(y_true: np.ndarray, scores: np.ndarray) -> float:
     _need_both(y)
     p, r, thr = skm.precision_recall_curve(y, s)
     f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)[:-1]
-    best = thr[int(np.argmax(f1))]  # sklearn predicts positive for score >= thr; ours is strict, so step just below
-    return float(np.nextafter(best, -np.inf))
+    best = thr[int(np.argmax(f1))]
+    # sklearn flags score >= best, ours is strict: return the next lower score itself, so that `score > threshold`
+    # flags the same images also when float32 scores are compared (a float64 step below best rounds back to it)
+    below = s[s < best]
+    return float(below.max()) if below.size else float(np.nextafter(np.float32(best), np.float32(-np.inf)))
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ class DOCTrainer:
     def _build_step(self, staged: bool) -> Callable:
         backbone, head, lam, opt = self.backbone, self.head, float(self.config.lam), self.optimizer
         variables = self._variables()
-        if not variables:
+        if not backbone.tail.trainable_variables:
             raise ValueError("nothing to train: the backbone has no trainable layers (trainable_from='none')")
         forward = (lambda x: backbone.tail(tf.cast(x, tf.float32), training=False)) if staged else \
             (lambda x: backbone.model(preprocess(x, backbone.config), training=False))
