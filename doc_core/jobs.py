@@ -1,0 +1,331 @@
+"""Background training jobs: DOC training in a thread that a UI can watch, stop and collect.
+
+A :class:`TrainingJob` runs :meth:`DOCDetector.fit_steps` on a daemon thread, keeps every :class:`StepRecord` in a
+thread-safe buffer, reports its phase, progress and errors through :meth:`TrainingJob.snapshot`, and when training
+ends scores the test set and saves the run with :mod:`doc_core.runs`. Nothing here knows about a UI framework: a
+front end polls ``snapshot()`` (for example once a second) and calls ``stop()``.
+
+:class:`JobRegistry` is a process-wide, thread-safe table of jobs by id, so a front end can find a job again after
+its page was reloaded, and can tell how many jobs run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+from .backbones import BackboneConfig, WeightsNotFoundError
+from .data import DataError, OneClassSplit
+from .detector import DOCDetector, ScorerConfig
+from .runs import RunSummary, save_run
+from .training import StepRecord, TrainConfig, TrainingDivergedError, eta_seconds
+
+log = logging.getLogger(__name__)
+
+# Status: where the job is in its life. Phase: what it is doing while running.
+QUEUED, RUNNING, SUCCEEDED, FAILED, STOPPED = "queued", "running", "succeeded", "failed", "stopped"
+FINISHED = (SUCCEEDED, FAILED, STOPPED)
+PHASES = ("starting", "preparing", "training", "memory bank", "scoring", "saving", "done")
+
+
+class _Cancelled(Exception):
+    """Raised inside the worker to abandon scoring after stop() when no training step was done."""
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A consistent view of a job at one moment (safe to read from any thread).
+
+    Attributes
+    ----------
+    job_id, name : str
+    status : {"queued", "running", "succeeded", "failed", "stopped"}
+        ``stopped``: stopped before any training step, nothing saved. A job stopped later still saves its
+        (shorter-trained) detector and ends ``succeeded`` with ``stopped_early`` set.
+    phase : {"starting", "preparing", "training", "memory bank", "scoring", "saving", "done"}
+    message : str
+        What is happening now, for people.
+    records : tuple of StepRecord
+        The steps since the ``since`` passed to :meth:`TrainingJob.snapshot` (all by default).
+    n_records : int
+        Steps done so far (all of them, whatever ``since`` was).
+    steps_total : int
+        Steps planned (0 until training starts).
+    fraction : float
+        Progress of the current phase in [0, 1] (training: steps; scoring: images).
+    eta_s : float
+        Estimated seconds of training left (NaN when unknown).
+    stop_requested, stopped_early : bool
+    error : str or None
+        Why the job failed, in words.
+    run : RunSummary or None
+        The saved run, once ``status == "succeeded"``.
+    started, finished : float
+        ``time.time()`` stamps (``finished`` is NaN while running).
+    """
+
+    job_id: str
+    name: str
+    status: str
+    phase: str
+    message: str
+    records: tuple[StepRecord, ...]
+    n_records: int
+    steps_total: int
+    fraction: float
+    eta_s: float
+    stop_requested: bool
+    stopped_early: bool
+    error: str | None
+    run: RunSummary | None
+    started: float
+    finished: float
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def elapsed_s(self) -> float:
+        end = self.finished if self.done and self.finished == self.finished else time.time()
+        return max(0.0, end - self.started)
+
+
+class TrainingJob:
+    """Train a DOC detector on a split in the background, then score the test set and save the run.
+
+    Parameters
+    ----------
+    split : OneClassSplit
+        Its arrays are only read.
+    backbone : BackboneConfig
+    train : TrainConfig
+    scorer : ScorerConfig
+    dataset : dict, optional
+        Description of the data stored with the run (e.g. ``DatasetSpec.to_dict()``).
+    name : str, optional
+        Name of the saved run.
+    runs_dir : path, optional
+        Default: :func:`doc_core.runs.default_runs_dir` at the time the job saves.
+    save : bool
+        Save the run when training ends (tests may turn it off).
+
+    Use :meth:`start`, then poll :meth:`snapshot`; :meth:`stop` ends training after the current step.
+    """
+
+    def __init__(self, split: OneClassSplit, backbone: BackboneConfig = BackboneConfig(),
+                 train: TrainConfig = TrainConfig(), scorer: ScorerConfig = ScorerConfig(), *,
+                 dataset: dict | None = None, name: str | None = None, runs_dir=None, save: bool = True,
+                 job_id: str | None = None) -> None:
+        train.validate()
+        self.job_id = job_id or secrets.token_hex(6)
+        self.split = split
+        self.backbone = backbone
+        self.train = train
+        self.scorer = scorer
+        self.dataset = dict(dataset or {})
+        self.name = name or ""
+        self.runs_dir = runs_dir
+        self.save = save
+        self.detector: DOCDetector | None = None
+        self._lock = threading.Lock()
+        self._records: list[StepRecord] = []
+        self._status, self._phase, self._message = QUEUED, "starting", "waiting to start"
+        self._fraction, self._steps_total = 0.0, 0
+        self._error: str | None = None
+        self._run: RunSummary | None = None
+        self._stop = threading.Event()
+        self._stopped_early = False
+        self._started, self._finished = time.time(), float("nan")
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------------ control
+
+    def start(self) -> "TrainingJob":
+        """Start the worker thread (once); returns self."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("this job was already started")
+            self._status, self._started = RUNNING, time.time()
+            self._thread = threading.Thread(target=self._work, name=f"doc-training-{self.job_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the job to end training after the current step (thread-safe, returns at once).
+
+        The detector trained so far is still scored and saved; stopped before the first step, nothing is saved.
+        """
+        self._stop.set()
+        det = self.detector
+        if det is not None:
+            det.stop()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker; True if it has ended."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        with self._lock:
+            return self._status in FINISHED
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def records(self) -> list[StepRecord]:
+        """A copy of every step record so far."""
+        with self._lock:
+            return list(self._records)
+
+    def snapshot(self, since: int = 0) -> JobSnapshot:
+        """The job's state now, with the step records from index ``since`` on."""
+        with self._lock:
+            last = self._records[-1] if self._records else None
+            return JobSnapshot(
+                job_id=self.job_id, name=self.name, status=self._status, phase=self._phase, message=self._message,
+                records=tuple(self._records[since:]), n_records=len(self._records), steps_total=self._steps_total,
+                fraction=self._fraction, eta_s=eta_seconds(last) if last is not None else float("nan"),
+                stop_requested=self._stop.is_set(), stopped_early=self._stopped_early, error=self._error,
+                run=self._run, started=self._started, finished=self._finished)
+
+    # ------------------------------------------------------------------------------------------ worker
+
+    def _set(self, **kw) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, f"_{k}", v)
+
+    def _check_cancel(self) -> None:
+        """Abandon the job if stop() came before the first training step (nothing worth saving yet)."""
+        if self._stop.is_set() and not self._records:
+            raise _Cancelled()
+
+    def _on_prepare(self, message: str) -> None:
+        self._check_cancel()
+        with self._lock:
+            after_training = bool(self._records) or self.train.epochs == 0 or message.startswith("embedding")
+            self._phase = "memory bank" if after_training else "preparing"
+            self._message = message[:1].upper() + message[1:]
+            self._fraction = 1.0 if after_training else 0.0
+
+    def _on_scored(self, done: int, total: int) -> None:
+        self._check_cancel()
+        self._set(fraction=done / max(total, 1), message=f"Scoring test images: {done} of {total}")
+
+    def _work(self) -> None:
+        split = self.split
+        end: dict = {"status": FAILED, "error": "The training thread was interrupted.", "message": "Failed"}
+        try:
+            det = DOCDetector(self.backbone, self.train, self.scorer)
+            self.detector = det
+            self._set(phase="preparing", message="Building the backbone")
+            for rec in det.fit_steps(split.train_normal, split.reference, split.reference_labels,
+                                     split.reference_names, on_prepare=self._on_prepare):
+                with self._lock:
+                    self._records.append(rec)
+                    self._steps_total = rec.steps_total
+                    self._phase, self._fraction = "training", rec.step / max(rec.steps_total, 1)
+                    self._message = f"Epoch {rec.epoch} of {self.train.epochs}, step {rec.step} of {rec.steps_total}"
+                if self._stop.is_set():
+                    det.stop()
+            self._check_cancel()
+            stopped_early = self._stop.is_set() and len(self._records) < self._steps_total
+            self._set(stopped_early=stopped_early)
+            n_test = len(split.test_images)
+            self._set(phase="scoring", message=f"Scoring {n_test} test images", fraction=0.0)
+            feats = det.embed(split.test_images, progress=lambda done: self._on_scored(done, n_test))
+            scores = det.score_features(feats)
+            run = None
+            if self.save:
+                self._set(phase="saving", message="Saving the run", fraction=1.0)
+                run = save_run(det, scores, split.test_labels, split.test_classes, feats,
+                               dataset={**self.dataset, "name": split.name, "counts": split.summary()},
+                               name=self.name or None, steps_total=self._steps_total, stopped_early=stopped_early,
+                               total_seconds=time.time() - self._started,
+                               test_paths=split.info.get("test_paths"), runs_dir=self.runs_dir)
+            end = dict(status=SUCCEEDED, run=run, fraction=1.0,
+                       message="Stopped early; the model trained so far was saved" if stopped_early else "Finished")
+        except _Cancelled:
+            end = dict(status=STOPPED, message="Stopped before training started; nothing was saved")
+            self.detector = None
+        except (TrainingDivergedError, WeightsNotFoundError, DataError, ValueError, MemoryError) as exc:
+            log.warning("training job %s failed: %s", self.job_id, exc)
+            end = dict(status=FAILED, error=_explain(exc), message="Failed")
+            self.detector = None
+        except Exception as exc:  # noqa: BLE001 - the worker must never die silently
+            log.error("training job %s crashed:\n%s", self.job_id, traceback.format_exc())
+            end = dict(status=FAILED, error=f"Unexpected error ({type(exc).__name__}): {exc}", message="Failed")
+            self.detector = None
+        finally:
+            self.split = None  # let the arrays go once the job is over
+            self._set(phase="done", finished=time.time(), **end)
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, MemoryError):
+        return "Out of memory. Use fewer images, a smaller input size or a smaller batch."
+    if isinstance(exc, WeightsNotFoundError):
+        return "Pretrained weights are missing. " + str(exc)
+    msg = str(exc)
+    return msg[:1].upper() + msg[1:]
+
+
+# ------------------------------------------------------------------------------------------------------- registry
+
+
+@dataclass
+class JobRegistry:
+    """A thread-safe table of training jobs by id, shared by every session of one process.
+
+    Finished jobs are forgotten ``keep_finished_s`` seconds after they end (their runs are on disk).
+    """
+
+    keep_finished_s: float = 3600.0
+    _jobs: dict[str, TrainingJob] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, job: TrainingJob) -> TrainingJob:
+        with self._lock:
+            self._prune()
+            self._jobs[job.job_id] = job
+        return job
+
+    def get(self, job_id: str | None) -> TrainingJob | None:
+        if not job_id:
+            return None
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def running(self) -> list[TrainingJob]:
+        """Jobs not finished yet, oldest first."""
+        with self._lock:
+            return [j for j in self._jobs.values() if not j.done]
+
+    def start(self, factory: Callable[[], TrainingJob]) -> TrainingJob:
+        """Create a job with ``factory``, register it and start it."""
+        return self.add(factory()).start()
+
+    def _prune(self) -> None:
+        now = time.time()
+        for job_id, job in list(self._jobs.items()):
+            snap = job.snapshot(since=1 << 62)
+            if snap.done and now - snap.finished > self.keep_finished_s:
+                del self._jobs[job_id]
+
+
+def steps_per_epoch(n_normal: int, batch_size: int) -> int:
+    """Training steps in one epoch for ``n_normal`` normal images (the last partial batch is dropped)."""
+    if n_normal < 2:
+        return 0
+    return max(1, n_normal // min(batch_size, n_normal))
+

@@ -1,0 +1,468 @@
+"""The runs folder: finished training runs on disk, so they outlive a browser tab and a server restart.
+
+Layout of one run, ``<runs dir>/<run id>/``::
+
+    run.json        summary: configs, dataset, AUC, training facts, chosen threshold (JSON)
+    detector/       the fitted DOCDetector (DOCDetector.save: Keras weights + .npz + JSON)
+    scores.npz      test scores, labels (1 anomaly, 0 normal, -1 unlabelled), class names, training scores,
+                    and test image paths for folder datasets
+    features.npz    test features, so other scorers can be compared without re-embedding
+    history.json    the training curves: one StepRecord per step
+
+Every write is atomic (a temporary folder or file renamed into place), nothing is pickled (``allow_pickle=False``),
+and nothing from a run folder is ever executed. The runs folder is ``$DOC_RUNS_DIR`` or ``./runs``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .detector import DetectorFormatError, DOCDetector, ScorerConfig
+from .metrics import average_precision, roc_auc
+from .training import StepRecord
+
+RUNS_DIR_ENV = "DOC_RUNS_DIR"
+RUN_FORMAT = "doc-explorer-run"
+RUN_FORMAT_VERSION = 1
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+THRESHOLD_POLICIES = ("manual", "target_fpr", "best_f1", "train_percentile")
+
+_write_lock = threading.Lock()  # serialises read-modify-write of run.json within this process
+
+
+class RunError(ValueError):
+    """A run does not exist, or its folder is incomplete or broken; the message names it."""
+
+
+def default_runs_dir() -> Path:
+    """``$DOC_RUNS_DIR`` if set, else ``./runs`` (relative to the working directory)."""
+    return Path(os.environ.get(RUNS_DIR_ENV) or "runs")
+
+
+def _dir(runs_dir: str | os.PathLike | None) -> Path:
+    return Path(runs_dir) if runs_dir is not None else default_runs_dir()
+
+
+def _run_path(run_id: str, runs_dir: str | os.PathLike | None) -> Path:
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+        raise RunError(f"{run_id!r} is not a valid run id")
+    return _dir(runs_dir) / run_id
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """What a run knows about its test set.
+
+    Attributes
+    ----------
+    scores : np.ndarray, float32, shape (m,)
+        Anomaly scores of the run's own scorer; higher = more anomalous.
+    labels : np.ndarray, int64, shape (m,)
+        1 anomaly, 0 normal, -1 unlabelled.
+    classes : np.ndarray of str, shape (m,)
+    train_scores : np.ndarray, float32, shape (n,)
+        Leave-one-out scores of the normal training images (for percentile thresholds).
+    paths : np.ndarray of str, shape (m,), or None
+        Test image paths relative to the dataset folder (folder datasets only).
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray
+    train_scores: np.ndarray
+    paths: np.ndarray | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        """Both labelled normal and anomalous test images exist (so ROC/PR/AUC are defined)."""
+        return bool(np.any(self.labels == 0) and np.any(self.labels == 1))
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The contents of a run's ``run.json`` plus where it lies.
+
+    Attributes
+    ----------
+    run_id, name, created : str
+        ``created`` is an ISO 8601 UTC timestamp.
+    config : dict
+        ``DOCDetector.config_dict()``: backbone, train, scorer, threshold_percentile.
+    dataset : dict
+        ``DatasetSpec.to_dict()`` plus ``name`` (the split's name), ``description`` and ``counts`` per role.
+    auc, average_precision : float or None
+        On the test set; None when it lacks normal or anomalous labels.
+    n_test : int
+    steps, steps_total : int
+        Training steps done and planned; fewer done when stopped early.
+    stopped_early : bool
+    train_seconds, total_seconds : float
+    default_threshold : float
+        The detector's own threshold (a percentile of the training scores).
+    threshold : dict or None
+        The operating point chosen and saved by a user: ``value``, ``policy``, ``param``, ``scorer``, ``saved``.
+    path : Path
+    """
+
+    run_id: str
+    name: str
+    created: str
+    config: dict
+    dataset: dict
+    auc: float | None
+    average_precision: float | None
+    n_test: int
+    steps: int
+    steps_total: int
+    stopped_early: bool
+    train_seconds: float
+    total_seconds: float
+    default_threshold: float
+    threshold: dict | None = None
+    path: Path = field(default=Path("."), compare=False)
+
+    _FIELDS = ("run_id", "name", "created", "config", "dataset", "auc", "average_precision", "n_test", "steps",
+               "steps_total", "stopped_early", "train_seconds", "total_seconds", "default_threshold", "threshold")
+
+    def to_dict(self) -> dict:
+        return {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+                **{k: getattr(self, k) for k in self._FIELDS}}
+
+    @classmethod
+    def from_dict(cls, d: dict, path: Path) -> "RunSummary":
+        if not isinstance(d, dict) or d.get("format") != RUN_FORMAT:
+            raise RunError(f"{path}: run.json is not a {RUN_FORMAT} file")
+        if d.get("format_version") != RUN_FORMAT_VERSION:
+            raise RunError(f"{path}: run format version {d.get('format_version')!r} is not supported")
+        try:
+            opt = lambda v: None if v is None else float(v)  # noqa: E731
+            return cls(run_id=str(d["run_id"]), name=str(d["name"]), created=str(d["created"]),
+                       config=dict(d["config"]), dataset=dict(d["dataset"]), auc=opt(d.get("auc")),
+                       average_precision=opt(d.get("average_precision")), n_test=int(d["n_test"]),
+                       steps=int(d["steps"]), steps_total=int(d["steps_total"]),
+                       stopped_early=bool(d.get("stopped_early", False)),
+                       train_seconds=float(d.get("train_seconds", 0.0)),
+                       total_seconds=float(d.get("total_seconds", 0.0)),
+                       default_threshold=float(d["default_threshold"]),
+                       threshold=dict(d["threshold"]) if d.get("threshold") else None, path=path)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"{path}: run.json is incomplete ({type(exc).__name__}: {exc})") from exc
+
+    # --- convenience for display -------------------------------------------------------------------------------
+
+    @property
+    def backbone(self) -> dict:
+        return self.config.get("backbone", {})
+
+    @property
+    def train(self) -> dict:
+        return self.config.get("train", {})
+
+    @property
+    def scorer(self) -> ScorerConfig:
+        return ScorerConfig.from_dict(self.config.get("scorer", {}))
+
+    @property
+    def created_local(self) -> str:
+        """``created`` in local time, ``YYYY-MM-DD HH:MM``."""
+        try:
+            return datetime.fromisoformat(self.created).astimezone().strftime("%Y-%m-%d %H:%M")
+        except ValueError:
+            return self.created
+
+    @property
+    def operating_threshold(self) -> float:
+        """The saved threshold if there is one, else the detector's default."""
+        return float(self.threshold["value"]) if self.threshold else self.default_threshold
+
+    def config_line(self) -> str:
+        """A short line like ``mobilenet_v2 α1 · 96 px · 3 epochs · λ 0.1 · lr 0.0001 · batch 64``."""
+        b, t = self.backbone, self.train
+        alpha = f" α{b.get('alpha', 1.0):g}" if b.get("name") == "mobilenet_v2" else ""
+        return (f"{b.get('name', '?')}{alpha} · {b.get('input_size', '?')} px · {t.get('epochs', '?')} epochs · "
+                f"λ {t.get('lam', '?'):g} · lr {t.get('learning_rate', 0):g} · batch {t.get('batch_size', '?')}")
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+
+
+def new_run_id(hint: str = "") -> str:
+    """A unique, sortable, filesystem-safe id: ``YYYYmmdd-HHMMSS-<hint>-<4 hex>``."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", hint).strip("-").lower()[:40]
+    return "-".join(p for p in (stamp, slug, secrets.token_hex(2)) if p)
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_json_atomic(path: Path, doc: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.ndarray, test_classes,
+             test_features: np.ndarray | None = None, *, dataset: dict | None = None, name: str | None = None,
+             steps_total: int | None = None, stopped_early: bool = False, total_seconds: float | None = None,
+             test_paths=None, runs_dir: str | os.PathLike | None = None, run_id: str | None = None) -> RunSummary:
+    """Save a fitted detector and its test-set results as a new run, atomically.
+
+    Parameters
+    ----------
+    detector : DOCDetector
+        Fitted.
+    test_scores : np.ndarray, shape (m,)
+        ``detector``'s scores of the test images.
+    test_labels : np.ndarray, int, shape (m,)
+        1 anomaly, 0 normal, -1 unlabelled.
+    test_classes : sequence of str, length m
+    test_features : np.ndarray, shape (m, k), optional
+        Stored so that other scorers can be compared later without re-embedding.
+    dataset : dict, optional
+        Description of the data (``DatasetSpec.to_dict()`` plus anything useful to show).
+    name : str, optional
+        Shown in lists; defaults to a description of the backbone and epochs.
+    steps_total, stopped_early, total_seconds
+        Training facts to record (steps done are read from the detector's history).
+
+    Returns
+    -------
+    RunSummary
+    """
+    scores = np.asarray(test_scores, np.float32).ravel()
+    labels = np.asarray(test_labels, np.int64).ravel()
+    classes = np.asarray([str(c) for c in test_classes], dtype=str)
+    if not (len(scores) == len(labels) == len(classes)):
+        raise ValueError(f"test scores ({len(scores)}), labels ({len(labels)}) and classes ({len(classes)}) differ "
+                         "in length")
+    if test_features is not None and len(test_features) != len(scores):
+        raise ValueError("test_features and test_scores differ in length")
+    root = _dir(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = detector.config_dict()
+    if run_id is None:
+        run_id = new_run_id(f"{cfg['backbone']['name']}-{cfg['train']['epochs']}ep")
+    final = _run_path(run_id, root)
+    if final.exists():
+        raise RunError(f"a run {run_id!r} already exists")
+    both = bool(np.any(labels == 0) and np.any(labels == 1))
+    mask = labels >= 0
+    history = list(getattr(detector, "history_", []))
+    summary = RunSummary(
+        run_id=run_id, name=name or f"{cfg['backbone']['name']}, {len(history)} steps",
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), config=cfg, dataset=dict(dataset or {}),
+        auc=_finite_or_none(roc_auc(labels[mask], scores[mask])) if both else None,
+        average_precision=_finite_or_none(average_precision(labels[mask], scores[mask])) if both else None,
+        n_test=len(scores), steps=len(history), steps_total=int(steps_total if steps_total is not None else len(history)),
+        stopped_early=bool(stopped_early), train_seconds=float(history[-1].elapsed_s) if history else 0.0,
+        total_seconds=float(total_seconds if total_seconds is not None else getattr(detector, "fit_seconds_", 0.0)),
+        default_threshold=float(detector.threshold_), threshold=None, path=final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.tmp-", dir=root))
+    try:
+        detector.save(tmp / "detector", metadata={"run_id": run_id})
+        arrays = {"scores": scores, "labels": labels, "classes": classes,
+                  "train_scores": np.asarray(detector.train_scores_, np.float32)}
+        if test_paths is not None and len(test_paths) == len(scores):
+            arrays["paths"] = np.asarray([str(p) for p in test_paths], dtype=str)
+        np.savez(tmp / "scores.npz", **arrays)
+        _fsync_file(tmp / "scores.npz")
+        if test_features is not None:
+            np.savez(tmp / "features.npz", features=np.asarray(test_features, np.float32))
+            _fsync_file(tmp / "features.npz")
+        _write_json_atomic(tmp / "history.json", {"steps": [r.to_dict() for r in history]})
+        _write_json_atomic(tmp / "run.json", summary.to_dict())
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+
+
+def _read_summary(path: Path) -> RunSummary:
+    try:
+        doc = json.loads((path / "run.json").read_text())
+    except FileNotFoundError as exc:
+        raise RunError(f"{path} is not a run (no run.json)") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}/run.json is not valid JSON ({exc})") from exc
+    summary = RunSummary.from_dict(doc, path)
+    if summary.run_id != path.name:
+        raise RunError(f"{path}: run.json names run {summary.run_id!r}, not {path.name!r}")
+    return summary
+
+
+def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:
+    """Every complete run in the runs folder, newest first; incomplete or broken folders are left out."""
+    root = _dir(runs_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if p.name.startswith(".") or not RUN_ID_PATTERN.match(p.name) or p.is_symlink() or not p.is_dir():
+            continue
+        try:
+            out.append(_read_summary(p))
+        except RunError:
+            continue
+    return sorted(out, key=lambda r: (r.created, r.run_id), reverse=True)
+
+
+def get_run(run_id: str, runs_dir: str | os.PathLike | None = None) -> RunSummary:
+    """The summary of one run.
+
+    Raises
+    ------
+    RunError
+        No such run, or a broken one.
+    """
+    path = _run_path(run_id, runs_dir)
+    if not path.is_dir() or path.is_symlink():
+        raise RunError(f"there is no run {run_id!r} in {path.parent}")
+    return _read_summary(path)
+
+
+def load_scores(run_id: str, runs_dir: str | os.PathLike | None = None) -> RunScores:
+    """The test scores, labels and classes and the training scores of a run (arrays only, no pickle)."""
+    path = get_run(run_id, runs_dir).path
+    try:
+        with np.load(path / "scores.npz", allow_pickle=False) as z:
+            out = RunScores(scores=z["scores"].astype(np.float32), labels=z["labels"].astype(np.int64),
+                            classes=z["classes"].astype(str), train_scores=z["train_scores"].astype(np.float32),
+                            paths=z["paths"].astype(str) if "paths" in z.files else None)
+    except (OSError, KeyError, ValueError) as exc:
+        raise RunError(f"{path}/scores.npz is missing or broken ({type(exc).__name__}: {exc})") from exc
+    n = len(out.scores)
+    if out.scores.ndim != 1 or len(out.labels) != n or len(out.classes) != n or \
+            (out.paths is not None and len(out.paths) != n):
+        raise RunError(f"{path}/scores.npz holds arrays of different lengths")
+    return out
+
+
+def load_features(run_id: str, runs_dir: str | os.PathLike | None = None) -> np.ndarray | None:
+    """The run's test features, float32 (m, k), or None if the run did not store them."""
+    path = get_run(run_id, runs_dir).path
+    if not (path / "features.npz").is_file():
+        return None
+    try:
+        with np.load(path / "features.npz", allow_pickle=False) as z:
+            feats = z["features"].astype(np.float32)
+    except (OSError, KeyError, ValueError) as exc:
+        raise RunError(f"{path}/features.npz is broken ({type(exc).__name__}: {exc})") from exc
+    if feats.ndim != 2:
+        raise RunError(f"{path}/features.npz does not hold a 2-D array")
+    return feats
+
+
+def load_history(run_id: str, runs_dir: str | os.PathLike | None = None) -> list[StepRecord]:
+    """The run's training curves, one :class:`StepRecord` per step (empty for an untrained baseline)."""
+    path = get_run(run_id, runs_dir).path / "history.json"
+    try:
+        doc = json.loads(path.read_text())
+        return [StepRecord(**{k: r[k] for k in StepRecord.__dataclass_fields__}) for r in doc["steps"]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{path} is broken ({type(exc).__name__}: {exc})") from exc
+
+
+def load_detector(run_id: str, runs_dir: str | os.PathLike | None = None,
+                  use_saved_threshold: bool = True) -> DOCDetector:
+    """The run's detector, ready for ``predict``.
+
+    With ``use_saved_threshold`` and a saved threshold, the detector scores with the scorer that threshold was chosen
+    for and uses that threshold (the run's operating point); otherwise it is the detector as trained.
+    """
+    summary = get_run(run_id, runs_dir)
+    try:
+        det = DOCDetector.load(summary.path / "detector")
+    except DetectorFormatError as exc:
+        raise RunError(f"run {run_id!r}: {exc}") from exc
+    if use_saved_threshold and summary.threshold:
+        scorer = ScorerConfig.from_dict(summary.threshold.get("scorer") or det.scorer.to_dict())
+        if scorer != det.scorer:
+            det = det.with_scorer(scorer)
+        det.threshold_ = float(summary.threshold["value"])
+    return det
+
+
+# ------------------------------------------------------------------------------------------------------- changing
+
+
+def save_threshold(run_id: str, value: float, policy: str = "manual", param: float | None = None,
+                   scorer: ScorerConfig | None = None, runs_dir: str | os.PathLike | None = None) -> RunSummary:
+    """Record the chosen operating point in the run's ``run.json`` (atomically); returns the new summary.
+
+    Parameters
+    ----------
+    value : float
+        Images scoring above it are anomalies.
+    policy : {"manual", "target_fpr", "best_f1", "train_percentile"}
+        How the value was chosen, with its ``param`` (the target FPR or the percentile).
+    scorer : ScorerConfig, optional
+        The scorer the threshold belongs to; default the run's own.
+    """
+    if policy not in THRESHOLD_POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(THRESHOLD_POLICIES)}, got {policy!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"the threshold must be a finite number, got {value}")
+    with _write_lock:
+        summary = get_run(run_id, runs_dir)
+        doc = summary.to_dict()
+        doc["threshold"] = {"value": float(value), "policy": policy,
+                            "param": None if param is None else float(param),
+                            "scorer": (scorer or summary.scorer).to_dict(),
+                            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        _write_json_atomic(summary.path / "run.json", doc)
+        return RunSummary.from_dict(doc, summary.path)
+
+
+def rename_run(run_id: str, name: str, runs_dir: str | os.PathLike | None = None) -> RunSummary:
+    """Change the display name of a run."""
+    name = " ".join(str(name).split())[:120]
+    if not name:
+        raise ValueError("a run name cannot be empty")
+    with _write_lock:
+        summary = get_run(run_id, runs_dir)
+        doc = {**summary.to_dict(), "name": name}
+        _write_json_atomic(summary.path / "run.json", doc)
+        return RunSummary.from_dict(doc, summary.path)
+
+
+def delete_run(run_id: str, runs_dir: str | os.PathLike | None = None) -> None:
+    """Delete a run. The folder is first renamed out of sight, so a half-deleted run is never listed."""
+    path = _run_path(run_id, runs_dir)
+    if not path.is_dir() or path.is_symlink():
+        raise RunError(f"there is no run {run_id!r} in {path.parent}")
+    trash = path.with_name(f".{run_id}.deleted-{os.getpid()}-{time.time_ns()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,176 @@
+"""doc_core.jobs: background training with live records, stop, errors, saving, and jobs side by side."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from doc_core import runs
+from doc_core.backbones import BackboneConfig
+from doc_core.data import OneClassSplit
+from doc_core.jobs import FAILED, STOPPED, SUCCEEDED, JobRegistry, TrainingJob, steps_per_epoch
+from doc_core.training import StepRecord, TrainConfig
+
+SIZE = 32
+TINY = BackboneConfig(name="tiny", input_size=SIZE)
+
+
+def _images(rng: np.random.Generator, n: int, level: int) -> np.ndarray:
+    base = rng.integers(0, 40, size=(n, SIZE, SIZE, 1))
+    base[:, 8:24, 8:24] += level
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def split() -> OneClassSplit:
+    rng = np.random.default_rng(0)
+    return OneClassSplit(
+        train_normal=_images(rng, 64, 60), reference=np.concatenate([_images(rng, 32, 120), _images(rng, 32, 200)]),
+        reference_labels=np.repeat([0, 1], 32), reference_names=("mid", "bright"),
+        test_images=np.concatenate([_images(rng, 20, 60), _images(rng, 20, 215)]), test_labels=np.repeat([0, 1], 20),
+        test_classes=("square",) * 20 + ("bright square",) * 20, name="synthetic squares")
+
+
+def _wait(job: TrainingJob, timeout: float = 120) -> None:
+    assert job.join(timeout), f"job still {job.snapshot().status} after {timeout} s"
+
+
+def test_job_trains_in_the_background_and_saves_a_run(split, tmp_path):
+    job = TrainingJob(split, TINY, TrainConfig(epochs=2, batch_size=16), dataset={"description": "squares"},
+                      name="background", runs_dir=tmp_path)
+    assert job.snapshot().status == "queued"
+    job.start()
+    seen = []
+    while not job.done:
+        snap = job.snapshot(since=len(seen))
+        seen += snap.records
+        assert 0.0 <= snap.fraction <= 1.0
+        time.sleep(0.02)
+    snap = job.snapshot()
+    seen += job.snapshot(since=len(seen)).records
+    assert snap.status == SUCCEEDED and snap.error is None and snap.phase == "done"
+    assert [r.step for r in seen] == list(range(1, 9)) == [r.step for r in snap.records]
+    assert snap.steps_total == 8 == steps_per_epoch(64, 16) * 2 and not snap.stopped_early
+    assert all(isinstance(r, StepRecord) and np.isfinite(r.total) for r in snap.records)
+    assert snap.finished >= snap.started and snap.elapsed_s > 0
+    run = snap.run
+    assert run is not None and run.name == "background" and run.auc is not None
+    assert run.dataset["description"] == "squares" and run.dataset["name"] == "synthetic squares"
+    assert run.dataset["counts"]["test anomaly"] == 20
+    assert [r.run_id for r in runs.list_runs(tmp_path)] == [run.run_id]
+    assert len(runs.load_scores(run.run_id, tmp_path).scores) == 40
+    assert job.split is None  # the arrays are let go once the job ends
+
+
+def test_stop_keeps_the_model_trained_so_far(split, tmp_path):
+    job = TrainingJob(split, TINY, TrainConfig(epochs=500, batch_size=16), runs_dir=tmp_path).start()
+    while job.snapshot().n_records < 3 and not job.done:
+        time.sleep(0.01)
+    job.stop()
+    _wait(job)
+    snap = job.snapshot()
+    assert snap.status == SUCCEEDED and snap.stopped_early and snap.stop_requested
+    assert 3 <= snap.n_records < snap.steps_total == 2000
+    assert snap.run.stopped_early and snap.run.steps == snap.n_records and snap.run.steps_total == 2000
+
+
+def test_stop_before_the_first_step_saves_nothing(split, tmp_path):
+    job = TrainingJob(split, TINY, TrainConfig(epochs=50, batch_size=16), runs_dir=tmp_path)
+    job.stop()
+    job.start()
+    _wait(job)
+    snap = job.snapshot()
+    assert snap.status == STOPPED and snap.run is None and snap.n_records == 0
+    assert runs.list_runs(tmp_path) == []
+
+
+def test_divergence_is_reported_in_words(split, tmp_path):
+    job = TrainingJob(split, TINY, TrainConfig(epochs=2, batch_size=16, max_loss=1e-3), runs_dir=tmp_path).start()
+    _wait(job)
+    snap = job.snapshot()
+    assert snap.status == FAILED and snap.run is None
+    assert snap.error.startswith("Training diverged") and "learning rate" in snap.error
+    assert runs.list_runs(tmp_path) == []
+
+
+def test_bad_backbone_settings_fail_cleanly(split, tmp_path):
+    job = TrainingJob(split, BackboneConfig(name="tiny", input_size=SIZE, trainable_from="no_such_layer"),
+                      TrainConfig(epochs=1, batch_size=16), runs_dir=tmp_path).start()
+    _wait(job)
+    snap = job.snapshot()
+    assert snap.status == FAILED and "no_such_layer" in snap.error
+
+
+def test_invalid_train_config_is_refused_up_front(split):
+    with pytest.raises(ValueError):
+        TrainingJob(split, TINY, TrainConfig(batch_size=1))
+
+
+def test_pretrained_baseline_without_training(split, tmp_path):
+    job = TrainingJob(split, TINY, TrainConfig(epochs=0), runs_dir=tmp_path).start()
+    _wait(job)
+    snap = job.snapshot()
+    assert snap.status == SUCCEEDED and snap.n_records == 0 and snap.run.steps == 0
+
+
+def test_without_saving(split, tmp_path):
+    job = TrainingJob(split, TINY, TrainConfig(epochs=1, batch_size=16), save=False, runs_dir=tmp_path).start()
+    _wait(job)
+    assert job.snapshot().status == SUCCEEDED and job.snapshot().run is None and runs.list_runs(tmp_path) == []
+    assert job.detector is not None  # the fitted detector stays available to the caller
+
+
+def test_two_jobs_at_once_keep_their_own_state(split, tmp_path):
+    registry = JobRegistry()
+    a = registry.start(lambda: TrainingJob(split, TINY, TrainConfig(epochs=3, batch_size=16, seed=1), name="a",
+                                           runs_dir=tmp_path))
+    b = registry.start(lambda: TrainingJob(split, TINY, TrainConfig(epochs=1, batch_size=32, seed=2), name="b",
+                                           runs_dir=tmp_path))
+    assert a.job_id != b.job_id and registry.get(a.job_id) is a and registry.get(b.job_id) is b
+    _wait(a)
+    _wait(b)
+    sa, sb = a.snapshot(), b.snapshot()
+    assert (sa.status, sb.status) == (SUCCEEDED, SUCCEEDED)
+    assert (sa.steps_total, sb.steps_total) == (12, 2)
+    assert [r.step for r in sa.records] == list(range(1, 13)) and [r.step for r in sb.records] == [1, 2]
+    assert {r.name for r in runs.list_runs(tmp_path)} == {"a", "b"}
+    assert registry.running() == [] and registry.get("nope") is None and registry.get(None) is None
+
+
+def test_snapshots_can_be_read_from_many_threads(split, tmp_path):
+    job = TrainingJob(split, TINY, TrainConfig(epochs=5, batch_size=16), save=False).start()
+    errors = []
+
+    def poll():
+        try:
+            while not job.done:
+                snap = job.snapshot()
+                assert len(snap.records) == snap.n_records
+                assert [r.step for r in snap.records] == list(range(1, snap.n_records + 1))
+        except AssertionError as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=poll) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and job.snapshot().status == SUCCEEDED
+
+
+def test_registry_forgets_old_finished_jobs(split):
+    registry = JobRegistry(keep_finished_s=0.0)
+    old = registry.start(lambda: TrainingJob(split, TINY, TrainConfig(epochs=0), save=False))
+    _wait(old)
+    time.sleep(0.01)
+    registry.add(TrainingJob(split, TINY, TrainConfig(epochs=0), save=False))
+    assert registry.get(old.job_id) is None
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(6000, 64) == 93
+    assert steps_per_epoch(10, 64) == 1
+    assert steps_per_epoch(1, 64) == 0
