@@ -56,7 +56,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=None, help="training seed")
     s = p.add_argument_group("scoring")
     s.add_argument("--scorer", choices=("knn", "lof"), default="knn", help="k-NN distance (default) or LOF")
-    s.add_argument("--k", type=int, default=None, help="neighbours (default 1 for knn, 20 for lof)")
+    s.add_argument("--k", type=int, default=None, help="neighbours (default 5 for knn, 20 for lof)")
     s.add_argument("--max-bank-size", type=int, default=None, help="subsample the normal feature bank to this size")
 
 

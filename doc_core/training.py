@@ -33,7 +33,8 @@ class TrainConfig:
     Parameters
     ----------
     lam : float
-        Weight ``lambda`` of the compactness loss (paper: 0.1).
+        Weight ``lambda`` of the compactness loss. The paper uses 0.1; 1.0 was better on a validation split cut from
+        the Fashion-MNIST training set (tutorial and one-vs-rest alike), with ``learning_rate`` 1e-3 and 3 epochs.
     learning_rate : float
     optimizer : {"adam", "sgd"}
         ``adam`` becomes AdamW when ``weight_decay > 0``; ``sgd`` uses momentum 0.9.
@@ -48,8 +49,8 @@ class TrainConfig:
         A total loss above this stops training as diverged.
     """
 
-    lam: float = 0.1
-    learning_rate: float = 1e-4
+    lam: float = 1.0
+    learning_rate: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
     batch_size: int = 64

@@ -141,7 +141,7 @@ def test_lof_about_one_for_inliers_and_larger_for_outlier():
 
 
 def test_make_scorer():
-    assert isinstance(make_scorer("knn"), KNNScorer) and make_scorer("knn").k == 1
+    assert isinstance(make_scorer("knn"), KNNScorer) and make_scorer("knn").k == 5
     assert isinstance(make_scorer("lof"), LOFScorer) and make_scorer("lof").k == 20
     s = make_scorer("knn", k=4, max_bank_size=10, seed=3)
     assert (s.k, s.max_bank_size, s.seed) == (4, 10, 3)
@@ -167,6 +167,6 @@ def test_scorers_reject_bad_features():
         KNNScorer().fit(np.zeros(5))
     with pytest.raises(ValueError, match="NaN"):
         KNNScorer().fit(np.array([[0.0, np.nan], [1.0, 1.0]]))
-    scorer = KNNScorer().fit(np.zeros((3, 2)))
+    scorer = KNNScorer(k=1).fit(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="NaN"):
         scorer.score_samples(np.array([[np.inf, 0.0]]))
