@@ -415,6 +415,42 @@ def load_detector(run_id: str, runs_dir: str | os.PathLike | None = None,
     return det
 
 
+def scores_csv(stored: RunScores, scores: np.ndarray | None = None, threshold: float | None = None,
+               comment: str = "") -> str:
+    """The test scores as CSV text: ``index, [path,] class, true_label, score[, predicted]``.
+
+    Parameters
+    ----------
+    stored : RunScores
+    scores : np.ndarray, optional
+        Scores to write instead of the stored ones (e.g. from another scorer), same length.
+    threshold : float, optional
+        Adds ``predicted`` (``anomaly`` where ``score > threshold``, else ``normal``).
+    comment : str
+        Written first as ``# comment`` lines.
+    """
+    import csv
+    import io
+
+    s = stored.scores if scores is None else np.asarray(scores, np.float32)
+    if len(s) != len(stored.labels):
+        raise ValueError(f"{len(s)} scores for {len(stored.labels)} test images")
+    names = {1: "anomaly", 0: "normal", -1: "unlabelled"}
+    out = io.StringIO()
+    for line in comment.splitlines():
+        out.write(f"# {line}\n")
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["index"] + (["path"] if stored.paths is not None else []) + ["class", "true_label", "score"]
+               + (["predicted"] if threshold is not None else []))
+    for i, (c, y, v) in enumerate(zip(stored.classes, stored.labels, s)):
+        row = [i] + ([stored.paths[i]] if stored.paths is not None else []) + [c, names.get(int(y), str(y)),
+                                                                                 f"{float(v):.7g}"]
+        if threshold is not None:
+            row.append("anomaly" if v > threshold else "normal")
+        w.writerow(row)
+    return out.getvalue()
+
+
 # ------------------------------------------------------------------------------------------------------- changing
 
 

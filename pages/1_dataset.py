@@ -1,0 +1,151 @@
+"""Dataset page: choose the built-in Fashion-MNIST split or your own images, and look at what you chose."""
+
+import pandas as pd
+import streamlit as st
+
+from doc_core.data import FASHION_MNIST_CLASSES, FOLDER_LAYOUT, DataError, SplitConfig
+from doc_core.datasets import DatasetSpec
+from ui import cached, charts, nav, page, state, theme
+
+PERSIST = dict(persist_state="session")
+CLASS_INDEX = {name: i for i, name in enumerate(FASHION_MNIST_CLASSES)}
+
+
+def reset_reference_experiment() -> None:
+    state.reset(state.DS_NORMAL, state.DS_ANOMALY, state.DS_REFERENCE, state.DS_N_NORMAL, state.DS_N_REFERENCE,
+                state.DS_SEED)
+
+
+def fashion_spec() -> DatasetSpec:
+    """The Fashion-MNIST split described by the widgets below."""
+    ss = st.session_state
+    ids = lambda names: tuple(sorted(CLASS_INDEX[n] for n in names))  # noqa: E731
+    return DatasetSpec.fashion_mnist(SplitConfig(
+        normal_classes=ids(ss[state.DS_NORMAL]), anomaly_classes=ids(ss[state.DS_ANOMALY]) or None,
+        reference_classes=ids(ss[state.DS_REFERENCE]) or None, n_normal=ss[state.DS_N_NORMAL] or None,
+        n_reference=int(ss[state.DS_N_REFERENCE]), seed=int(ss[state.DS_SEED])))
+
+
+def fashion_settings() -> DatasetSpec:
+    st.caption("The defaults are the reference experiment of the Keras write-up: Sneaker is normal, Ankle boot is the "
+               "anomaly, and 6,000 images of the other eight classes form the reference set.")
+    c1, c2, c3 = st.columns([1, 1, 2])
+    c1.multiselect("Normal classes", FASHION_MNIST_CLASSES, key=state.DS_NORMAL, **PERSIST,
+                   help="Training uses images of these classes only; they define what is normal.")
+    c2.multiselect("Anomaly classes", FASHION_MNIST_CLASSES, key=state.DS_ANOMALY, **PERSIST,
+                   placeholder="Every class that is not normal",
+                   help="Test images of these classes are the anomalies to find. Empty: every class that is not "
+                        "normal.")
+    c3.multiselect("Reference classes", FASHION_MNIST_CLASSES, key=state.DS_REFERENCE, **PERSIST,
+                   placeholder="Every class that is neither normal nor an anomaly",
+                   help="Labelled images of these classes keep the features descriptive (the l_D loss). They must "
+                        "not include a normal class.")
+    c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")
+    c1.number_input("Normal training images (0 = all)", min_value=0, max_value=60000, step=100, key=state.DS_N_NORMAL,
+                    **PERSIST, help="A random subset of the normal training images; 0 uses all of them (6,000 per "
+                                    "class).")
+    c2.number_input("Reference images", min_value=2, max_value=60000, step=100, key=state.DS_N_REFERENCE, **PERSIST,
+                    help="Drawn at random from the reference classes.")
+    c3.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=state.DS_SEED, **PERSIST,
+                    help="Seeds every random draw of the split.")
+    c4.button("Reset to the reference experiment", on_click=reset_reference_experiment, width="stretch",
+              disabled=fashion_spec() == DatasetSpec.fashion_mnist(), help="Sneaker normal, Ankle boot anomalous, "
+              "6,000 reference images of the other eight classes, all normal training images, seed 0.")
+    return fashion_spec()
+
+
+def zip_settings() -> DatasetSpec | None:
+    st.file_uploader("Zip file with your images", type=["zip"], key=state.DS_UPLOAD,
+                     help="Laid out as shown below; the zip may also hold one top folder around it.")
+    size = st.select_slider("Image size (pixels)", [32, 48, 64, 96, 128, 160, 224], key=state.DS_IMAGE_SIZE,
+                            **PERSIST, help="Every image is resized to a square of this size when loaded.")
+    upload = st.session_state.get(state.DS_UPLOAD)
+    if upload is None:
+        current = state.dataset()
+        if current.kind == "folder" and current.label.endswith(".zip"):
+            st.caption(f"The active dataset is the zip **{current.label}**; upload another one to replace it.")
+        return None
+    try:
+        root = cached.unpack_zip(upload.getvalue())
+    except DataError as exc:
+        st.error(f"{upload.name}: {exc}")
+        return None
+    return DatasetSpec.folder(root, size, label=upload.name)
+
+
+def folder_settings() -> DatasetSpec | None:
+    c1, c2 = st.columns([3, 1])
+    folder = c1.text_input("Folder on the server", key=state.DS_FOLDER, **PERSIST, placeholder="/data/my_images",
+                           help="A path on the machine that runs this app, laid out as shown below.")
+    size = c2.select_slider("Image size (pixels)", [32, 48, 64, 96, 128, 160, 224], key=state.DS_IMAGE_SIZE,
+                            **PERSIST)
+    return DatasetSpec.folder(folder.strip(), size) if folder.strip() else None
+
+
+def show_counts(spec: DatasetSpec, split) -> None:
+    c = split.summary()
+    cols = st.columns(5 if c["test unlabelled"] else 4)
+    cols[0].metric("Normal training", f"{c['normal training']:,}")
+    cols[1].metric("Reference", f"{c['reference']:,}", help=f"{len(split.reference_names)} classes")
+    cols[2].metric("Test normal", f"{c['test normal']:,}")
+    cols[3].metric("Test anomaly", f"{c['test anomaly']:,}")
+    if c["test unlabelled"]:
+        cols[4].metric("Test unlabelled", f"{c['test unlabelled']:,}")
+    rows = cached.counts(spec)
+    left, right = st.columns([2, 3], gap="large")
+    table = pd.DataFrame(rows).rename(columns={"role": "Role", "class": "Class", "count": "Images"})
+    left.dataframe(table, hide_index=True, width="stretch", height=min(36 * (len(table) + 1) + 2, 600),
+                   column_config={"Images": st.column_config.NumberColumn(format="localized")})
+    right.plotly_chart(charts.role_counts(rows), config=theme.PLOT_CONFIG, key="counts_chart")
+
+
+def show_samples(spec: DatasetSpec) -> None:
+    for role, (images, names) in cached.samples(spec, per_role=8).items():
+        st.markdown(f"{theme.role_label(role)} · {len(images)} random examples", unsafe_allow_html=True)
+        st.image(images, caption=names, width=84)
+
+
+page.setup("Dataset")
+st.title("Dataset")
+st.markdown("Choose the images: which are **normal** (to learn), which are **anomalies** (to find in the test set) "
+            "and which are **reference** images (labelled images of other classes that keep the features "
+            "descriptive).")
+
+source = st.segmented_control("Source", state.SOURCES, key=state.DS_SOURCE, required=True, **PERSIST)
+with st.container(border=True):
+    if source == state.SOURCE_FASHION:
+        wanted = fashion_settings()
+    elif source == state.SOURCE_ZIP:
+        wanted = zip_settings()
+    else:
+        wanted = folder_settings()
+    if source != state.SOURCE_FASHION:
+        st.markdown("Expected layout (only `train/` and `reference/` are required; without `test/` there is "
+                    "nothing to evaluate):")
+        st.code(FOLDER_LAYOUT, language=None)
+
+if wanted is not None:
+    try:
+        cached.split(wanted)
+        state.set_dataset(wanted)
+    except DataError as exc:
+        st.error(f"{exc}\n\nThe active dataset is still: {state.dataset().describe()}.")
+
+spec = state.dataset()
+try:
+    split, skipped = cached.split(spec)
+except DataError as exc:
+    st.error(str(exc))
+    st.stop()
+
+st.subheader(f"Active dataset: {spec.describe()}", anchor=False)
+if skipped:
+    with st.expander(f"{len(skipped)} file(s) could not be read and were skipped"):
+        st.dataframe(pd.DataFrame([{"file": s.path, "reason": s.reason} for s in skipped]), hide_index=True)
+if not split.has_test_labels:
+    st.warning("The test set has no labelled normal and anomalous images, so ROC curves and AUC cannot be computed. "
+               "Add test/normal/ and test/anomaly/ folders to evaluate.")
+show_counts(spec, split)
+st.subheader("Sample images", anchor=False)
+show_samples(spec)
+st.page_link(nav.TRAINING, label="Next: train a detector on this dataset", icon=nav.ICONS[nav.TRAINING])

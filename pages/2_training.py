@@ -1,0 +1,224 @@
+"""Training page: settings, Start/Stop, live loss curves with progress, and the saved runs."""
+
+import pandas as pd
+import streamlit as st
+
+from doc_core import runs
+from doc_core.backbones import BACKBONES, BackboneConfig, resolve_weights
+from doc_core.data import DataError
+from doc_core.detector import ScorerConfig
+from doc_core.jobs import TrainingJob, steps_per_epoch
+from doc_core.training import TrainConfig
+from ui import cached, charts, nav, page, state, status, theme
+
+PERSIST = dict(persist_state="session")
+BACKBONE_LABELS = {"mobilenet_v2": "MobileNetV2 (ImageNet)", "vgg16": "VGG16 (ImageNet)",
+                   "tiny": "Tiny CNN (random weights, for quick tests)"}
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
+RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+TRAINABLE = {"default": "Last blocks (default)", "all": "All layers",
+             "none": "None: ImageNet features as they are (no training)"}
+
+
+def settings() -> tuple[BackboneConfig, TrainConfig]:
+    """The backbone and training settings chosen with the widgets below."""
+    ss = st.session_state
+    frozen = ss[state.TR_TRAINABLE] == "none"
+    backbone = BackboneConfig(name=ss[state.TR_BACKBONE], alpha=float(ss[state.TR_ALPHA]),
+                              input_size=int(ss[state.TR_INPUT_SIZE]),
+                              trainable_from=None if ss[state.TR_TRAINABLE] == "default" else ss[state.TR_TRAINABLE])
+    train = TrainConfig(lam=float(ss[state.TR_LAMBDA]), learning_rate=float(ss[state.TR_LR]),
+                        epochs=0 if frozen else int(ss[state.TR_EPOCHS]), batch_size=int(ss[state.TR_BATCH]),
+                        seed=int(ss[state.TR_SEED]))
+    return backbone, train
+
+
+def settings_form(disabled: bool) -> None:
+    ss = st.session_state
+    c1, c2, c3, c4 = st.columns(4)
+    c1.selectbox("Backbone", BACKBONES, format_func=BACKBONE_LABELS.get, key=state.TR_BACKBONE, **PERSIST,
+                 disabled=disabled, help="The pretrained network whose features DOC fine-tunes.")
+    c2.selectbox("Width multiplier α", ALPHAS, key=state.TR_ALPHA, **PERSIST,
+                 disabled=disabled or ss[state.TR_BACKBONE] != "mobilenet_v2",
+                 help="MobileNetV2 only: channel width; 1.0 is the standard network.")
+    c3.select_slider("Input size (pixels)", SIZES, key=state.TR_INPUT_SIZE, **PERSIST, disabled=disabled,
+                     help="Images are resized to this square before the backbone.")
+    c4.selectbox("Trainable layers", list(TRAINABLE), format_func=TRAINABLE.get, key=state.TR_TRAINABLE,
+                 **PERSIST, disabled=disabled, help="Which layers DOC fine-tunes; the others stay as pretrained.")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    c1.number_input("λ (weight of l_C)", min_value=0.0, max_value=100.0, step=0.05, format="%.3g",
+                    key=state.TR_LAMBDA, **PERSIST, disabled=disabled,
+                    help="Total loss = l_D + λ·l_C. The paper uses 0.1.")
+    c2.select_slider("Learning rate", RATES, format_func=lambda r: f"{r:.0e}", key=state.TR_LR, **PERSIST,
+                     disabled=disabled)
+    c3.number_input("Epochs", min_value=0, max_value=200, step=1, key=state.TR_EPOCHS, **PERSIST,
+                    disabled=disabled or ss[state.TR_TRAINABLE] == "none",
+                    help="Passes over the normal training images; 0 keeps the pretrained features.")
+    c4.number_input("Batch size", min_value=2, max_value=1024, step=8, key=state.TR_BATCH, **PERSIST,
+                    disabled=disabled, help="Normal images per step, and as many reference images.")
+    c5.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=state.TR_SEED, **PERSIST,
+                    disabled=disabled, help="Seeds the head's initialisation and the batch order.")
+    st.text_input("Run name (optional)", key=state.TR_NAME, **PERSIST, disabled=disabled, max_chars=120,
+                  placeholder="e.g. sneakers, 3 epochs")
+
+
+def plan_caption(split, backbone: BackboneConfig, train: TrainConfig) -> None:
+    per_epoch = steps_per_epoch(len(split.train_normal), train.batch_size)
+    if train.epochs == 0:
+        st.caption("No training: the run embeds the images with the pretrained backbone and scores the test set.")
+    else:
+        st.caption(f"{per_epoch * train.epochs:,} training steps ({per_epoch:,} per epoch of "
+                   f"{len(split.train_normal):,} normal images), then {len(split.test_images):,} test images are "
+                   "scored.")
+    if backbone.name != "tiny" and resolve_weights(backbone) == "imagenet":
+        alpha = f" with α {backbone.alpha:g}" if backbone.name == "mobilenet_v2" else ""
+        st.warning(f"No local ImageNet weights were found for {BACKBONE_LABELS[backbone.name]}{alpha}, and this app "
+                   "does not download them, so training would fail. Choose MobileNetV2 with α 1.0 or the tiny CNN, "
+                   "or set DOC_WEIGHTS to a weights file.")
+
+
+def start_training() -> None:
+    """Start button: build a job from the settings and the active dataset, and start it in the background."""
+    spec = state.dataset()
+    backbone, train = settings()
+    try:
+        split, _ = cached.split(spec)
+        job = TrainingJob(split, backbone, train, ScorerConfig(), name=st.session_state[state.TR_NAME].strip(),
+                          dataset={**spec.to_dict(), "description": spec.describe()}, runs_dir=cached.runs_dir())
+    except (DataError, ValueError) as exc:
+        state.flash("error", f"Cannot start: {exc}")
+        return
+    cached.job_registry().add(job).start()
+    state.set_job(job.job_id)
+
+
+def stop_training() -> None:
+    job = status.session_job()
+    if job is not None:
+        job.stop()
+
+
+def live_view() -> None:
+    """Progress, phase and live loss curves of this session's job; refreshed every second while it runs."""
+    job = status.session_job()
+    if job is None:
+        return
+    snap = job.snapshot()
+    if snap.done:
+        if status.handle_job_end(snap):
+            st.rerun()  # redraw the whole page: buttons, runs table
+    else:
+        text = status.progress_text(snap)
+        if snap.stop_requested:
+            text = "Stopping after the current step… · " + text
+        st.progress(snap.fraction, text=text)
+    if snap.records:
+        last = snap.records[-1]
+        st.caption(f"Last step: l_D {last.l_d:.4f} · l_C {last.l_c:.4g} · total {last.total:.4f} · "
+                   f"{last.images_per_s:,.0f} images/s")
+        st.plotly_chart(charts.loss_curves(snap.records), config=theme.PLOT_CONFIG, key="live_curves")
+    elif not snap.done:
+        st.caption("The loss curves appear with the first training step.")
+
+
+def runs_table(all_runs: list, active_id: str | None) -> None:
+    rows = [{"": "●" if r.run_id == active_id else "", "Name": r.name, "Created": r.created_local,
+             "Backbone": r.backbone.get("name"), "Input (px)": r.backbone.get("input_size"),
+             "Epochs": r.train.get("epochs"), "λ": r.train.get("lam"), "Learning rate": r.train.get("learning_rate"),
+             "Batch": r.train.get("batch_size"), "Steps": r.steps, "Test AUC": r.auc,
+             "Threshold": r.threshold["value"] if r.threshold else None,
+             "Dataset": r.dataset.get("description") or r.dataset.get("name", "")} for r in all_runs]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "": st.column_config.TextColumn(width=20, help="the active run"),
+        "Learning rate": st.column_config.NumberColumn(format="%.0e"),
+        "Test AUC": st.column_config.NumberColumn(format="%.3f"),
+        "Threshold": st.column_config.NumberColumn(format="%.4g", help="saved on the ROC page")})
+
+
+def make_active() -> None:
+    state.set_run(st.session_state[state.TR_PICK_RUN])
+
+
+def delete_picked() -> None:
+    run_id = st.session_state[state.TR_PICK_RUN]
+    try:
+        runs.delete_run(run_id, cached.runs_dir())
+        state.flash("success", f"Deleted run {run_id}.")
+    except runs.RunError as exc:
+        state.flash("error", str(exc))
+    if state.chosen_run_id() == run_id:
+        state.set_run(None)
+
+
+def saved_runs() -> None:
+    st.subheader("Saved runs", anchor=False)
+    all_runs = cached.list_runs()
+    if not all_runs:
+        st.info(f"No saved runs yet. Finished runs are saved in `{cached.runs_dir()}` and appear here.")
+        return
+    active = cached.active_run(state.chosen_run_id())
+    runs_table(all_runs, active.run_id if active else None)
+    by_id = {r.run_id: r for r in all_runs}
+    if st.session_state.get(state.TR_PICK_RUN) not in by_id:
+        st.session_state[state.TR_PICK_RUN] = active.run_id if active else all_runs[0].run_id
+    c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+    c1.selectbox("Run", list(by_id), key=state.TR_PICK_RUN,
+                 format_func=lambda i: f"{by_id[i].name} · {by_id[i].created_local}"
+                                       + (f" · AUC {by_id[i].auc:.3f}" if by_id[i].auc is not None else ""))
+    c2.button("Make active", on_click=make_active, width="stretch",
+              disabled=active is not None and st.session_state[state.TR_PICK_RUN] == active.run_id,
+              help="Use this run on the ROC and threshold page.")
+    with c3.popover("Delete…", width="stretch"):
+        st.markdown(f"Delete **{by_id[st.session_state[state.TR_PICK_RUN]].name}** and its folder? This cannot be "
+                    "undone.")
+        st.button("Delete permanently", type="primary", on_click=delete_picked)
+
+
+page.setup("Training")
+st.title("Training")
+st.markdown("DOC fine-tunes the backbone on two losses at once: **l_D**, the cross-entropy of classifying the "
+            "reference images (keeps features descriptive), and **l_C**, the spread of the normal images' features "
+            "(makes them compact). Training runs in the background; you can use the other pages meanwhile.")
+
+spec = state.dataset()
+try:
+    split, _ = cached.split(spec)
+except DataError as exc:
+    st.error(f"The active dataset cannot be loaded: {exc}")
+    st.page_link(nav.DATASET, label="Choose a dataset", icon=nav.ICONS[nav.DATASET])
+    st.stop()
+c = split.summary()
+st.markdown(f"**Data:** {spec.describe()} — {c['normal training']:,} normal training, {c['reference']:,} reference "
+            f"({len(split.reference_names)} classes), {len(split.test_images):,} test images.")
+st.page_link(nav.DATASET, label="Change the dataset", icon=nav.ICONS[nav.DATASET])
+
+job = status.session_job()
+running = job is not None and not job.done
+with st.container(border=True):
+    settings_form(disabled=running)
+    backbone, train = settings()
+    plan_caption(split, backbone, train)
+    b1, b2, _ = st.columns([1, 1, 4])
+    b1.button("Start training", type="primary", on_click=start_training, disabled=running, width="stretch",
+              icon=":material/play_arrow:")
+    b2.button("Stop", on_click=stop_training, disabled=not running, width="stretch", icon=":material/stop:",
+              help="End training after the current step; the model trained so far is still scored and saved.")
+
+if job is not None:
+    st.subheader("This session's training", anchor=False)
+    st.fragment(run_every=1.0 if running else None)(live_view)()
+else:
+    active = cached.active_run(state.chosen_run_id())
+    if active is not None:
+        st.subheader(f"Loss curves of the active run: {active.name}", anchor=False)
+        history = cached.history_of(active)
+        if history:
+            st.plotly_chart(charts.loss_curves(history), config=theme.PLOT_CONFIG, key="run_curves")
+        else:
+            st.caption("This run was not trained (pretrained features only), so it has no loss curves.")
+    others = cached.job_registry().running()
+    if others:
+        st.info(f"{len(others)} training job(s) started from other browser tabs are running on this server.")
+
+saved_runs()

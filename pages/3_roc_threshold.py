@@ -1,0 +1,263 @@
+"""ROC and threshold page: how well a run separates normal from anomalous test images, and where to cut."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from doc_core import metrics, runs
+from doc_core.detector import ScorerConfig
+from ui import cached, charts, nav, page, state, theme
+
+PERSIST = dict(persist_state="session")
+ss = st.session_state
+
+
+def scorer_label(cfg: ScorerConfig) -> str:
+    if cfg.name == "lof":
+        return f"LOF, k={cfg.k or 20}"
+    return f"k-NN distance, k={cfg.k or 1}"
+
+
+def score_title(cfg: ScorerConfig) -> str:
+    what = "local outlier factor" if cfg.name == "lof" else "distance to nearest normal features"
+    return f"anomaly score ({what}; higher = more anomalous)"
+
+
+def chosen_scorer(run: runs.RunSummary) -> ScorerConfig:
+    choice = ss[state.ROC_SCORER]
+    if choice == state.SCORER_RUN:
+        return run.scorer
+    return ScorerConfig(name="lof" if choice == state.SCORER_LOF else "knn", k=int(ss[state.ROC_K]))
+
+
+def on_run_picked() -> None:
+    state.set_run(ss[state.ROC_RUN])
+
+
+def follow_saved_scorer(run: runs.RunSummary) -> None:
+    """When another run is opened, show it with the scorer its saved threshold belongs to."""
+    saved = ScorerConfig.from_dict(run.threshold["scorer"]) if run.threshold else run.scorer
+    if saved == run.scorer:
+        ss[state.ROC_SCORER] = state.SCORER_RUN
+    else:
+        ss[state.ROC_SCORER] = state.SCORER_LOF if saved.name == "lof" else state.SCORER_KNN
+        ss[state.ROC_K] = int(saved.k or (20 if saved.name == "lof" else 1))
+
+
+def reset_threshold(run: runs.RunSummary, scorer: ScorerConfig) -> None:
+    """Start from the run's saved operating point for this scorer, else from the detector's default percentile."""
+    saved = run.threshold if run.threshold and ScorerConfig.from_dict(run.threshold["scorer"]) == scorer else None
+    code_to_policy = {v: k for k, v in state.POLICY_CODES.items()}
+    if saved:
+        ss[state.ROC_POLICY] = code_to_policy.get(saved["policy"], state.POLICY_MANUAL)
+        if saved["policy"] == "target_fpr" and saved.get("param") is not None:
+            ss[state.ROC_TARGET_FPR] = float(saved["param"]) * 100
+        if saved["policy"] == "train_percentile" and saved.get("param") is not None:
+            ss[state.ROC_PERCENTILE] = float(saved["param"])
+        ss[state.ROC_THRESHOLD] = float(saved["value"])
+    else:
+        ss[state.ROC_POLICY] = state.POLICY_PERCENTILE
+        ss[state.ROC_PERCENTILE] = float(run.config.get("threshold_percentile", 95.0))
+
+
+def to_manual() -> None:
+    ss[state.ROC_POLICY] = state.POLICY_MANUAL
+
+
+def slider_range(scores: np.ndarray, train_scores: np.ndarray) -> tuple[float, float, float]:
+    both = np.concatenate([scores, train_scores])
+    lo, hi = float(both.min()), float(both.max())
+    pad = (hi - lo) * 0.02 or 1.0
+    return lo - pad, hi + pad, float(f"{(hi - lo + 2 * pad) / 1000:.2g}")
+
+
+def policy_threshold(policy: str, labels: np.ndarray, scores: np.ndarray, train_scores: np.ndarray) -> float | None:
+    if policy == state.POLICY_FPR:
+        return metrics.threshold_at_fpr(scores[labels == 0], ss[state.ROC_TARGET_FPR] / 100)
+    if policy == state.POLICY_F1:
+        mask = labels >= 0
+        return metrics.threshold_best_f1(labels[mask], scores[mask])
+    if policy == state.POLICY_PERCENTILE:
+        return metrics.threshold_percentile(train_scores, ss[state.ROC_PERCENTILE])
+    return None
+
+
+def policy_param(policy: str) -> float | None:
+    if policy == state.POLICY_FPR:
+        return ss[state.ROC_TARGET_FPR] / 100
+    if policy == state.POLICY_PERCENTILE:
+        return float(ss[state.ROC_PERCENTILE])
+    return None
+
+
+@st.fragment
+def threshold_section(run: runs.RunSummary, scorer: ScorerConfig, stored: runs.RunScores, scores: np.ndarray,
+                      train_scores: np.ndarray) -> None:
+    """Policy, slider, metrics and charts; reruns on its own as the slider moves."""
+    labels = stored.labels
+    labelled = stored.has_labels
+    policies = state.POLICIES if labelled else (state.POLICY_PERCENTILE, state.POLICY_MANUAL)
+    if ss[state.ROC_POLICY] not in policies:
+        ss[state.ROC_POLICY] = state.POLICY_PERCENTILE
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    policy = c1.radio("Set the threshold by", policies, key=state.ROC_POLICY, horizontal=True, **PERSIST)
+    if policy == state.POLICY_FPR:
+        c2.number_input("Target false-positive rate (%)", min_value=0.0, max_value=100.0, step=0.5, format="%.1f",
+                        key=state.ROC_TARGET_FPR, **PERSIST,
+                        help="At most this share of the normal test images is flagged.")
+    elif policy == state.POLICY_PERCENTILE:
+        c2.number_input("Percentile of training scores", min_value=0.0, max_value=100.0, step=0.5, format="%.1f",
+                        key=state.ROC_PERCENTILE, **PERSIST,
+                        help="Uses no test labels: the threshold is this percentile of the (leave-one-out) scores "
+                             "of the normal training images.")
+    elif policy == state.POLICY_F1:
+        c2.caption("Chosen with the test labels, so the metrics below are optimistic.")
+    else:
+        c2.caption("Drag the slider to any threshold.")
+
+    lo, hi, step = slider_range(scores, train_scores)
+    wanted = policy_threshold(policy, labels, scores, train_scores)
+    if wanted is not None or not lo <= ss.get(state.ROC_THRESHOLD, np.nan) <= hi:
+        ss[state.ROC_THRESHOLD] = float(np.clip(wanted if wanted is not None else run.default_threshold, lo, hi))
+    threshold = st.slider("Threshold: images scoring above it are flagged as anomalies", min_value=lo, max_value=hi,
+                          step=step, key=state.ROC_THRESHOLD, on_change=to_manual, format="%.4g")
+
+    flagged = int(np.sum(scores > threshold))
+    if labelled:
+        mask = labels >= 0
+        report = metrics.report_at_threshold(labels[mask], scores[mask], threshold)
+        m = st.columns(6)
+        m[0].metric("Precision", f"{report.precision:.1%}", help="Share of flagged images that are anomalies.")
+        m[1].metric("Recall", f"{report.recall:.1%}", help="Share of anomalies flagged (true-positive rate).")
+        m[2].metric("F1", f"{report.f1:.3f}", help="Harmonic mean of precision and recall.")
+        m[3].metric("Accuracy", f"{report.accuracy:.1%}")
+        m[4].metric("False-positive rate", f"{report.fpr:.1%}", help="Share of normal images flagged.")
+        m[5].metric("Flagged", f"{flagged:,} of {len(scores):,}")
+        curve = cached.curves(labels, scores)
+        left, right = st.columns(2, gap="medium")
+        left.plotly_chart(charts.roc(curve, report.fpr, report.recall), config=theme.PLOT_CONFIG, key="roc")
+        right.plotly_chart(charts.pr(curve, report.recall, report.precision if report.tp + report.fp else None),
+                           config=theme.PLOT_CONFIG, key="pr")
+        left, right = st.columns([3, 2], gap="medium")
+        groups = [("test normal", scores[labels == 0], theme.NORMAL), ("test anomaly", scores[labels == 1], theme.ANOMALY)]
+        if np.any(labels < 0):
+            groups.append(("test unlabelled", scores[labels < 0], theme.UNLABELLED))
+        left.plotly_chart(charts.score_histogram(groups, threshold, score_title(scorer)), config=theme.PLOT_CONFIG,
+                          key="histogram")
+        with right:
+            st.markdown("**Confusion matrix** at this threshold")
+            st.plotly_chart(charts.confusion(report), config=theme.PLOT_CONFIG, key="confusion")
+    else:
+        st.metric("Flagged", f"{flagged:,} of {len(scores):,} test images")
+        st.info("This run's test set has no labelled normal and anomalous images, so there is no ROC or PR curve. "
+                "The histogram compares the test scores with the normal training scores.")
+        groups = [("normal training (leave-one-out)", train_scores, theme.NORMAL),
+                  ("test unlabelled", scores, theme.UNLABELLED)]
+        st.plotly_chart(charts.score_histogram(groups, threshold, score_title(scorer)), config=theme.PLOT_CONFIG,
+                        key="histogram")
+
+    c1, c2, _ = st.columns([1, 1, 2])
+    if c1.button("Save this threshold into the run", type="primary", icon=":material/save:", width="stretch"):
+        try:
+            runs.save_threshold(run.run_id, threshold, state.POLICY_CODES[policy], policy_param(policy), scorer,
+                                cached.runs_dir())
+            state.flash("success", f"Saved threshold {threshold:.4g} ({policy.lower()}, {scorer_label(scorer)}) "
+                                   f"into run {run.name}.")
+        except (runs.RunError, ValueError, OSError) as exc:
+            state.flash("error", f"Could not save the threshold: {exc}")
+        st.rerun()
+    comment = (f"run {run.run_id} ({run.name}); scorer {scorer_label(scorer)}; threshold {threshold:.7g}\n"
+               "predicted = anomaly where score > threshold; higher scores are more anomalous")
+    c2.download_button("Download scores (CSV)", data=lambda: runs.scores_csv(stored, scores, threshold, comment),
+                       file_name=f"{run.run_id}-scores.csv", mime="text/csv", on_click="ignore",
+                       icon=":material/download:", width="stretch")
+
+
+def request_compare() -> None:
+    ss[state.ROC_COMPARE] = True
+
+
+@st.fragment
+def compare_section(run: runs.RunSummary, labels: np.ndarray) -> None:
+    st.subheader("Compare scorers", anchor=False)
+    st.caption("Scores the stored test features again with other scorers on the same memory bank of normal "
+               "features: no retraining and no re-embedding.")
+    c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+    k_knn = c1.number_input("k for k-NN", min_value=1, max_value=500, step=1, key=state.ROC_COMPARE_K_KNN, **PERSIST)
+    k_lof = c2.number_input("k for LOF", min_value=2, max_value=500, step=1, key=state.ROC_COMPARE_K_LOF, **PERSIST)
+    c3.button("Compare", on_click=request_compare, icon=":material/compare_arrows:")
+    if not ss[state.ROC_COMPARE]:
+        return
+    rows, curves_ = [], []
+    for label, cfg in ((f"as trained ({scorer_label(run.scorer)})", run.scorer),
+                       (scorer_label(ScorerConfig("knn", int(k_knn))), ScorerConfig("knn", int(k_knn))),
+                       (scorer_label(ScorerConfig("lof", int(k_lof))), ScorerConfig("lof", int(k_lof)))):
+        try:
+            s, _ = cached.scores_for_scorer(run, cfg)
+            c = cached.curves(labels, s)
+            rows.append({"Scorer": label, "Test AUC": c["auc"], "Average precision": c["ap"], "Note": ""})
+            curves_.append((label, c))
+        except (runs.RunError, ValueError) as exc:
+            rows.append({"Scorer": label, "Test AUC": None, "Average precision": None, "Note": str(exc)})
+    left, right = st.columns([2, 3], gap="medium")
+    left.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "Test AUC": st.column_config.NumberColumn(format="%.3f"),
+        "Average precision": st.column_config.NumberColumn(format="%.3f")})
+    if curves_:
+        main, others = curves_[0], curves_[1:]
+        right.plotly_chart(charts.roc({**main[1]}, others=others), config=theme.PLOT_CONFIG, key="compare_roc")
+
+
+page.setup("ROC and threshold")
+st.title("ROC and threshold")
+all_runs = cached.list_runs()
+if not all_runs:
+    st.info("No run yet. Train a detector first: its test scores, ROC curve and threshold tools appear here.")
+    st.page_link(nav.TRAINING, label="Go to Training", icon=nav.ICONS[nav.TRAINING])
+    st.stop()
+
+by_id = {r.run_id: r for r in all_runs}
+active = cached.active_run(state.chosen_run_id())
+ss[state.ROC_RUN] = active.run_id
+st.selectbox("Run", list(by_id), key=state.ROC_RUN, on_change=on_run_picked,
+             format_func=lambda i: f"{by_id[i].name} · {by_id[i].created_local}"
+                                   + (f" · AUC {by_id[i].auc:.3f}" if by_id[i].auc is not None else ""))
+run = by_id[ss[state.ROC_RUN]]
+st.caption(f"{run.config_line()} · {run.steps:,} steps{' (stopped early)' if run.stopped_early else ''} · "
+           f"{run.dataset.get('description') or run.dataset.get('name', '')}")
+try:
+    stored = cached.scores_of(run)
+except runs.RunError as exc:
+    st.error(f"This run cannot be read: {exc}")
+    st.stop()
+if len(stored.scores) == 0:
+    st.warning("This run has no test images, so there is nothing to evaluate. Add a test/ folder to the dataset.")
+    st.stop()
+
+if ss[state.ROC_CONTEXT] is None or ss[state.ROC_CONTEXT][0] != run.run_id:
+    follow_saved_scorer(run)
+c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+c1.segmented_control("Scorer", state.SCORERS, key=state.ROC_SCORER, required=True, **PERSIST,
+                     format_func=lambda s: f"{s} ({scorer_label(run.scorer)})" if s == state.SCORER_RUN else s,
+                     help="How a test image's features are turned into an anomaly score, against the memory bank "
+                          "of normal training features.")
+c2.number_input("k (neighbours)", min_value=1, max_value=500, step=1, key=state.ROC_K, **PERSIST,
+                disabled=ss[state.ROC_SCORER] == state.SCORER_RUN)
+scorer = chosen_scorer(run)
+try:
+    scores, train_scores = cached.scores_for_scorer(run, scorer)
+except (runs.RunError, ValueError) as exc:
+    st.error(f"Cannot score with {scorer_label(scorer)}: {exc}")
+    st.stop()
+
+if ss[state.ROC_CONTEXT] != (run.run_id, scorer):
+    ss[state.ROC_CONTEXT] = (run.run_id, scorer)
+    reset_threshold(run, scorer)
+if run.threshold:
+    t = run.threshold
+    st.caption(f"Saved operating point: threshold {t['value']:.4g} with {scorer_label(ScorerConfig.from_dict(t['scorer']))}"
+               f" ({t['policy'].replace('_', ' ')}).")
+
+threshold_section(run, scorer, stored, scores, train_scores)
+if stored.has_labels:
+    compare_section(run, stored.labels)

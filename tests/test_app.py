@@ -1,0 +1,348 @@
+"""Every page of the Streamlit app through streamlit.testing.v1.AppTest, with no run and with a tiny finished run.
+
+The run is made once per module with doc_core (tiny backbone, 200 normal and 200 reference Fashion-MNIST images);
+each test gets its own copy of the runs folder through DOC_RUNS_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from doc_core import runs
+from doc_core.backbones import BackboneConfig
+from doc_core.data import DataError, SplitConfig, load_fashion_mnist
+from doc_core.datasets import DatasetSpec, load_dataset
+from doc_core.jobs import SUCCEEDED, TrainingJob
+from doc_core.training import TrainConfig
+from ui import state
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASET, TRAINING, ROC = "pages/1_dataset.py", "pages/2_training.py", "pages/3_roc_threshold.py"
+SMALL = SplitConfig(n_normal=200, n_reference=200)
+TIMEOUT = 120  # the first run of a session imports TensorFlow
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    try:
+        return load_fashion_mnist(download=False)
+    except DataError as exc:
+        pytest.skip(f"Fashion-MNIST is not installed (scripts/setup.sh installs it): {exc}")
+
+
+@pytest.fixture(scope="module")
+def tiny_run_dir(tmp_path_factory, fashion) -> Path:
+    """A runs folder with one finished tiny run on a small Fashion-MNIST split, made as the Training page does."""
+    where = tmp_path_factory.mktemp("runs")
+    spec = DatasetSpec.fashion_mnist(SMALL)
+    split, _ = load_dataset(spec, fashion)
+    job = TrainingJob(split, BackboneConfig(name="tiny", input_size=32), TrainConfig(epochs=2, batch_size=32),
+                      dataset={**spec.to_dict(), "description": spec.describe()}, name="tiny fixture run",
+                      runs_dir=where).start()
+    assert job.join(120) and job.snapshot().status == SUCCEEDED, job.snapshot().error
+    return where
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch, tiny_run_dir) -> Path:
+    """A private copy of the runs folder with the tiny run, used by the app through DOC_RUNS_DIR."""
+    where = tmp_path / "runs"
+    shutil.copytree(tiny_run_dir, where)
+    monkeypatch.setenv(runs.RUNS_DIR_ENV, str(where))
+    return where
+
+
+@pytest.fixture
+def empty_runs_dir(tmp_path, monkeypatch, fashion) -> Path:
+    where = tmp_path / "no-runs"
+    monkeypatch.setenv(runs.RUNS_DIR_ENV, str(where))
+    return where
+
+
+def open_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    if page:
+        at.switch_page(page).run()
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """All markdown, captions, alerts and headings of the page, as one string."""
+    parts = [e.value for kind in ("markdown", "caption", "title", "subheader", "info", "success", "warning",
+                                  "error") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def small_dataset(at: AppTest) -> None:
+    """Use 200 normal and 200 reference images (as a user would on the Dataset page)."""
+    at.switch_page(DATASET).run()
+    at.number_input(key=state.DS_N_NORMAL).set_value(200).run()
+    at.number_input(key=state.DS_N_REFERENCE).set_value(200).run()
+
+
+def tiny_settings(at: AppTest, epochs: int = 2, name: str = "") -> None:
+    at.switch_page(TRAINING).run()
+    at.selectbox(key=state.TR_BACKBONE).select("tiny").run()
+    at.select_slider(key=state.TR_INPUT_SIZE).set_value(32)
+    at.number_input(key=state.TR_EPOCHS).set_value(epochs)
+    at.number_input(key=state.TR_BATCH).set_value(32)
+    at.text_input(key=state.TR_NAME).input(name).run()
+
+
+def wait_for_job(at: AppTest, timeout: float = 120):
+    from ui import cached
+
+    job = cached.job_registry().get(at.session_state[state.JOB_ID])
+    assert job is not None
+    assert job.join(timeout), "training did not finish in time"
+    return job.snapshot()
+
+
+# ------------------------------------------------------------------------------------------------ without a run
+
+
+def test_home_without_a_run(empty_runs_dir):
+    at = open_app()
+    assert_clean(at)
+    assert at.title[0].value == "DOC Explorer"
+    body = texts(at)
+    assert "No run yet" in body and "Sneaker" in body and "Suggested next step" in body
+
+
+def test_dataset_page_defaults_to_the_reference_experiment(empty_runs_dir):
+    at = open_app(DATASET)
+    assert_clean(at)
+    assert at.multiselect(key=state.DS_NORMAL).value == ["Sneaker"]
+    assert at.multiselect(key=state.DS_ANOMALY).value == ["Ankle boot"]
+    assert len(at.multiselect(key=state.DS_REFERENCE).value) == 8
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics == {"Normal training": "6,000", "Reference": "6,000", "Test normal": "1,000",
+                       "Test anomaly": "1,000"}
+    assert len(at.get("image")) == 4  # one grid of samples per role
+    assert "reference experiment" in texts(at)
+
+
+def test_training_page_without_a_run(empty_runs_dir):
+    at = open_app(TRAINING)
+    assert_clean(at)
+    assert "No saved runs yet" in texts(at)
+    assert at.button[0].label == "Start training" and not at.button[0].disabled
+    assert "279 training steps" in texts(at)  # defaults: 6,000 sneakers, batch 64, 3 epochs
+
+
+def test_roc_page_without_a_run_says_what_to_do(empty_runs_dir):
+    at = open_app(ROC)
+    assert_clean(at)
+    assert "No run yet" in texts(at) and not at.get("plotly_chart")
+
+
+# ------------------------------------------------------------------------------------------------ with a run
+
+
+def test_home_with_a_run(runs_dir):
+    at = open_app()
+    assert_clean(at)
+    body = texts(at)
+    assert "tiny fixture run" in body and "test AUC" in body and "Suggested next step" in body
+
+
+def test_training_page_lists_runs_and_shows_curves(runs_dir):
+    at = open_app(TRAINING)
+    assert_clean(at)
+    assert "Loss curves of the active run: tiny fixture run" in texts(at)
+    assert len(at.get("plotly_chart")) == 1
+    table = at.dataframe[0].value
+    assert list(table["Name"]) == ["tiny fixture run"] and 0 <= table["Test AUC"][0] <= 1
+
+
+def test_roc_page_with_a_run(runs_dir):
+    at = open_app(ROC)
+    assert_clean(at)
+    assert len(at.get("plotly_chart")) == 4  # ROC, PR, histogram, confusion matrix
+    labels = [m.label for m in at.metric]
+    assert labels == ["Precision", "Recall", "F1", "Accuracy", "False-positive rate", "Flagged"]
+    assert at.radio(key=state.ROC_POLICY).value == state.POLICY_PERCENTILE
+    assert at.download_button[0].label == "Download scores (CSV)"
+
+
+def test_threshold_policies_move_the_threshold_and_can_be_saved(runs_dir):
+    at = open_app(ROC)
+    start = at.slider(key=state.ROC_THRESHOLD).value
+    at.radio(key=state.ROC_POLICY).set_value(state.POLICY_FPR).run()
+    at.number_input(key=state.ROC_TARGET_FPR).set_value(10.0).run()
+    assert_clean(at)
+    fpr = next(m.value for m in at.metric if m.label == "False-positive rate")
+    assert float(fpr.rstrip("%")) <= 10.0
+    at.radio(key=state.ROC_POLICY).set_value(state.POLICY_F1).run()
+    best = at.slider(key=state.ROC_THRESHOLD).value
+    assert best != start
+    next(b for b in at.button if b.label == "Save this threshold into the run").click().run()
+    assert_clean(at)
+    assert "Saved threshold" in texts(at)
+    run = runs.list_runs(runs_dir)[0]
+    assert run.threshold["policy"] == "best_f1" and run.threshold["value"] == pytest.approx(best)
+    # moving the slider switches to the manual policy
+    at.slider(key=state.ROC_THRESHOLD).set_value(best * 0.5).run()
+    assert at.radio(key=state.ROC_POLICY).value == state.POLICY_MANUAL
+    # a fresh session opens the run at its saved operating point
+    again = open_app(ROC)
+    assert again.radio(key=state.ROC_POLICY).value == state.POLICY_F1
+    assert again.slider(key=state.ROC_THRESHOLD).value == pytest.approx(best)
+
+
+def test_other_scorers_without_retraining(runs_dir):
+    at = open_app(ROC)
+    at.get("button_group")[0].set_value(state.SCORER_LOF).run()
+    at.number_input(key=state.ROC_K).set_value(10).run()
+    assert_clean(at)
+    assert len(at.get("plotly_chart")) == 4
+    assert "local outlier factor" in json.dumps(at.get("plotly_chart")[2].proto.spec)
+    next(b for b in at.button if b.label == "Compare").click().run()
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert list(table["Scorer"]) == ["as trained (k-NN distance, k=1)", "k-NN distance, k=5", "LOF, k=20"]
+    assert table["Test AUC"].between(0, 1).all()
+
+
+def test_impossible_k_is_a_message_not_a_traceback(runs_dir):
+    at = open_app(ROC)
+    at.get("button_group")[0].set_value(state.SCORER_KNN).run()
+    at.number_input(key=state.ROC_K).set_value(500).run()  # more neighbours than the 200 bank vectors
+    assert not at.exception
+    assert at.error and "Cannot score" in at.error[0].value
+
+
+def test_make_active_and_delete_a_run(runs_dir, tiny_run_dir):
+    extra = shutil.copytree(tiny_run_dir, runs_dir.parent / "more")
+    (only,) = [p for p in extra.iterdir()]
+    doc = json.loads((only / "run.json").read_text())
+    doc.update(run_id="20000101-000000-older", name="older run", created="2000-01-01T00:00:00+00:00")
+    shutil.copytree(only, runs_dir / "20000101-000000-older")
+    (runs_dir / "20000101-000000-older" / "run.json").write_text(json.dumps(doc))
+
+    at = open_app(TRAINING)
+    assert list(at.dataframe[0].value["Name"]) == ["tiny fixture run", "older run"]
+    at.selectbox(key=state.TR_PICK_RUN).select("20000101-000000-older").run()
+    next(b for b in at.button if b.label == "Make active").click().run()
+    assert at.session_state[state.RUN_ID] == "20000101-000000-older"
+    assert "older run" in "\n".join(m.value for m in at.sidebar.markdown)
+    next(b for b in at.button if b.label == "Delete permanently").click().run()
+    assert_clean(at)
+    assert "Deleted run 20000101-000000-older" in texts(at)
+    assert [r.name for r in runs.list_runs(runs_dir)] == ["tiny fixture run"]
+    assert at.session_state[state.RUN_ID] is None  # back to the newest run
+
+
+def test_page_switches_take_under_a_second_with_a_finished_run(runs_dir):
+    at = open_app()
+    for page in (DATASET, TRAINING, ROC, DATASET, TRAINING, ROC):  # warm the caches once
+        at.switch_page(page).run()
+    timings = {}
+    for page in (DATASET, TRAINING, ROC):
+        t0 = time.perf_counter()
+        at.switch_page(page).run()
+        timings[page] = time.perf_counter() - t0
+        assert_clean(at)
+    assert max(timings.values()) <= 1.0, timings
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_split_shows_a_message_and_keeps_the_active_dataset(empty_runs_dir):
+    at = open_app(DATASET)
+    at.multiselect(key=state.DS_ANOMALY).set_value(["Sneaker"]).run()
+    assert not at.exception
+    assert "both normal and anomalous" in at.error[0].value
+    assert at.session_state[state.DATASET] == DatasetSpec.fashion_mnist()
+
+
+def test_missing_folder_shows_the_layout(empty_runs_dir, tmp_path):
+    at = open_app(DATASET)
+    at.get("button_group")[0].set_value(state.SOURCE_FOLDER).run()
+    at.text_input(key=state.DS_FOLDER).input(str(tmp_path / "nowhere")).run()
+    assert not at.exception
+    assert "is not a folder" in at.error[0].value
+    assert any("reference/" in c.value for c in at.code)
+
+
+def test_zip_upload(empty_runs_dir, tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("DOC_UPLOADS_DIR", str(tmp_path / "uploads"))
+    at = open_app(DATASET)
+    at.get("button_group")[0].set_value(state.SOURCE_ZIP).run()
+    at.get("file_uploader")[0].upload("junk.zip", b"not a zip at all").run()
+    assert not at.exception and "not a valid zip" in at.error[0].value
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path, value in [("train/a.png", 90), ("train/b.png", 95), ("reference/x/1.png", 20),
+                            ("reference/y/1.png", 200), ("test/normal/n.png", 92), ("test/anomaly/o.png", 250)]:
+            png = io.BytesIO()
+            Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(png, format="PNG")
+            zf.writestr(f"shapes/{path}", png.getvalue())
+    at = open_app(DATASET)
+    at.get("button_group")[0].set_value(state.SOURCE_ZIP).run()
+    at.get("file_uploader")[0].upload("shapes.zip", buf.getvalue()).run()
+    assert_clean(at)
+    spec = at.session_state[state.DATASET]
+    assert spec.kind == "folder" and spec.label == "shapes.zip"
+    assert {m.label: m.value for m in at.metric}["Normal training"] == "2"
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_train_through_the_page_and_see_the_run_everywhere(empty_runs_dir):
+    at = open_app()
+    small_dataset(at)
+    tiny_settings(at, name="from the page")
+    assert "12 training steps" in texts(at)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert_clean(at)
+    snap = wait_for_job(at)
+    assert snap.status == SUCCEEDED, snap.error
+    at.run()
+    assert_clean(at)
+    assert "Training finished" in texts(at) and "from the page" in texts(at)
+    assert at.session_state[state.RUN_ID] == snap.run.run_id
+    assert len(at.get("plotly_chart")) == 1  # this session's curves
+    at.switch_page(ROC).run()
+    assert_clean(at)
+    assert len(at.get("plotly_chart")) == 4
+    saved = runs.list_runs(empty_runs_dir)
+    assert [r.name for r in saved] == ["from the page"] and saved[0].dataset["split"]["n_normal"] == 200
+
+
+def test_two_sessions_train_at_once_without_mixing(empty_runs_dir):
+    first, second = open_app(), open_app()
+    for at, name, epochs in ((first, "first session", 3), (second, "second session", 1)):
+        small_dataset(at)
+        tiny_settings(at, epochs=epochs, name=name)
+    next(b for b in first.button if b.label == "Start training").click().run()
+    next(b for b in second.button if b.label == "Start training").click().run()
+    assert first.session_state[state.JOB_ID] != second.session_state[state.JOB_ID]
+    a, b = wait_for_job(first), wait_for_job(second)
+    assert (a.status, b.status) == (SUCCEEDED, SUCCEEDED)
+    assert (a.steps_total, b.steps_total) == (18, 6)
+    first.run()
+    second.run()
+    assert first.session_state[state.RUN_ID] == a.run.run_id != second.session_state[state.RUN_ID] == b.run.run_id
+    assert "first session" in texts(first) and "second session" in texts(second)
+    assert "second session" not in texts(first)

@@ -1,0 +1,159 @@
+"""Plotly figures of the app. Pure functions of arrays: no Streamlit, no state, easy to cache and to test.
+
+Normal is always ``theme.NORMAL`` and anomaly ``theme.ANOMALY``; axis titles carry units or say what a number means.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from doc_core.metrics import ThresholdReport
+from doc_core.training import StepRecord, smooth
+
+from . import theme
+
+
+def _layout(fig: go.Figure, height: int, **kw) -> go.Figure:
+    base = dict(height=height, margin=dict(l=10, r=10, t=40, b=10), font=theme.FONT, hovermode="closest",
+                legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+    fig.update_layout(**{**base, **kw})
+    return fig
+
+
+def loss_curves(records: list[StepRecord] | tuple[StepRecord, ...], alpha: float = 0.1) -> go.Figure:
+    """l_D, l_C and the total loss per training step: the raw values faint, a smoothed line on top."""
+    titles = [theme.LOSS_LABELS[k] for k in ("l_d", "l_c", "total")]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.07)
+    steps = np.asarray([r.step for r in records])
+    for col, key in enumerate(("l_d", "l_c", "total"), start=1):
+        values = np.asarray([getattr(r, key) for r in records], dtype=np.float64)
+        color = theme.LOSS_COLORS[key]
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", line=dict(color=color, width=1), opacity=0.3,
+                                 name="per step", legendgroup="raw", showlegend=col == 1,
+                                 hovertemplate="step %{x}<br>%{y:.4g}<extra>per step</extra>"), row=1, col=col)
+        if len(values):
+            fig.add_trace(go.Scatter(x=steps, y=smooth(values, alpha), mode="lines", line=dict(color=color, width=2.5),
+                                     name="smoothed (EMA)", legendgroup="smooth", showlegend=col == 1,
+                                     hovertemplate="step %{x}<br>%{y:.4g}<extra>smoothed</extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="training step", row=1, col=col)
+    fig.update_yaxes(title_text="cross-entropy (nats)", row=1, col=1)
+    fig.update_yaxes(title_text="mean squared distance", row=1, col=2)
+    fig.update_yaxes(title_text="loss", row=1, col=3)
+    # epoch boundaries
+    epochs = [r.step for prev, r in zip(records, records[1:]) if r.epoch != prev.epoch]
+    for x in epochs:
+        for col in (1, 2, 3):
+            fig.add_vline(x=x - 0.5, line=dict(color="#BBBBBB", dash="dot", width=1), row=1, col=col)
+    fig.update_annotations(font_size=14)
+    return _layout(fig, 300, legend_title_text="")
+
+
+def roc(curve: dict, op_fpr: float | None = None, op_tpr: float | None = None,
+        others: list[tuple[str, dict]] | None = None) -> go.Figure:
+    """ROC curve with the chance line and the operating point (false/true-positive rate at the threshold)."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#BBBBBB", dash="dash", width=1),
+                             name="chance (AUC 0.5)", hoverinfo="skip"))
+    for i, (label, c) in enumerate(others or []):
+        fig.add_trace(go.Scatter(x=c["fpr"], y=c["tpr"], mode="lines", name=f"{label} (AUC {c['auc']:.3f})",
+                                 line=dict(color=theme.SCORER_COLORS[(i + 1) % len(theme.SCORER_COLORS)], width=1.5)))
+    fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"ROC (AUC {curve['auc']:.3f})",
+                             line=dict(color=theme.THRESHOLD, width=2.5),
+                             hovertemplate="FPR %{x:.1%}<br>TPR %{y:.1%}<extra></extra>"))
+    if op_fpr is not None:
+        fig.add_trace(go.Scatter(x=[op_fpr], y=[op_tpr], mode="markers", name="threshold",
+                                 marker=dict(size=13, color="white", line=dict(color=theme.THRESHOLD, width=3)),
+                                 hovertemplate="at the threshold<br>FPR %{x:.1%}<br>TPR %{y:.1%}<extra></extra>"))
+    fig.update_xaxes(title_text="false-positive rate (share of normal images flagged)", range=[-0.01, 1.01],
+                     tickformat=".0%")
+    fig.update_yaxes(title_text="true-positive rate (share of anomalies caught)", range=[-0.01, 1.02],
+                     tickformat=".0%")
+    return _layout(fig, 380, title=dict(text=f"ROC curve · AUC {curve['auc']:.3f}", x=0, y=0.98))
+
+
+def pr(curve: dict, op_recall: float | None = None, op_precision: float | None = None) -> go.Figure:
+    """Precision-recall curve (anomalies positive) with the share of anomalies as the chance level."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[curve["base_rate"]] * 2, mode="lines", hoverinfo="skip",
+                             line=dict(color="#BBBBBB", dash="dash", width=1),
+                             name=f"chance ({curve['base_rate']:.0%} anomalies)"))
+    fig.add_trace(go.Scatter(x=curve["recall"], y=curve["precision"], mode="lines", line_shape="hv",
+                             name=f"PR (AP {curve['ap']:.3f})", line=dict(color=theme.THRESHOLD, width=2.5),
+                             hovertemplate="recall %{x:.1%}<br>precision %{y:.1%}<extra></extra>"))
+    if op_recall is not None:
+        fig.add_trace(go.Scatter(x=[op_recall], y=[op_precision], mode="markers", name="threshold",
+                                 marker=dict(size=13, color="white", line=dict(color=theme.THRESHOLD, width=3)),
+                                 hovertemplate="at the threshold<br>recall %{x:.1%}<br>precision %{y:.1%}"
+                                               "<extra></extra>"))
+    fig.update_xaxes(title_text="recall (share of anomalies caught)", range=[-0.01, 1.01], tickformat=".0%")
+    fig.update_yaxes(title_text="precision (share of flagged images that are anomalies)", range=[-0.01, 1.02],
+                     tickformat=".0%")
+    return _layout(fig, 380, title=dict(text=f"Precision-recall · AP {curve['ap']:.3f}", x=0, y=0.98))
+
+
+def score_histogram(groups: list[tuple[str, np.ndarray, str]], threshold: float | None, x_title: str,
+                    bins: int = 60) -> go.Figure:
+    """Overlaid histograms of score groups ``(name, scores, colour)`` on shared bins, with the threshold line."""
+    values = [np.asarray(s, np.float64) for _, s, _ in groups if len(s)]
+    fig = go.Figure()
+    if values:
+        allv = np.concatenate(values)
+        lo, hi = float(np.min(allv)), float(np.max(allv))
+        if threshold is not None and np.isfinite(threshold):
+            lo, hi = min(lo, threshold), max(hi, threshold)
+        size = (hi - lo) / bins if hi > lo else 1.0
+        for name, s, color in groups:
+            if len(s):
+                fig.add_trace(go.Histogram(x=s, name=f"{name} ({len(s):,})", marker_color=color, opacity=0.6,
+                                           xbins=dict(start=lo, end=hi + size, size=size),
+                                           hovertemplate="score %{x}<br>%{y} images<extra>" + name + "</extra>"))
+    if threshold is not None and np.isfinite(threshold):
+        fig.add_vline(x=threshold, line=dict(color=theme.THRESHOLD, width=2, dash="dash"))
+        fig.add_annotation(x=threshold, y=1, yref="paper", yanchor="bottom", showarrow=False,
+                           text=f"threshold {threshold:.4g}", font=dict(color=theme.THRESHOLD, size=12),
+                           bgcolor="rgba(255,255,255,0.8)")
+        fig.add_annotation(x=threshold, y=0.9, yref="paper", xanchor="right", showarrow=False,
+                           text="predicted normal ◀ ", font=dict(color="#555555", size=11))
+        fig.add_annotation(x=threshold, y=0.9, yref="paper", xanchor="left", showarrow=False,
+                           text=" ▶ predicted anomaly", font=dict(color="#555555", size=11))
+    fig.update_layout(barmode="overlay", bargap=0.02)
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text="number of images")
+    return _layout(fig, 380, margin=dict(l=10, r=10, t=60, b=10))
+
+
+def confusion(report: ThresholdReport) -> go.Figure:
+    """2x2 confusion matrix: rows the true class, columns the prediction; counts and row shares in each cell."""
+    z = np.array([[report.tn, report.fp], [report.fn, report.tp]], dtype=float)
+    rows = z.sum(axis=1, keepdims=True)
+    share = np.divide(z, rows, out=np.zeros_like(z), where=rows > 0)
+    names = [[("true normal", "TN"), ("false alarm", "FP")], [("missed anomaly", "FN"), ("caught anomaly", "TP")]]
+    text = [[f"<b>{int(z[i, j]):,}</b><br>{names[i][j][0]}<br>{share[i, j]:.1%} of row" for j in range(2)]
+            for i in range(2)]
+    labels = [theme.colored("normal", theme.NORMAL), theme.colored("anomaly", theme.ANOMALY)]
+    fig = go.Figure(go.Heatmap(z=share, x=["predicted normal", "predicted anomaly"], y=["normal", "anomaly"],
+                               text=text, texttemplate="%{text}", textfont=dict(size=13),
+                               colorscale=[[0, "#F4F4F4"], [1, "#9E9E9E"]], zmin=0, zmax=1, showscale=False,
+                               hovertemplate="%{text}<extra></extra>", xgap=3, ygap=3))
+    fig.update_yaxes(autorange="reversed", title_text="true class", tickvals=["normal", "anomaly"], ticktext=labels)
+    fig.update_xaxes(side="top", tickvals=["predicted normal", "predicted anomaly"],
+                     ticktext=["predicted " + labels[0], "predicted " + labels[1]])
+    return _layout(fig, 300, margin=dict(l=10, r=10, t=40, b=10))
+
+
+def role_counts(rows: list[dict]) -> go.Figure:
+    """Horizontal bars of image counts per class, one colour per role."""
+    fig = go.Figure()
+    for role in theme.ROLE_COLORS:
+        sub = [r for r in rows if r["role"] == role]
+        if sub:
+            fig.add_trace(go.Bar(y=[f"{r['class']} · {role}" for r in sub], x=[r["count"] for r in sub],
+                                 orientation="h", name=role, marker_color=theme.ROLE_COLORS[role],
+                                 opacity=0.55 if role.startswith("test") else 1.0,
+                                 hovertemplate="%{y}: %{x:,} images<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", categoryorder="array",
+                     categoryarray=[f"{r['class']} · {r['role']}" for r in rows])
+    fig.update_xaxes(title_text="number of images")
+    return _layout(fig, max(220, 24 * len(rows) + 90), showlegend=False, bargap=0.25)

@@ -1,0 +1,166 @@
+"""Every session-state key of the app, with its default, in one place.
+
+Pages never spell a key as a string: they use the constants below (widget ``key=`` arguments included) and the small
+accessors for the values that are not widgets (active dataset, active run, this session's training job).
+Widget values survive page switches because the widgets are created with ``persist_state="session"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from doc_core.data import FASHION_MNIST_CLASSES, SplitConfig
+from doc_core.datasets import DatasetSpec
+
+# ---------------------------------------------------------------------------------------------- app state (no widgets)
+DATASET = "dataset"        # DatasetSpec: the active dataset (only ever a valid one)
+RUN_ID = "run_id"          # str | None: the active run; None means "the newest run on disk"
+JOB_ID = "job_id"          # str | None: this session's training job in the process-wide JobRegistry
+JOB_HANDLED = "job_handled"  # str | None: id of the job whose end this session has already acted on
+FLASH = "flash"            # (kind, text) | None: a message to show once on the next run (e.g. "run deleted")
+
+# ---------------------------------------------------------------------------------------------- Dataset page widgets
+DS_SOURCE = "ds_source"
+DS_NORMAL = "ds_normal"
+DS_ANOMALY = "ds_anomaly"
+DS_REFERENCE = "ds_reference"
+DS_N_NORMAL = "ds_n_normal"
+DS_N_REFERENCE = "ds_n_reference"
+DS_SEED = "ds_seed"
+DS_FOLDER = "ds_folder"
+DS_IMAGE_SIZE = "ds_image_size"
+DS_UPLOAD = "ds_upload"
+
+SOURCE_FASHION = "Built-in Fashion-MNIST"
+SOURCE_ZIP = "Upload a zip"
+SOURCE_FOLDER = "Folder on the server"
+SOURCES = (SOURCE_FASHION, SOURCE_ZIP, SOURCE_FOLDER)
+
+# ---------------------------------------------------------------------------------------------- Training page widgets
+TR_BACKBONE = "tr_backbone"
+TR_ALPHA = "tr_alpha"
+TR_INPUT_SIZE = "tr_input_size"
+TR_LAMBDA = "tr_lambda"
+TR_LR = "tr_lr"
+TR_EPOCHS = "tr_epochs"
+TR_BATCH = "tr_batch"
+TR_TRAINABLE = "tr_trainable"
+TR_SEED = "tr_seed"
+TR_NAME = "tr_name"
+TR_PICK_RUN = "tr_pick_run"
+TR_CONFIRM_DELETE = "tr_confirm_delete"
+
+# ---------------------------------------------------------------------------------------------- ROC page widgets
+ROC_RUN = "roc_run"
+ROC_SCORER = "roc_scorer"
+ROC_K = "roc_k"
+ROC_POLICY = "roc_policy"
+ROC_TARGET_FPR = "roc_target_fpr"
+ROC_PERCENTILE = "roc_percentile"
+ROC_THRESHOLD = "roc_threshold"
+ROC_CONTEXT = "roc_context"  # (run id, scorer) the threshold widgets were set up for
+ROC_COMPARE_K_KNN = "roc_compare_k_knn"
+ROC_COMPARE_K_LOF = "roc_compare_k_lof"
+ROC_COMPARE = "roc_compare"  # bool: comparison requested
+
+POLICY_MANUAL = "Manual (slider)"
+POLICY_FPR = "Target false-positive rate"
+POLICY_F1 = "Best F1 on the test set"
+POLICY_PERCENTILE = "Percentile of training scores"
+POLICIES = (POLICY_PERCENTILE, POLICY_FPR, POLICY_F1, POLICY_MANUAL)
+POLICY_CODES = {POLICY_MANUAL: "manual", POLICY_FPR: "target_fpr", POLICY_F1: "best_f1",
+                POLICY_PERCENTILE: "train_percentile"}
+
+SCORER_RUN = "As trained"
+SCORER_KNN = "k-NN distance"
+SCORER_LOF = "Local Outlier Factor"
+SCORERS = (SCORER_RUN, SCORER_KNN, SCORER_LOF)
+
+_REF = SplitConfig.tutorial()
+DEFAULTS: dict[str, Any] = {
+    DATASET: DatasetSpec.fashion_mnist(),
+    RUN_ID: None,
+    JOB_ID: None,
+    JOB_HANDLED: None,
+    FLASH: None,
+    DS_SOURCE: SOURCE_FASHION,
+    DS_NORMAL: [FASHION_MNIST_CLASSES[c] for c in _REF.normal_classes],
+    DS_ANOMALY: [FASHION_MNIST_CLASSES[c] for c in _REF.anomaly_classes or ()],
+    DS_REFERENCE: [FASHION_MNIST_CLASSES[c] for c in _REF.reference_classes or ()],
+    DS_N_NORMAL: 0,
+    DS_N_REFERENCE: _REF.n_reference,
+    DS_SEED: _REF.seed,
+    DS_FOLDER: "",
+    DS_IMAGE_SIZE: 96,
+    TR_BACKBONE: "mobilenet_v2",
+    TR_ALPHA: 1.0,
+    TR_INPUT_SIZE: 96,
+    TR_LAMBDA: 0.1,
+    TR_LR: 1e-4,
+    TR_EPOCHS: 3,
+    TR_BATCH: 64,
+    TR_TRAINABLE: "default",
+    TR_SEED: 0,
+    TR_NAME: "",
+    TR_CONFIRM_DELETE: False,
+    ROC_SCORER: SCORER_RUN,
+    ROC_K: 5,
+    ROC_POLICY: POLICY_PERCENTILE,
+    ROC_TARGET_FPR: 5.0,
+    ROC_PERCENTILE: 95.0,
+    ROC_CONTEXT: None,
+    ROC_COMPARE_K_KNN: 5,
+    ROC_COMPARE_K_LOF: 20,
+    ROC_COMPARE: False,
+}
+
+
+def init() -> None:
+    """Give every key its default once per session (called by app.py before any page runs)."""
+    for key, value in DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def reset(*keys: str) -> None:
+    """Put keys back to their defaults (only call before their widgets are drawn, or from a callback)."""
+    for key in keys:
+        st.session_state[key] = DEFAULTS[key]
+
+
+def dataset() -> DatasetSpec:
+    return st.session_state.get(DATASET) or DEFAULTS[DATASET]
+
+
+def set_dataset(spec: DatasetSpec) -> None:
+    st.session_state[DATASET] = spec
+
+
+def chosen_run_id() -> str | None:
+    """The run picked in this session, or None (then the newest run is active)."""
+    return st.session_state.get(RUN_ID)
+
+
+def set_run(run_id: str | None) -> None:
+    st.session_state[RUN_ID] = run_id
+
+
+def job_id() -> str | None:
+    return st.session_state.get(JOB_ID)
+
+
+def set_job(job_id_: str | None) -> None:
+    st.session_state[JOB_ID] = job_id_
+
+
+def flash(kind: str, text: str) -> None:
+    """Show ``text`` as a ``kind`` ("success", "info", "warning") message at the top of the next run."""
+    st.session_state[FLASH] = (kind, text)
+
+
+def pop_flash() -> tuple[str, str] | None:
+    msg = st.session_state.get(FLASH)
+    st.session_state[FLASH] = None
+    return msg

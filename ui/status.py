@@ -1,0 +1,90 @@
+"""The sidebar status panel shown on every page (active dataset, active run, training progress), and what happens
+when this session's training job ends."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from doc_core.jobs import FAILED, STOPPED, SUCCEEDED, JobSnapshot, TrainingJob
+
+from . import cached, state
+
+
+def session_job() -> TrainingJob | None:
+    """This session's training job, if it is still known to the server."""
+    return cached.job_registry().get(state.job_id())
+
+
+def handle_job_end(snap: JobSnapshot) -> bool:
+    """Act once on the end of this session's job: make the new run active and leave a message. True if it acted."""
+    if not snap.done or st.session_state.get(state.JOB_HANDLED) == snap.job_id:
+        return False
+    st.session_state[state.JOB_HANDLED] = snap.job_id
+    if snap.status == SUCCEEDED and snap.run is not None:
+        state.set_run(snap.run.run_id)
+        auc = f" · test AUC {snap.run.auc:.3f}" if snap.run.auc is not None else ""
+        early = " (stopped early)" if snap.stopped_early else ""
+        state.flash("success", f"Training finished{early}: run **{snap.run.name}** saved{auc}.")
+    elif snap.status == FAILED:
+        state.flash("error", f"Training failed: {snap.error}")
+    elif snap.status == STOPPED:
+        state.flash("info", "Training was stopped before the first step; nothing was saved.")
+    return True
+
+
+def format_seconds(s: float) -> str:
+    if s is None or not math.isfinite(s):
+        return "–"
+    s = int(round(s))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def progress_text(snap: JobSnapshot) -> str:
+    """One line for a progress bar: phase, steps, elapsed time and time left."""
+    if snap.phase == "training" and snap.steps_total:
+        return (f"Training · step {snap.n_records:,} of {snap.steps_total:,} · "
+                f"{format_seconds(snap.elapsed_s)} elapsed · about {format_seconds(snap.eta_s)} left")
+    return f"{snap.message} · {format_seconds(snap.elapsed_s)} elapsed"
+
+
+def _job_panel() -> None:
+    job = session_job()
+    if job is None:
+        return
+    snap = job.snapshot(since=1 << 62)
+    if snap.done:
+        if handle_job_end(snap):
+            st.rerun()
+        return
+    st.caption("Training in progress")
+    st.progress(snap.fraction, text=progress_text(snap))
+
+
+def render() -> None:
+    """Draw the status panel into the sidebar (a fragment refreshes the job progress every 2 s while one runs)."""
+    job = session_job()
+    if job is not None and job.done:
+        handle_job_end(job.snapshot(since=1 << 62))
+    with st.sidebar:
+        spec = state.dataset()
+        st.caption("Active dataset")
+        st.markdown(spec.describe())
+        run = cached.active_run(state.chosen_run_id())
+        st.caption("Active run")
+        if run is None:
+            st.markdown("No run yet")
+        else:
+            auc = f" · AUC **{run.auc:.3f}**" if run.auc is not None else ""
+            st.markdown(f"{run.name}{auc}")
+        running = job is not None and not job.done
+        st.fragment(run_every=2.0 if running else None)(_job_panel)()
+
+
+def show_flash() -> None:
+    """Show (once) a message left by a callback or a finished job."""
+    msg = state.pop_flash()
+    if msg:
+        kind, text = msg
+        {"success": st.success, "error": st.error, "warning": st.warning}.get(kind, st.info)(text)
