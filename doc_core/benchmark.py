@@ -33,6 +33,7 @@ class MethodResult:
     auc: float
     fit_s: float
     score_ms_per_image: float
+    epoch_s: float | None = None
 
 
 def _raw(images: np.ndarray) -> np.ndarray:
@@ -64,21 +65,26 @@ def run_detector(split: OneClassSplit, backbone: BackboneConfig, train: TrainCon
     first = next(iter(scorers.values()))
     det = DOCDetector(backbone, train, first).fit_split(split)
     fit_s = time.perf_counter() - t0
+    epoch_s = det.history_[-1].elapsed_s / det.history_[-1].epoch if det.history_ else None
     out = {}
     for name, sc in scorers.items():
         t1 = time.perf_counter()
         d = det if sc == first else det.with_scorer(sc)
         extra = time.perf_counter() - t1 if sc != first else 0.0
         scores, ms = _timed_scores(d, split.test_images)
-        out[name] = MethodResult(roc_auc(split.test_labels, scores), fit_s + extra, ms)
+        out[name] = MethodResult(roc_auc(split.test_labels, scores), fit_s + extra, ms, epoch_s)
     return out
 
 
 def _summarise(results: list[MethodResult]) -> dict:
     aucs = [r.auc for r in results]
-    return {"auc": float(np.mean(aucs)), "auc_std": float(np.std(aucs)), "aucs": [round(a, 5) for a in aucs],
-            "fit_s": float(np.mean([r.fit_s for r in results])),
-            "score_ms_per_image": float(np.mean([r.score_ms_per_image for r in results]))}
+    out = {"auc": float(np.mean(aucs)), "auc_std": float(np.std(aucs)), "aucs": [round(a, 5) for a in aucs],
+           "fit_s": float(np.mean([r.fit_s for r in results])),
+           "score_ms_per_image": float(np.mean([r.score_ms_per_image for r in results]))}
+    epochs = [r.epoch_s for r in results if r.epoch_s is not None]
+    if epochs:
+        out["train_epoch_s"] = float(np.mean(epochs))
+    return out
 
 
 def machine_info() -> dict:
@@ -135,6 +141,8 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
                 "auc_std": float(np.mean([s["auc_std"] for s in summ.values()])),
                 "fit_s": float(np.mean([s["fit_s"] for s in summ.values()])),
                 "score_ms_per_image": float(np.mean([s["score_ms_per_image"] for s in summ.values()])),
+                **({"train_epoch_s": float(np.mean([s["train_epoch_s"] for s in summ.values()]))}
+                   if all("train_epoch_s" in s for s in summ.values()) else {}),
                 "per_class": {FASHION_MNIST_CLASSES[c]: round(s["auc"], 5) for c, s in summ.items()},
                 "per_class_std": {FASHION_MNIST_CLASSES[c]: round(s["auc_std"], 5) for c, s in summ.items()},
             }
@@ -146,9 +154,11 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
 def format_table(result: dict) -> str:
     """A plain-text table of a :func:`benchmark` result."""
     lines = [f"protocol: {result['protocol']}  seeds: {result['seeds']}",
-             f"{'method':<16}{'AUC':>8}{'± std':>8}{'fit s':>9}{'score ms/img':>14}"]
+             f"{'method':<16}{'AUC':>8}{'± std':>8}{'fit s':>9}{'epoch s':>9}{'score ms/img':>14}"]
     for name, m in result["methods"].items():
-        lines.append(f"{name:<16}{m['auc']:>8.4f}{m['auc_std']:>8.4f}{m['fit_s']:>9.1f}{m['score_ms_per_image']:>14.3f}")
+        epoch = f"{m['train_epoch_s']:>9.1f}" if "train_epoch_s" in m else f"{'-':>9}"
+        lines.append(f"{name:<16}{m['auc']:>8.4f}{m['auc_std']:>8.4f}{m['fit_s']:>9.1f}{epoch}"
+                     f"{m['score_ms_per_image']:>14.3f}")
     first = next(iter(result["methods"].values()))
     if "per_class" in first:
         lines.append("per-class AUC:")
