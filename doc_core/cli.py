@@ -1,4 +1,4 @@
-"""Command line: ``python -m doc_core {train,evaluate,score,benchmark}``."""
+"""Command line: ``python -m doc_core {train,evaluate,score,explain,benchmark}``."""
 
 from __future__ import annotations
 
@@ -181,6 +181,69 @@ def cmd_score(args) -> int:
     return 0 if ok or not args.images else 1
 
 
+def _load_detector_or_run(path: str | Path):
+    """A detector folder (``detector.json``) or a dashboard run folder (``run.json`` + ``detector/``).
+
+    A run's detector uses the run's saved operating point (scorer and threshold) when one was saved.
+    """
+    from .detector import DetectorFormatError, DOCDetector
+    from .runs import load_detector
+
+    path = Path(path).resolve()
+    if (path / "detector.json").is_file():
+        return DOCDetector.load(path)
+    if (path / "run.json").is_file():
+        return load_detector(path.name, path.parent)
+    raise DetectorFormatError(f"{path} is neither a detector folder (with detector.json, written by `train`) nor a "
+                              "dashboard run folder (with run.json and detector/)")
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
+    name, i = f"{stem}_gradcam.png", 1
+    while name in used:
+        i += 1
+        name = f"{stem}_{i}_gradcam.png"
+    used.add(name)
+    return name
+
+
+def cmd_explain(args) -> int:
+    from PIL import Image
+
+    from .data import read_images
+    from .explain import GradCAM, overlay
+
+    if not 0.0 <= args.opacity <= 1.0:
+        raise ValueError(f"--opacity must be between 0 and 1, got {args.opacity}")
+    det = _load_detector_or_run(args.detector)
+    cam = GradCAM(det, args.layer)
+    images, ok, skipped = read_images(args.images, size=det.backbone.input_size)
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+    heatmaps, knn_scores = cam.explain(images, batch_size=args.batch_size)
+    # the verdict uses the detector's own score (the same as the explained one for a k-NN scorer)
+    scores = knn_scores if cam.matches_detector or not len(images) else det.decision_function(images)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    results = []
+    for path, image, heat, score, knn in zip(ok, images, heatmaps, scores, knn_scores):
+        name = _overlay_name(path, used)
+        Image.fromarray(overlay(image, heat, args.opacity)).save(out_dir / name)
+        results.append({"path": str(path), "overlay": name, "score": float(score),
+                        "anomalous": bool(score > det.threshold_), "explained_knn_score": float(knn),
+                        "heatmap_empty": bool(heat.max() == 0.0)})
+    summary = {"detector": str(args.detector), "layer": cam.layer, "k": cam.k, "threshold": float(det.threshold_),
+               "scorer": det.scorer.to_dict(), "opacity": args.opacity, "results": results,
+               "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
+    text = json.dumps(summary, indent=1)
+    (out_dir / "summary.json").write_text(text)
+    print(text)
+    print(f"wrote {len(results)} overlays and summary.json to {out_dir}", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def cmd_benchmark(args) -> int:
     from .benchmark import benchmark, format_table
     from .data import load_fashion_mnist
@@ -218,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (png, jpg, ...); unreadable ones are listed as skipped")
     p.add_argument("--out", default=None, help="write the JSON here as well as to stdout")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("explain", help="Grad-CAM heatmaps of the anomaly score over image files (PNG + JSON out)",
+                       description="Writes one overlay PNG per readable image (<name>_gradcam.png: red = the region "
+                                   "that raises the k-NN anomaly score most) and summary.json with each image's score "
+                                   "and verdict at the detector's threshold. Unreadable images are skipped and named.")
+    p.add_argument("--detector", required=True,
+                   help="a folder written by `train`, or a dashboard run folder (runs/<run id>, whose saved "
+                        "threshold is used)")
+    p.add_argument("images", nargs="+", help="image files (png, jpg, ...); unreadable ones are skipped")
+    p.add_argument("--out", required=True, help="folder to write the overlay PNGs and summary.json to (created)")
+    p.add_argument("--layer", default=None,
+                   help="convolutional layer to explain (default: the detector's feature layer, 6x6 for MobileNetV2 "
+                        "at 96 px); must not come after it")
+    p.add_argument("--opacity", type=float, default=0.5,
+                   help="opacity of the heatmap over the image, 0 (image only) to 1 (heatmap only); default 0.5")
+    p.add_argument("--batch-size", type=int, default=64, help="images per Grad-CAM batch (default 64)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("benchmark", help="AUC, fit time and scoring speed of DOC and baselines on Fashion-MNIST",
                        description="Runs raw_knn, pretrained_knn, doc_knn (and doc_lof for the tutorial protocol) "
