@@ -10,6 +10,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -59,8 +60,12 @@ def _timed_scores(det: DOCDetector, images: np.ndarray) -> tuple[np.ndarray, flo
 
 
 def run_detector(split: OneClassSplit, backbone: BackboneConfig, train: TrainConfig,
-                 scorers: dict[str, ScorerConfig]) -> dict[str, MethodResult]:
-    """Fit one detector (``train.epochs == 0``: pretrained features only) and score the test set with each scorer."""
+                 scorers: dict[str, ScorerConfig],
+                 on_fitted: Callable[[DOCDetector], None] | None = None) -> dict[str, MethodResult]:
+    """Fit one detector (``train.epochs == 0``: pretrained features only) and score the test set with each scorer.
+
+    ``on_fitted``, if given, is called with the fitted detector (first scorer) after the test set is scored.
+    """
     t0 = time.perf_counter()
     first = next(iter(scorers.values()))
     det = DOCDetector(backbone, train, first).fit_split(split)
@@ -73,7 +78,42 @@ def run_detector(split: OneClassSplit, backbone: BackboneConfig, train: TrainCon
         extra = time.perf_counter() - t1 if sc != first else 0.0
         scores, ms = _timed_scores(d, split.test_images)
         out[name] = MethodResult(roc_auc(split.test_labels, scores), fit_s + extra, ms, epoch_s)
+    if on_fitted is not None:
+        on_fitted(det)
     return out
+
+
+def measure_explain(det: DOCDetector, images: np.ndarray, n_gradcam: int = 256, n_tsne: int = 2000,
+                    seed: int = 0) -> dict:
+    """Speed of the explorer's tools on a fitted detector: Grad-CAM per image and a 2-D t-SNE of test features.
+
+    Grad-CAM (default layer) runs in batches of 64 on ``n_gradcam`` images spread evenly over ``images``, after a
+    warm-up batch that traces the ``tf.function``. t-SNE embeds the detector's features of the first ``n_tsne``
+    images (embedding them is not timed). Both are wall-clock times, so they depend on the machine's load (recorded).
+
+    Returns
+    -------
+    dict
+        ``{"gradcam_ms_per_image": float, "tsne_s": float, "explain_timing": {...details...}}``
+    """
+    from .embedding import tsne_2d
+    from .explain import GradCAM
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cam = GradCAM(det)
+    picked = images[np.linspace(0, len(images) - 1, min(n_gradcam, len(images))).astype(int)]
+    cam.explain(picked[:64])  # warm-up
+    t0 = time.perf_counter()
+    cam.explain(picked, batch_size=64)
+    gradcam_ms = (time.perf_counter() - t0) * 1000 / len(picked)
+    features = det.embed(images[:n_tsne])
+    t0 = time.perf_counter()
+    tsne_2d(features, seed=seed)
+    tsne_s = time.perf_counter() - t0
+    return {"gradcam_ms_per_image": float(gradcam_ms), "tsne_s": float(tsne_s),
+            "explain_timing": {"gradcam_images": int(len(picked)), "gradcam_batch_size": 64, "gradcam_layer": cam.layer,
+                               "tsne_points": int(len(features)), "tsne_feature_dim": int(features.shape[1]),
+                               "load_average_1m": load}}
 
 
 def _summarise(results: list[MethodResult]) -> dict:
@@ -102,7 +142,9 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
 
     ``{"protocol": ..., "methods": {NAME: {"auc", "auc_std", "aucs", "fit_s", "score_ms_per_image", ...}}, ...}``;
     for one-vs-rest each method also has ``per_class`` (mean AUC per normal class) and the top-level AUC is the mean
-    over classes of the per-class means.
+    over classes of the per-class means. The tutorial protocol also times the explorer's tools on the first seed's
+    ``doc_knn`` detector (see :func:`measure_explain`): top-level ``gradcam_ms_per_image``, ``tsne_s`` (t-SNE of the
+    2,000 test images' features) and ``explain_timing`` (what was measured, and the load average).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -111,6 +153,11 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
     pre_train = TrainConfig(**{**train.to_dict(), "epochs": 0})
     t_start = time.perf_counter()
     per: dict[str, dict[int, list[MethodResult]]] = {}
+    explain: dict = {}
+
+    def time_explain(det: DOCDetector, split: OneClassSplit, seed: int) -> None:
+        explain.update(measure_explain(det, split.test_images, seed=0))
+        explain["explain_timing"]["detector_seed"] = seed
 
     def add(name: str, cls: int, res: MethodResult) -> None:
         per.setdefault(name, {}).setdefault(cls, []).append(res)
@@ -126,7 +173,8 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
                 add("pretrained_knn", c, run_detector(split, backbone, pre_train, {"knn": knn})["knn"])
             seeded = TrainConfig(**{**train.to_dict(), "seed": seed})
             scorers = {"doc_knn": knn, "doc_lof": lof} if protocol == "tutorial" else {"doc_knn": knn}
-            for name, res in run_detector(split, backbone, seeded, scorers).items():
+            on_fitted = partial(time_explain, split=split, seed=seed) if protocol == "tutorial" and i == 0 else None
+            for name, res in run_detector(split, backbone, seeded, scorers, on_fitted).items():
                 add(name, c, res)
             log(f"{label}: " + ", ".join(f"{n} {v[c][-1].auc:.4f}" for n, v in per.items() if c in v)
                 + f"  [{time.perf_counter() - t_start:.0f} s]")
@@ -147,7 +195,7 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
                 "per_class_std": {FASHION_MNIST_CLASSES[c]: round(s["auc_std"], 5) for c, s in summ.items()},
             }
     return {"protocol": protocol, "methods": methods, "seeds": list(seeds),
-            "config": {"backbone": backbone.resolved().to_dict(), "train": train.to_dict()},
+            "config": {"backbone": backbone.resolved().to_dict(), "train": train.to_dict()}, **explain,
             "total_s": time.perf_counter() - t_start, "machine": machine_info()}
 
 
@@ -166,4 +214,10 @@ def format_table(result: dict) -> str:
         lines.append(f"{'class':<14}" + "".join(f"{n:>16}" for n in result["methods"]))
         for cls in names:
             lines.append(f"{cls:<14}" + "".join(f"{m['per_class'][cls]:>16.4f}" for m in result["methods"].values()))
+    if "gradcam_ms_per_image" in result:
+        t = result.get("explain_timing", {})
+        lines.append(f"explain (doc_knn, seed {t.get('detector_seed', '?')}): Grad-CAM "
+                     f"{result['gradcam_ms_per_image']:.1f} ms/img ({t.get('gradcam_images', '?')} images, layer "
+                     f"{t.get('gradcam_layer', '?')}), t-SNE of {t.get('tsne_points', '?')} points "
+                     f"{result['tsne_s']:.1f} s")
     return "\n".join(lines)

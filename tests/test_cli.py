@@ -99,7 +99,10 @@ def test_benchmark_json_schema(tmp_path, fake_fmnist, capsys):
     for m in res["methods"].values():
         assert 0.0 <= m["auc"] <= 1.0 and m["fit_s"] >= 0 and m["score_ms_per_image"] > 0
     assert len(res["methods"]["doc_knn"]["aucs"]) == 2
-    assert "doc_knn" in capsys.readouterr().out
+    assert res["gradcam_ms_per_image"] > 0 and res["tsne_s"] > 0
+    assert res["explain_timing"]["tsne_points"] == 20 and res["explain_timing"]["detector_seed"] == 0
+    out = capsys.readouterr().out
+    assert "doc_knn" in out and "Grad-CAM" in out and "t-SNE of 20 points" in out
 
 
 def test_one_vs_rest_per_class(fake_fmnist):
