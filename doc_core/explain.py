@@ -39,6 +39,12 @@ class GradCAM:
         (for MobileNetV2 at 96 px ``block_13_expand_relu``, a 6x6 map of stride 16). Earlier layers give finer but
         noisier maps; the final 3x3 map of MobileNetV2 would be too coarse.
 
+    Notes
+    -----
+    The memory bank and ``k`` are read when the object is made; make a new one after changing the detector. The
+    first :meth:`explain` call (and each new image size) traces a ``tf.function``, which takes a second or two for
+    MobileNetV2, so keep the object (e.g. cache it per detector) rather than making one per request.
+
     Raises
     ------
     ValueError
