@@ -10,7 +10,6 @@ from ui import cached, nav, page, state
 
 
 def home() -> None:
-    st.title("DOC Explorer")
     st.markdown(
         "DOC Explorer trains a **Deep One-Class Classification** detector: a pretrained CNN is fine-tuned so that "
         "images of one *normal* class cluster tightly, while its features stay descriptive of other *reference* "

@@ -77,8 +77,12 @@ class DatasetSpec:
         c = self.split
         names = lambda cs: ", ".join(FASHION_MNIST_CLASSES[i] for i in cs)  # noqa: E731
         anomalies = "every other class" if c.anomaly_classes is None else names(c.anomaly_classes)
-        text = f"Fashion-MNIST: normal {names(c.normal_classes)}; anomalies {anomalies}; seed {c.seed}"
-        return text + (" (reference experiment)" if self.is_reference_experiment else "")
+        text = f"Fashion-MNIST: normal {names(c.normal_classes)}; anomalies {anomalies}"
+        if self.is_reference_experiment:
+            return text + " (reference experiment)"
+        sizes = ([f"{c.n_normal:,} normal training images"] if c.n_normal is not None else []) + \
+            ([f"{c.n_reference:,} reference images"] if c.n_reference != SplitConfig().n_reference else [])
+        return "; ".join([text] + sizes + [f"seed {c.seed}"])
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "split": self.split.to_dict(), "root": self.root, "image_size": self.image_size,

@@ -48,7 +48,7 @@ def fashion_settings() -> DatasetSpec:
                     help="Drawn at random from the reference classes.")
     c3.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=state.DS_SEED, **PERSIST,
                     help="Seeds every random draw of the split.")
-    c4.button("Reset to the reference experiment", on_click=reset_reference_experiment, width="stretch",
+    c4.button("Reset to defaults", on_click=reset_reference_experiment, width="stretch", icon=":material/restart_alt:",
               disabled=fashion_spec() == DatasetSpec.fashion_mnist(), help="Sneaker normal, Ankle boot anomalous, "
               "6,000 reference images of the other eight classes, all normal training images, seed 0.")
     return fashion_spec()
@@ -94,7 +94,7 @@ def show_counts(spec: DatasetSpec, split) -> None:
     rows = cached.counts(spec)
     left, right = st.columns([2, 3], gap="large")
     table = pd.DataFrame(rows).rename(columns={"role": "Role", "class": "Class", "count": "Images"})
-    left.dataframe(table, hide_index=True, width="stretch", height=min(36 * (len(table) + 1) + 2, 600),
+    left.dataframe(table, hide_index=True, width="stretch", height=min(35 * (len(table) + 1) + 3, 600),
                    column_config={"Images": st.column_config.NumberColumn(format="localized")})
     right.plotly_chart(charts.role_counts(rows), config=theme.PLOT_CONFIG, key="counts_chart")
 
@@ -106,7 +106,6 @@ def show_samples(spec: DatasetSpec) -> None:
 
 
 page.setup("Dataset")
-st.title("Dataset")
 st.markdown("Choose the images: which are **normal** (to learn), which are **anomalies** (to find in the test set) "
             "and which are **reference** images (labelled images of other classes that keep the features "
             "descriptive).")

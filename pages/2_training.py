@@ -7,16 +7,18 @@ from doc_core import runs
 from doc_core.backbones import BACKBONES, BackboneConfig, resolve_weights
 from doc_core.data import DataError
 from doc_core.detector import ScorerConfig
-from doc_core.jobs import TrainingJob, steps_per_epoch
+from doc_core.jobs import FAILED, TrainingJob, steps_per_epoch
 from doc_core.training import TrainConfig
 from ui import cached, charts, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
 BACKBONE_LABELS = {"mobilenet_v2": "MobileNetV2 (ImageNet)", "vgg16": "VGG16 (ImageNet)",
-                   "tiny": "Tiny CNN (random weights, for quick tests)"}
+                   "tiny": "Tiny CNN (random, for tests)"}
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 SIZES = (32, 48, 64, 96, 128, 160, 192, 224)
-RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+RATES = tuple(sorted({1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, TrainConfig().learning_rate}))
+CURVES_NOTE = ("Thin lines: the loss of each step; thick lines: smoothed (exponential moving average); dotted lines: "
+               "epoch boundaries.")
 TRAINABLE = {"default": "Last blocks (default)", "all": "All layers",
              "none": "None: ImageNet features as they are (no training)"}
 
@@ -49,7 +51,7 @@ def settings_form(disabled: bool) -> None:
     c1, c2, c3, c4, c5 = st.columns(5)
     c1.number_input("λ (weight of l_C)", min_value=0.0, max_value=100.0, step=0.05, format="%.3g",
                     key=state.TR_LAMBDA, **PERSIST, disabled=disabled,
-                    help="Total loss = l_D + λ·l_C. The paper uses 0.1.")
+                    help="Total loss = l_D + λ·l_C. The paper uses 0.1; the default was chosen on a validation split.")
     c2.select_slider("Learning rate", RATES, format_func=lambda r: f"{r:.0e}", key=state.TR_LR, **PERSIST,
                      disabled=disabled)
     c3.number_input("Epochs", min_value=0, max_value=200, step=1, key=state.TR_EPOCHS, **PERSIST,
@@ -63,6 +65,11 @@ def settings_form(disabled: bool) -> None:
                   placeholder="e.g. sneakers, 3 epochs")
 
 
+def weights_missing(backbone: BackboneConfig) -> bool:
+    """True when the pretrained weights are not on this machine (the app never downloads them)."""
+    return backbone.name != "tiny" and resolve_weights(backbone) == "imagenet"
+
+
 def plan_caption(split, backbone: BackboneConfig, train: TrainConfig) -> None:
     per_epoch = steps_per_epoch(len(split.train_normal), train.batch_size)
     if train.epochs == 0:
@@ -71,11 +78,11 @@ def plan_caption(split, backbone: BackboneConfig, train: TrainConfig) -> None:
         st.caption(f"{per_epoch * train.epochs:,} training steps ({per_epoch:,} per epoch of "
                    f"{len(split.train_normal):,} normal images), then {len(split.test_images):,} test images are "
                    "scored.")
-    if backbone.name != "tiny" and resolve_weights(backbone) == "imagenet":
+    if weights_missing(backbone):
         alpha = f" with α {backbone.alpha:g}" if backbone.name == "mobilenet_v2" else ""
-        st.warning(f"No local ImageNet weights were found for {BACKBONE_LABELS[backbone.name]}{alpha}, and this app "
-                   "does not download them, so training would fail. Choose MobileNetV2 with α 1.0 or the tiny CNN, "
-                   "or set DOC_WEIGHTS to a weights file.")
+        st.warning(f"No ImageNet weights for {BACKBONE_LABELS[backbone.name]}{alpha} were found on this machine, and "
+                   "the app does not download them. Choose another α or backbone, or put the weights file in the "
+                   "folder named by DOC_WEIGHTS (or the Keras cache) and reload.")
 
 
 def start_training() -> None:
@@ -108,6 +115,10 @@ def live_view() -> None:
     if snap.done:
         if status.handle_job_end(snap):
             st.rerun()  # redraw the whole page: buttons, runs table
+        kind, text = status.outcome(snap)
+        {"success": st.success, "error": st.error}.get(kind, st.info)(text)
+        if kind == "success":
+            st.page_link(nav.ROC, label="See its ROC curve and choose a threshold", icon=nav.ICONS[nav.ROC])
     else:
         text = status.progress_text(snap)
         if snap.stop_requested:
@@ -118,8 +129,11 @@ def live_view() -> None:
         st.caption(f"Last step: l_D {last.l_d:.4f} · l_C {last.l_c:.4g} · total {last.total:.4f} · "
                    f"{last.images_per_s:,.0f} images/s")
         st.plotly_chart(charts.loss_curves(snap.records), config=theme.PLOT_CONFIG, key="live_curves")
+        st.caption(CURVES_NOTE)
     elif not snap.done:
         st.caption("The loss curves appear with the first training step.")
+    elif snap.status != FAILED:
+        st.caption("No training steps were run, so there are no loss curves.")
 
 
 def runs_table(all_runs: list, active_id: str | None) -> None:
@@ -127,13 +141,13 @@ def runs_table(all_runs: list, active_id: str | None) -> None:
              "Backbone": r.backbone.get("name"), "Input (px)": r.backbone.get("input_size"),
              "Epochs": r.train.get("epochs"), "λ": r.train.get("lam"), "Learning rate": r.train.get("learning_rate"),
              "Batch": r.train.get("batch_size"), "Steps": r.steps, "Test AUC": r.auc,
-             "Threshold": r.threshold["value"] if r.threshold else None,
+             "Threshold": f"{r.threshold['value']:.4g}" if r.threshold else "",
              "Dataset": r.dataset.get("description") or r.dataset.get("name", "")} for r in all_runs]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "": st.column_config.TextColumn(width=20, help="the active run"),
         "Learning rate": st.column_config.NumberColumn(format="%.0e"),
         "Test AUC": st.column_config.NumberColumn(format="%.3f"),
-        "Threshold": st.column_config.NumberColumn(format="%.4g", help="saved on the ROC page")})
+        "Threshold": st.column_config.TextColumn(help="saved on the ROC and threshold page")})
 
 
 def make_active() -> None:
@@ -176,7 +190,6 @@ def saved_runs() -> None:
 
 
 page.setup("Training")
-st.title("Training")
 st.markdown("DOC fine-tunes the backbone on two losses at once: **l_D**, the cross-entropy of classifying the "
             "reference images (keeps features descriptive), and **l_C**, the spread of the normal images' features "
             "(makes them compact). Training runs in the background; you can use the other pages meanwhile.")
@@ -189,8 +202,9 @@ except DataError as exc:
     st.page_link(nav.DATASET, label="Choose a dataset", icon=nav.ICONS[nav.DATASET])
     st.stop()
 c = split.summary()
-st.markdown(f"**Data:** {spec.describe()} — {c['normal training']:,} normal training, {c['reference']:,} reference "
-            f"({len(split.reference_names)} classes), {len(split.test_images):,} test images.")
+st.markdown(f"**Data:** {spec.describe()}")
+st.caption(f"{c['normal training']:,} normal training images, {c['reference']:,} reference images "
+           f"({len(split.reference_names)} classes), {len(split.test_images):,} test images.")
 st.page_link(nav.DATASET, label="Change the dataset", icon=nav.ICONS[nav.DATASET])
 
 job = status.session_job()
@@ -200,7 +214,8 @@ with st.container(border=True):
     backbone, train = settings()
     plan_caption(split, backbone, train)
     b1, b2, _ = st.columns([1, 1, 4])
-    b1.button("Start training", type="primary", on_click=start_training, disabled=running, width="stretch",
+    b1.button("Start training", type="primary", on_click=start_training, width="stretch",
+              disabled=running or weights_missing(backbone),
               icon=":material/play_arrow:")
     b2.button("Stop", on_click=stop_training, disabled=not running, width="stretch", icon=":material/stop:",
               help="End training after the current step; the model trained so far is still scored and saved.")
@@ -215,6 +230,7 @@ else:
         history = cached.history_of(active)
         if history:
             st.plotly_chart(charts.loss_curves(history), config=theme.PLOT_CONFIG, key="run_curves")
+            st.caption(CURVES_NOTE)
         else:
             st.caption("This run was not trained (pretrained features only), so it has no loss curves.")
     others = cached.job_registry().running()

@@ -6,6 +6,7 @@ import streamlit as st
 
 from doc_core import metrics, runs
 from doc_core.detector import ScorerConfig
+from doc_core.scoring import make_scorer
 from ui import cached, charts, nav, page, state, theme
 
 PERSIST = dict(persist_state="session")
@@ -13,21 +14,40 @@ ss = st.session_state
 
 
 def scorer_label(cfg: ScorerConfig) -> str:
-    if cfg.name == "lof":
-        return f"LOF, k={cfg.k or 20}"
-    return f"k-NN distance, k={cfg.k or 1}"
+    k = make_scorer(cfg.name, cfg.k).k  # the scorer's own default when k is None
+    return f"LOF, k={k}" if cfg.name == "lof" else f"k-NN distance, k={k}"
 
 
 def score_title(cfg: ScorerConfig) -> str:
-    what = "local outlier factor" if cfg.name == "lof" else "distance to nearest normal features"
-    return f"anomaly score ({what}; higher = more anomalous)"
+    return "local outlier factor (higher = more anomalous)" if cfg.name == "lof" else \
+        "k-NN distance (higher = more anomalous)"
+
+
+def score_meaning(cfg: ScorerConfig) -> str:
+    if cfg.name == "lof":
+        return "the local outlier factor of an image's features among the normal training features (about 1 = normal)"
+    return "the mean distance from an image's features to its nearest normal training features"
+
+
+def same_scorer(a: ScorerConfig, b: ScorerConfig) -> bool:
+    """Equal once a missing k is read as the scorer's default."""
+    return (a.name, make_scorer(a.name, a.k).k, a.max_bank_size) == (b.name, make_scorer(b.name, b.k).k, b.max_bank_size)
 
 
 def chosen_scorer(run: runs.RunSummary) -> ScorerConfig:
     choice = ss[state.ROC_SCORER]
     if choice == state.SCORER_RUN:
         return run.scorer
-    return ScorerConfig(name="lof" if choice == state.SCORER_LOF else "knn", k=int(ss[state.ROC_K]))
+    cfg = ScorerConfig(name="lof" if choice == state.SCORER_LOF else "knn", k=int(ss[state.ROC_K]),
+                       max_bank_size=run.scorer.max_bank_size)
+    return run.scorer if same_scorer(cfg, run.scorer) else cfg
+
+
+def on_scorer_picked() -> None:
+    """Start each scorer at its own default number of neighbours."""
+    choice = ss[state.ROC_SCORER]
+    if choice != state.SCORER_RUN:
+        ss[state.ROC_K] = make_scorer("lof" if choice == state.SCORER_LOF else "knn").k
 
 
 def on_run_picked() -> None:
@@ -37,16 +57,17 @@ def on_run_picked() -> None:
 def follow_saved_scorer(run: runs.RunSummary) -> None:
     """When another run is opened, show it with the scorer its saved threshold belongs to."""
     saved = ScorerConfig.from_dict(run.threshold["scorer"]) if run.threshold else run.scorer
-    if saved == run.scorer:
+    if same_scorer(saved, run.scorer):
         ss[state.ROC_SCORER] = state.SCORER_RUN
     else:
         ss[state.ROC_SCORER] = state.SCORER_LOF if saved.name == "lof" else state.SCORER_KNN
-        ss[state.ROC_K] = int(saved.k or (20 if saved.name == "lof" else 1))
+        ss[state.ROC_K] = int(make_scorer(saved.name, saved.k).k)
 
 
 def reset_threshold(run: runs.RunSummary, scorer: ScorerConfig) -> None:
     """Start from the run's saved operating point for this scorer, else from the detector's default percentile."""
-    saved = run.threshold if run.threshold and ScorerConfig.from_dict(run.threshold["scorer"]) == scorer else None
+    saved = run.threshold if run.threshold and same_scorer(ScorerConfig.from_dict(run.threshold["scorer"]), scorer) \
+        else None
     code_to_policy = {v: k for k, v in state.POLICY_CODES.items()}
     if saved:
         ss[state.ROC_POLICY] = code_to_policy.get(saved["policy"], state.POLICY_MANUAL)
@@ -132,13 +153,16 @@ def threshold_section(run: runs.RunSummary, scorer: ScorerConfig, stored: runs.R
         m[2].metric("F1", f"{report.f1:.3f}", help="Harmonic mean of precision and recall.")
         m[3].metric("Accuracy", f"{report.accuracy:.1%}")
         m[4].metric("False-positive rate", f"{report.fpr:.1%}", help="Share of normal images flagged.")
-        m[5].metric("Flagged", f"{flagged:,} of {len(scores):,}")
+        m[5].metric(f"Flagged of {len(scores):,}", f"{flagged:,}", help="Test images scoring above the threshold.")
         curve = cached.curves(labels, scores)
         left, right = st.columns(2, gap="medium")
+        left.markdown(f"**ROC curve** · AUC {curve['auc']:.3f} · the circle is the threshold")
         left.plotly_chart(charts.roc(curve, report.fpr, report.recall), config=theme.PLOT_CONFIG, key="roc")
+        right.markdown(f"**Precision-recall curve** · average precision {curve['ap']:.3f}")
         right.plotly_chart(charts.pr(curve, report.recall, report.precision if report.tp + report.fp else None),
                            config=theme.PLOT_CONFIG, key="pr")
         left, right = st.columns([3, 2], gap="medium")
+        left.markdown(f"**Test scores** · {scorer_label(scorer)}; {score_meaning(scorer)}")
         groups = [("test normal", scores[labels == 0], theme.NORMAL), ("test anomaly", scores[labels == 1], theme.ANOMALY)]
         if np.any(labels < 0):
             groups.append(("test unlabelled", scores[labels < 0], theme.UNLABELLED))
@@ -148,7 +172,7 @@ def threshold_section(run: runs.RunSummary, scorer: ScorerConfig, stored: runs.R
             st.markdown("**Confusion matrix** at this threshold")
             st.plotly_chart(charts.confusion(report), config=theme.PLOT_CONFIG, key="confusion")
     else:
-        st.metric("Flagged", f"{flagged:,} of {len(scores):,} test images")
+        st.metric(f"Flagged of {len(scores):,} test images", f"{flagged:,}")
         st.info("This run's test set has no labelled normal and anomalous images, so there is no ROC or PR curve. "
                 "The histogram compares the test scores with the normal training scores.")
         groups = [("normal training (leave-one-out)", train_scores, theme.NORMAL),
@@ -156,13 +180,14 @@ def threshold_section(run: runs.RunSummary, scorer: ScorerConfig, stored: runs.R
         st.plotly_chart(charts.score_histogram(groups, threshold, score_title(scorer)), config=theme.PLOT_CONFIG,
                         key="histogram")
 
-    c1, c2, _ = st.columns([1, 1, 2])
-    if c1.button("Save this threshold into the run", type="primary", icon=":material/save:", width="stretch"):
+    c1, c2 = st.columns([1, 1], gap="small", width=520)
+    if c1.button("Save threshold into run", type="primary", icon=":material/save:", width="stretch",
+                 help="Store this threshold, its policy and the scorer in the run's folder (run.json)."):
         try:
             runs.save_threshold(run.run_id, threshold, state.POLICY_CODES[policy], policy_param(policy), scorer,
                                 cached.runs_dir())
-            state.flash("success", f"Saved threshold {threshold:.4g} ({policy.lower()}, {scorer_label(scorer)}) "
-                                   f"into run {run.name}.")
+            state.flash("success", f"Saved threshold {threshold:.4g} into run **{run.name}** (set by: {policy}; "
+                                   f"scorer: {scorer_label(scorer)}).")
         except (runs.RunError, ValueError, OSError) as exc:
             state.flash("error", f"Could not save the threshold: {exc}")
         st.rerun()
@@ -199,17 +224,21 @@ def compare_section(run: runs.RunSummary, labels: np.ndarray) -> None:
             curves_.append((label, c))
         except (runs.RunError, ValueError) as exc:
             rows.append({"Scorer": label, "Test AUC": None, "Average precision": None, "Note": str(exc)})
-    left, right = st.columns([2, 3], gap="medium")
-    left.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+    table = pd.DataFrame(rows)
+    if not table["Note"].astype(bool).any():
+        table = table.drop(columns="Note")
+    left, right = st.columns([1, 1], gap="medium")
+    left.dataframe(table, hide_index=True, width="stretch", column_config={
+        "Scorer": st.column_config.TextColumn(width="medium"),
         "Test AUC": st.column_config.NumberColumn(format="%.3f"),
         "Average precision": st.column_config.NumberColumn(format="%.3f")})
     if curves_:
         main, others = curves_[0], curves_[1:]
-        right.plotly_chart(charts.roc({**main[1]}, others=others), config=theme.PLOT_CONFIG, key="compare_roc")
+        right.plotly_chart(charts.roc(main[1], others=others, name=main[0]), config=theme.PLOT_CONFIG,
+                           key="compare_roc")
 
 
 page.setup("ROC and threshold")
-st.title("ROC and threshold")
 all_runs = cached.list_runs()
 if not all_runs:
     st.info("No run yet. Train a detector first: its test scores, ROC curve and threshold tools appear here.")
@@ -238,6 +267,7 @@ if ss[state.ROC_CONTEXT] is None or ss[state.ROC_CONTEXT][0] != run.run_id:
     follow_saved_scorer(run)
 c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
 c1.segmented_control("Scorer", state.SCORERS, key=state.ROC_SCORER, required=True, **PERSIST,
+                     on_change=on_scorer_picked,
                      format_func=lambda s: f"{s} ({scorer_label(run.scorer)})" if s == state.SCORER_RUN else s,
                      help="How a test image's features are turned into an anomaly score, against the memory bank "
                           "of normal training features.")

@@ -18,7 +18,8 @@ from doc_core import runs
 from doc_core.backbones import BackboneConfig
 from doc_core.data import DataError, SplitConfig, load_fashion_mnist
 from doc_core.datasets import DatasetSpec, load_dataset
-from doc_core.jobs import SUCCEEDED, TrainingJob
+from doc_core.jobs import SUCCEEDED, TrainingJob, steps_per_epoch
+from doc_core.scoring import make_scorer
 from doc_core.training import TrainConfig
 from ui import state
 
@@ -138,7 +139,9 @@ def test_training_page_without_a_run(empty_runs_dir):
     assert_clean(at)
     assert "No saved runs yet" in texts(at)
     assert at.button[0].label == "Start training" and not at.button[0].disabled
-    assert "279 training steps" in texts(at)  # defaults: 6,000 sneakers, batch 64, 3 epochs
+    defaults = TrainConfig()
+    steps = steps_per_epoch(6000, defaults.batch_size) * defaults.epochs
+    assert f"{steps:,} training steps" in texts(at)  # 6,000 sneakers with the default batch size and epochs
 
 
 def test_roc_page_without_a_run_says_what_to_do(empty_runs_dir):
@@ -171,7 +174,7 @@ def test_roc_page_with_a_run(runs_dir):
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 4  # ROC, PR, histogram, confusion matrix
     labels = [m.label for m in at.metric]
-    assert labels == ["Precision", "Recall", "F1", "Accuracy", "False-positive rate", "Flagged"]
+    assert labels == ["Precision", "Recall", "F1", "Accuracy", "False-positive rate", "Flagged of 2,000"]
     assert at.radio(key=state.ROC_POLICY).value == state.POLICY_PERCENTILE
     assert at.download_button[0].label == "Download scores (CSV)"
 
@@ -187,7 +190,7 @@ def test_threshold_policies_move_the_threshold_and_can_be_saved(runs_dir):
     at.radio(key=state.ROC_POLICY).set_value(state.POLICY_F1).run()
     best = at.slider(key=state.ROC_THRESHOLD).value
     assert best != start
-    next(b for b in at.button if b.label == "Save this threshold into the run").click().run()
+    next(b for b in at.button if b.label == "Save threshold into run").click().run()
     assert_clean(at)
     assert "Saved threshold" in texts(at)
     run = runs.list_runs(runs_dir)[0]
@@ -211,7 +214,8 @@ def test_other_scorers_without_retraining(runs_dir):
     next(b for b in at.button if b.label == "Compare").click().run()
     assert_clean(at)
     table = at.dataframe[0].value
-    assert list(table["Scorer"]) == ["as trained (k-NN distance, k=1)", "k-NN distance, k=5", "LOF, k=20"]
+    k = make_scorer("knn").k
+    assert list(table["Scorer"]) == [f"as trained (k-NN distance, k={k})", "k-NN distance, k=1", "LOF, k=20"]
     assert table["Test AUC"].between(0, 1).all()
 
 
@@ -346,3 +350,48 @@ def test_two_sessions_train_at_once_without_mixing(empty_runs_dir):
     assert first.session_state[state.RUN_ID] == a.run.run_id != second.session_state[state.RUN_ID] == b.run.run_id
     assert "first session" in texts(first) and "second session" in texts(second)
     assert "second session" not in texts(first)
+
+
+def test_stop_keeps_what_was_trained(empty_runs_dir):
+    at = open_app()
+    small_dataset(at)
+    tiny_settings(at, epochs=200, name="stopped run")  # 1,200 steps: long enough to stop
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert next(b for b in at.button if b.label == "Start training").disabled
+    from ui import cached
+
+    job = cached.job_registry().get(at.session_state[state.JOB_ID])
+    deadline = time.monotonic() + 60
+    while job.snapshot().n_records < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    next(b for b in at.button if b.label == "Stop").click().run()
+    snap = wait_for_job(at)
+    at.run()
+    assert_clean(at)
+    assert snap.status == SUCCEEDED and snap.stopped_early and snap.n_records < 1200
+    assert "stopped early" in texts(at)
+    (run,) = runs.list_runs(empty_runs_dir)
+    assert run.stopped_early and run.steps == snap.n_records and run.steps_total == 1200
+
+
+def test_missing_weights_disable_start(empty_runs_dir):
+    at = open_app(TRAINING)
+    at.selectbox(key=state.TR_ALPHA).select(0.35).run()  # only α 1.0 weights ship with the project
+    assert not at.exception
+    assert any("No ImageNet weights" in w.value for w in at.warning)
+    assert next(b for b in at.button if b.label == "Start training").disabled
+
+
+def test_pretrained_baseline_through_the_page(empty_runs_dir):
+    at = open_app()
+    small_dataset(at)
+    tiny_settings(at, name="no training")
+    at.selectbox(key=state.TR_TRAINABLE).select("none").run()
+    assert at.number_input(key=state.TR_EPOCHS).disabled
+    assert "No training" in texts(at)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    snap = wait_for_job(at)
+    at.run()
+    assert_clean(at)
+    assert snap.status == SUCCEEDED and snap.run.steps == 0
+    assert "no loss curves" in texts(at) and len(at.get("plotly_chart")) == 0

@@ -51,7 +51,10 @@ def split() -> OneClassSplit:
 def test_spec_round_trip_and_description():
     spec = DatasetSpec.fashion_mnist()
     assert spec.is_reference_experiment and DatasetSpec.from_dict(spec.to_dict()) == spec
-    assert spec.describe().startswith("Fashion-MNIST: normal Sneaker; anomalies Ankle boot")
+    assert spec.describe() == "Fashion-MNIST: normal Sneaker; anomalies Ankle boot (reference experiment)"
+    small = DatasetSpec.fashion_mnist(SplitConfig(n_normal=200, n_reference=300, seed=2))
+    assert small.describe() == ("Fashion-MNIST: normal Sneaker; anomalies Ankle boot; 200 normal training images; "
+                                "300 reference images; seed 2")
     other = DatasetSpec.fashion_mnist(SplitConfig.one_vs_rest(0))
     assert not other.is_reference_experiment and "every other class" in other.describe()
     folder = DatasetSpec.folder("/data/x", 64, label="x.zip")

@@ -187,3 +187,24 @@ def test_mismatched_lengths_are_refused(fitted, tmp_path):
     with pytest.raises(ValueError):
         runs.save_run(det, scores[:-1], labels, classes, runs_dir=tmp_path)
     assert not os.listdir(tmp_path) or runs.list_runs(tmp_path) == []
+
+
+def test_scores_csv(fitted, tmp_path):
+    det, feats, scores, labels, classes = fitted
+    summary = runs.save_run(det, scores, labels, classes, runs_dir=tmp_path,
+                            test_paths=[f"test/{i}.png" for i in range(len(scores))])
+    stored = runs.load_scores(summary.run_id, tmp_path)
+    threshold = float(np.median(scores))
+    text = runs.scores_csv(stored, threshold=threshold, comment="run x\nscorer knn")
+    lines = text.splitlines()
+    assert lines[:3] == ["# run x", "# scorer knn", "index,path,class,true_label,score,predicted"]
+    assert len(lines) == 3 + len(scores)
+    first = lines[3].split(",")
+    assert first[:4] == ["0", "test/0.png", "square", "normal"]
+    assert first[5] == ("anomaly" if stored.scores[0] > threshold else "normal")
+    flagged = sum(line.endswith(",anomaly") for line in lines[3:])
+    assert flagged == int(np.sum(stored.scores > threshold))
+    plain = runs.scores_csv(stored, scores=np.zeros(len(scores)))
+    assert plain.splitlines()[0] == "index,path,class,true_label,score" and plain.splitlines()[1].endswith(",0")
+    with pytest.raises(ValueError):
+        runs.scores_csv(stored, scores=np.zeros(3))

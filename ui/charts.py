@@ -22,36 +22,41 @@ def _layout(fig: go.Figure, height: int, **kw) -> go.Figure:
     return fig
 
 
+def _inside(x: str, y: str) -> dict:
+    """A legend inside the plot area, in a corner, on a translucent white box."""
+    return dict(orientation="v", xanchor=x, x=0.99 if x == "right" else 0.01, yanchor=y,
+                y=0.02 if y == "bottom" else 0.98, bgcolor="rgba(255,255,255,0.85)", bordercolor="#DDDDDD",
+                borderwidth=1)
+
+
 def loss_curves(records: list[StepRecord] | tuple[StepRecord, ...], alpha: float = 0.1) -> go.Figure:
-    """l_D, l_C and the total loss per training step: the raw values faint, a smoothed line on top."""
+    """l_D, l_C and the total loss per training step: the raw values faint, a smoothed line on top, epoch boundaries
+    dotted."""
     titles = [theme.LOSS_LABELS[k] for k in ("l_d", "l_c", "total")]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.07)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.06)
     steps = np.asarray([r.step for r in records])
     for col, key in enumerate(("l_d", "l_c", "total"), start=1):
         values = np.asarray([getattr(r, key) for r in records], dtype=np.float64)
         color = theme.LOSS_COLORS[key]
         fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", line=dict(color=color, width=1), opacity=0.3,
-                                 name="per step", legendgroup="raw", showlegend=col == 1,
+                                 name="per step", showlegend=False,
                                  hovertemplate="step %{x}<br>%{y:.4g}<extra>per step</extra>"), row=1, col=col)
         if len(values):
             fig.add_trace(go.Scatter(x=steps, y=smooth(values, alpha), mode="lines", line=dict(color=color, width=2.5),
-                                     name="smoothed (EMA)", legendgroup="smooth", showlegend=col == 1,
+                                     name="smoothed", showlegend=False,
                                      hovertemplate="step %{x}<br>%{y:.4g}<extra>smoothed</extra>"), row=1, col=col)
         fig.update_xaxes(title_text="training step", row=1, col=col)
-    fig.update_yaxes(title_text="cross-entropy (nats)", row=1, col=1)
-    fig.update_yaxes(title_text="mean squared distance", row=1, col=2)
-    fig.update_yaxes(title_text="loss", row=1, col=3)
     # epoch boundaries
     epochs = [r.step for prev, r in zip(records, records[1:]) if r.epoch != prev.epoch]
     for x in epochs:
         for col in (1, 2, 3):
             fig.add_vline(x=x - 0.5, line=dict(color="#BBBBBB", dash="dot", width=1), row=1, col=col)
-    fig.update_annotations(font_size=14)
-    return _layout(fig, 300, legend_title_text="")
+    fig.update_annotations(font_size=13)
+    return _layout(fig, 300, showlegend=False)
 
 
 def roc(curve: dict, op_fpr: float | None = None, op_tpr: float | None = None,
-        others: list[tuple[str, dict]] | None = None) -> go.Figure:
+        others: list[tuple[str, dict]] | None = None, name: str = "ROC") -> go.Figure:
     """ROC curve with the chance line and the operating point (false/true-positive rate at the threshold)."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#BBBBBB", dash="dash", width=1),
@@ -59,7 +64,7 @@ def roc(curve: dict, op_fpr: float | None = None, op_tpr: float | None = None,
     for i, (label, c) in enumerate(others or []):
         fig.add_trace(go.Scatter(x=c["fpr"], y=c["tpr"], mode="lines", name=f"{label} (AUC {c['auc']:.3f})",
                                  line=dict(color=theme.SCORER_COLORS[(i + 1) % len(theme.SCORER_COLORS)], width=1.5)))
-    fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"ROC (AUC {curve['auc']:.3f})",
+    fig.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name} (AUC {curve['auc']:.3f})",
                              line=dict(color=theme.THRESHOLD, width=2.5),
                              hovertemplate="FPR %{x:.1%}<br>TPR %{y:.1%}<extra></extra>"))
     if op_fpr is not None:
@@ -68,9 +73,8 @@ def roc(curve: dict, op_fpr: float | None = None, op_tpr: float | None = None,
                                  hovertemplate="at the threshold<br>FPR %{x:.1%}<br>TPR %{y:.1%}<extra></extra>"))
     fig.update_xaxes(title_text="false-positive rate (share of normal images flagged)", range=[-0.01, 1.01],
                      tickformat=".0%")
-    fig.update_yaxes(title_text="true-positive rate (share of anomalies caught)", range=[-0.01, 1.02],
-                     tickformat=".0%")
-    return _layout(fig, 380, title=dict(text=f"ROC curve · AUC {curve['auc']:.3f}", x=0, y=0.98))
+    fig.update_yaxes(title_text="true-positive rate (anomalies caught)", range=[-0.01, 1.02], tickformat=".0%")
+    return _layout(fig, 380, margin=dict(l=10, r=10, t=10, b=10), legend=_inside("right", "bottom"))
 
 
 def pr(curve: dict, op_recall: float | None = None, op_precision: float | None = None) -> go.Figure:
@@ -88,9 +92,8 @@ def pr(curve: dict, op_recall: float | None = None, op_precision: float | None =
                                  hovertemplate="at the threshold<br>recall %{x:.1%}<br>precision %{y:.1%}"
                                                "<extra></extra>"))
     fig.update_xaxes(title_text="recall (share of anomalies caught)", range=[-0.01, 1.01], tickformat=".0%")
-    fig.update_yaxes(title_text="precision (share of flagged images that are anomalies)", range=[-0.01, 1.02],
-                     tickformat=".0%")
-    return _layout(fig, 380, title=dict(text=f"Precision-recall · AP {curve['ap']:.3f}", x=0, y=0.98))
+    fig.update_yaxes(title_text="precision (flagged that are anomalies)", range=[-0.01, 1.02], tickformat=".0%")
+    return _layout(fig, 380, margin=dict(l=10, r=10, t=10, b=10), legend=_inside("left", "bottom"))
 
 
 def score_histogram(groups: list[tuple[str, np.ndarray, str]], threshold: float | None, x_title: str,
@@ -104,24 +107,21 @@ def score_histogram(groups: list[tuple[str, np.ndarray, str]], threshold: float 
         if threshold is not None and np.isfinite(threshold):
             lo, hi = min(lo, threshold), max(hi, threshold)
         size = (hi - lo) / bins if hi > lo else 1.0
+        fig.update_xaxes(range=[lo - size, hi + 2 * size])
         for name, s, color in groups:
             if len(s):
-                fig.add_trace(go.Histogram(x=s, name=f"{name} ({len(s):,})", marker_color=color, opacity=0.6,
+                fig.add_trace(go.Histogram(x=s, name=f"{name} ({len(s):,} images)", marker_color=color, opacity=0.6,
                                            xbins=dict(start=lo, end=hi + size, size=size),
                                            hovertemplate="score %{x}<br>%{y} images<extra>" + name + "</extra>"))
     if threshold is not None and np.isfinite(threshold):
         fig.add_vline(x=threshold, line=dict(color=theme.THRESHOLD, width=2, dash="dash"))
         fig.add_annotation(x=threshold, y=1, yref="paper", yanchor="bottom", showarrow=False,
-                           text=f"threshold {threshold:.4g}", font=dict(color=theme.THRESHOLD, size=12),
-                           bgcolor="rgba(255,255,255,0.8)")
-        fig.add_annotation(x=threshold, y=0.9, yref="paper", xanchor="right", showarrow=False,
-                           text="predicted normal ◀ ", font=dict(color="#555555", size=11))
-        fig.add_annotation(x=threshold, y=0.9, yref="paper", xanchor="left", showarrow=False,
-                           text=" ▶ predicted anomaly", font=dict(color="#555555", size=11))
+                           text=f"◀ predicted normal   <b>threshold {threshold:.4g}</b>   predicted anomaly ▶",
+                           font=dict(color=theme.THRESHOLD, size=12))
     fig.update_layout(barmode="overlay", bargap=0.02)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="number of images")
-    return _layout(fig, 380, margin=dict(l=10, r=10, t=60, b=10))
+    return _layout(fig, 380, margin=dict(l=10, r=10, t=30, b=10), legend=_inside("right", "top"))
 
 
 def confusion(report: ThresholdReport) -> go.Figure:

@@ -11,8 +11,10 @@ from typing import Any
 
 import streamlit as st
 
+from doc_core.backbones import BackboneConfig
 from doc_core.data import FASHION_MNIST_CLASSES, SplitConfig
 from doc_core.datasets import DatasetSpec
+from doc_core.training import TrainConfig
 
 # ---------------------------------------------------------------------------------------------- app state (no widgets)
 DATASET = "dataset"        # DatasetSpec: the active dataset (only ever a valid one)
@@ -20,6 +22,7 @@ RUN_ID = "run_id"          # str | None: the active run; None means "the newest 
 JOB_ID = "job_id"          # str | None: this session's training job in the process-wide JobRegistry
 JOB_HANDLED = "job_handled"  # str | None: id of the job whose end this session has already acted on
 FLASH = "flash"            # (kind, text) | None: a message to show once on the next run (e.g. "run deleted")
+TOAST = "toast"            # str | None: a short notice to pop up once on whatever page is open
 
 # ---------------------------------------------------------------------------------------------- Dataset page widgets
 DS_SOURCE = "ds_source"
@@ -79,12 +82,15 @@ SCORER_LOF = "Local Outlier Factor"
 SCORERS = (SCORER_RUN, SCORER_KNN, SCORER_LOF)
 
 _REF = SplitConfig.tutorial()
+_BACKBONE = BackboneConfig()  # the training defaults are doc_core's own
+_TRAIN = TrainConfig()
 DEFAULTS: dict[str, Any] = {
     DATASET: DatasetSpec.fashion_mnist(),
     RUN_ID: None,
     JOB_ID: None,
     JOB_HANDLED: None,
     FLASH: None,
+    TOAST: None,
     DS_SOURCE: SOURCE_FASHION,
     DS_NORMAL: [FASHION_MNIST_CLASSES[c] for c in _REF.normal_classes],
     DS_ANOMALY: [FASHION_MNIST_CLASSES[c] for c in _REF.anomaly_classes or ()],
@@ -94,15 +100,15 @@ DEFAULTS: dict[str, Any] = {
     DS_SEED: _REF.seed,
     DS_FOLDER: "",
     DS_IMAGE_SIZE: 96,
-    TR_BACKBONE: "mobilenet_v2",
-    TR_ALPHA: 1.0,
-    TR_INPUT_SIZE: 96,
-    TR_LAMBDA: 0.1,
-    TR_LR: 1e-4,
-    TR_EPOCHS: 3,
-    TR_BATCH: 64,
+    TR_BACKBONE: _BACKBONE.name,
+    TR_ALPHA: _BACKBONE.alpha,
+    TR_INPUT_SIZE: _BACKBONE.input_size,
+    TR_LAMBDA: _TRAIN.lam,
+    TR_LR: _TRAIN.learning_rate,
+    TR_EPOCHS: _TRAIN.epochs,
+    TR_BATCH: _TRAIN.batch_size,
     TR_TRAINABLE: "default",
-    TR_SEED: 0,
+    TR_SEED: _TRAIN.seed,
     TR_NAME: "",
     TR_CONFIRM_DELETE: False,
     ROC_SCORER: SCORER_RUN,
@@ -111,17 +117,34 @@ DEFAULTS: dict[str, Any] = {
     ROC_TARGET_FPR: 5.0,
     ROC_PERCENTILE: 95.0,
     ROC_CONTEXT: None,
-    ROC_COMPARE_K_KNN: 5,
+    ROC_COMPARE_K_KNN: 1,  # the paper's nearest-neighbour distance
     ROC_COMPARE_K_LOF: 20,
     ROC_COMPARE: False,
 }
 
 
-def init() -> None:
-    """Give every key its default once per session (called by app.py before any page runs)."""
+def init() -> bool:
+    """Give every key its default once per session (called first on every page); True for a new session."""
+    new = DATASET not in st.session_state
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = value
+    return new
+
+
+def adopt_dataset(spec: DatasetSpec) -> None:
+    """Make ``spec`` the active dataset and show it in the Dataset page's widgets."""
+    st.session_state[DATASET] = spec
+    if spec.kind == "folder":
+        st.session_state[DS_SOURCE] = SOURCE_FOLDER
+        st.session_state[DS_FOLDER] = spec.root or ""
+        st.session_state[DS_IMAGE_SIZE] = spec.image_size
+        return
+    c = spec.split
+    names = lambda ids: [FASHION_MNIST_CLASSES[i] for i in ids or ()]  # noqa: E731
+    st.session_state.update({DS_SOURCE: SOURCE_FASHION, DS_NORMAL: names(c.normal_classes),
+                             DS_ANOMALY: names(c.anomaly_classes), DS_REFERENCE: names(c.reference_classes),
+                             DS_N_NORMAL: c.n_normal or 0, DS_N_REFERENCE: c.n_reference, DS_SEED: c.seed})
 
 
 def reset(*keys: str) -> None:
@@ -164,3 +187,13 @@ def pop_flash() -> tuple[str, str] | None:
     msg = st.session_state.get(FLASH)
     st.session_state[FLASH] = None
     return msg
+
+
+def toast(text: str) -> None:
+    st.session_state[TOAST] = text
+
+
+def pop_toast() -> str | None:
+    text = st.session_state.get(TOAST)
+    st.session_state[TOAST] = None
+    return text

@@ -18,20 +18,29 @@ def session_job() -> TrainingJob | None:
 
 
 def handle_job_end(snap: JobSnapshot) -> bool:
-    """Act once on the end of this session's job: make the new run active and leave a message. True if it acted."""
+    """Act once on the end of this session's job: make the new run active and leave a short notice for whatever
+    page is open (the Training page also shows the outcome for good). True if it acted."""
     if not snap.done or st.session_state.get(state.JOB_HANDLED) == snap.job_id:
         return False
     st.session_state[state.JOB_HANDLED] = snap.job_id
     if snap.status == SUCCEEDED and snap.run is not None:
         state.set_run(snap.run.run_id)
-        auc = f" · test AUC {snap.run.auc:.3f}" if snap.run.auc is not None else ""
-        early = " (stopped early)" if snap.stopped_early else ""
-        state.flash("success", f"Training finished{early}: run **{snap.run.name}** saved{auc}.")
-    elif snap.status == FAILED:
-        state.flash("error", f"Training failed: {snap.error}")
-    elif snap.status == STOPPED:
-        state.flash("info", "Training was stopped before the first step; nothing was saved.")
+    state.toast(outcome(snap)[1])
     return True
+
+
+def outcome(snap: JobSnapshot) -> tuple[str, str]:
+    """How a finished job ended, as (kind, markdown): kind is "success", "error" or "info"."""
+    if snap.status == SUCCEEDED and snap.run is not None:
+        auc = f" · test AUC **{snap.run.auc:.3f}**" if snap.run.auc is not None else ""
+        early = f" (stopped early after {snap.n_records:,} of {snap.steps_total:,} steps)" if snap.stopped_early else ""
+        return "success", (f"Training finished in {format_seconds(snap.elapsed_s)}{early}: run **{snap.run.name}** "
+                           f"saved{auc}.")
+    if snap.status == FAILED:
+        return "error", f"Training failed: {snap.error}"
+    if snap.status == STOPPED:
+        return "info", "Training was stopped before the first step; nothing was saved."
+    return "info", snap.message
 
 
 def format_seconds(s: float) -> str:
@@ -83,8 +92,11 @@ def render() -> None:
 
 
 def show_flash() -> None:
-    """Show (once) a message left by a callback or a finished job."""
+    """Show (once) a message left by a callback, and a notice about a job that just ended."""
     msg = state.pop_flash()
     if msg:
         kind, text = msg
         {"success": st.success, "error": st.error, "warning": st.warning}.get(kind, st.info)(text)
+    notice = state.pop_toast()
+    if notice:
+        st.toast(notice, icon=":material/model_training:", duration="long")

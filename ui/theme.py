@@ -22,7 +22,8 @@ ROLE_COLORS = {
 
 # Loss curves: colours unrelated to normal/anomaly.
 LOSS_COLORS = {"l_d": "#009E73", "l_c": "#CC79A7", "total": "#444444"}
-LOSS_LABELS = {"l_d": "l_D (descriptiveness)", "l_c": "l_C (compactness)", "total": "total = l_D + λ·l_C"}
+LOSS_LABELS = {"l_d": "l_D descriptiveness (cross-entropy, nats)", "l_c": "l_C compactness (mean squared distance)",
+               "total": "total loss = l_D + λ·l_C"}
 
 # Scorer comparison lines.
 SCORER_COLORS = ("#444444", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")

@@ -1,0 +1,275 @@
+"""The real app in a real browser: `streamlit run app.py` on a free port, driven by headless Chromium (Playwright).
+
+Visits every page with no run, trains a tiny run through the UI (tiny backbone, 200 normal and 200 reference images),
+uses the ROC page, reloads the browser, and trains from two browser sessions at once. Every page is checked for
+Streamlit exception boxes, error alerts and traceback text, and a screenshot of each page is saved under
+artifacts/screenshots/ (ignored by git) to be looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TRAIN_TIMEOUT_MS = 180_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (scripts/setup.sh does) to run the browser "
+                "test", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (see requirements.txt)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`streamlit run app.py` on a free localhost port, with its own empty runs folder; yields the base URL."""
+    from doc_core.data import DataError, load_fashion_mnist
+
+    try:
+        load_fashion_mnist(download=False)
+    except DataError as exc:
+        pytest.skip(f"Fashion-MNIST is not installed (scripts/setup.sh installs it): {exc}")
+    tmp = tmp_path_factory.mktemp("browser")
+    port = _free_port()
+    env = {**os.environ, "DOC_RUNS_DIR": str(tmp / "runs"), "DOC_UPLOADS_DIR": str(tmp / "uploads"),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = open(tmp / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("streamlit did not start:\n" + (tmp / "streamlit.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    yield p
+    context.close()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def wait_idle(page, settle: float = 0.3) -> None:
+    """Wait until the script run is over and the page has its title."""
+    time.sleep(settle)  # let a click reach the server and start a run
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"] [data-testid="stMain"] h1',
+                           timeout=90_000)
+    time.sleep(settle)
+
+
+def check_clean(page, where: str) -> None:
+    """No exception box, no error alert, no traceback text anywhere on the page."""
+    assert page.locator('[data-testid="stException"]').count() == 0, f"{where}: exception shown"
+    errors = page.locator('[data-testid="stAlertContentError"]')
+    assert errors.count() == 0, f"{where}: error shown: {errors.all_inner_texts()}"
+    text = page.inner_text("body")
+    for bad in ("Traceback (most recent call last)", "StreamlitAPIException", "Error running app"):
+        assert bad not in text, f"{where}: {bad!r} on the page"
+
+
+def shot(page, name: str) -> Path:
+    """Screenshot of the whole page (the main area scrolls inside the window, so the window is made tall)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    height = page.evaluate('() => document.querySelector("[data-testid=stMain]").scrollHeight')
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(height + 40, 6000))})
+    time.sleep(0.8)  # let charts re-layout
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)
+    return path
+
+
+def go(page, title: str) -> None:
+    """Open a page from the sidebar navigation, as a user does."""
+    page.locator('[data-testid="stSidebar"]').get_by_role("link", name=title, exact=True).click()
+    wait_idle(page)
+    assert page.locator('[data-testid="stMain"] h1').first.inner_text().strip() == \
+        ("DOC Explorer" if title == "Home" else title)
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def choose(page, label: str, option: str) -> None:
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    wait_idle(page)
+
+
+def small_tiny_setup(page, epochs: int, name: str) -> None:
+    """Small split on the Dataset page, tiny backbone on the Training page."""
+    go(page, "Dataset")
+    set_number(page, "Normal training images (0 = all)", 200)
+    set_number(page, "Reference images", 200)
+    go(page, "Training")
+    choose(page, "Backbone", "Tiny CNN (random, for tests)")
+    set_number(page, "Epochs", epochs)
+    set_number(page, "Batch size", 16)
+    page.get_by_label("Run name (optional)").fill(name)
+    page.get_by_label("Run name (optional)").press("Enter")
+    wait_idle(page)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_every_page_and_a_tiny_run_through_the_ui(server, page):
+    t_start = time.monotonic()
+    page.goto(server)
+    wait_idle(page)
+    check_clean(page, "Home, no run")
+    assert page.get_by_text("No run yet").first.is_visible()
+    shot(page, "01-home-no-run")
+
+    go(page, "ROC and threshold")
+    check_clean(page, "ROC, no run")
+    assert page.get_by_text("Train a detector first").is_visible()
+    shot(page, "02-roc-no-run")
+
+    go(page, "Training")
+    check_clean(page, "Training, no run")
+    assert page.get_by_text("No saved runs yet").is_visible()
+
+    small_tiny_setup(page, epochs=8, name="browser run")
+    go(page, "Dataset")
+    check_clean(page, "Dataset")
+    assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "200"
+    assert page.locator('[data-testid="stImage"] img').count() >= 32  # sample grids of the four roles
+    shot(page, "03-dataset")
+
+    go(page, "Training")
+    check_clean(page, "Training, settings")
+    assert page.get_by_text("96 training steps").is_visible()  # 200 // 16 = 12 per epoch, 8 epochs
+    page.get_by_role("button", name="Start training").click()
+    # while it trains: the page answers, and another page can be used meanwhile
+    try:
+        page.locator('[data-testid="stProgress"]').first.wait_for(timeout=10_000)
+        shot(page, "04-training-live")
+        go(page, "Home")
+        check_clean(page, "Home during training")
+        go(page, "Training")
+    except sync_api.TimeoutError:
+        pass  # the tiny run can finish before the first progress update; the end state is checked below
+    page.get_by_text("Training finished").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    wait_idle(page)
+    check_clean(page, "Training, finished")
+    assert page.get_by_text("browser run").first.is_visible()
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 1  # the loss curves
+    shot(page, "05-training-finished")
+
+    go(page, "ROC and threshold")
+    check_clean(page, "ROC")
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
+    page.get_by_text("Best F1 on the test set").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Save threshold into run").click()
+    page.get_by_text("Saved threshold").first.wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Compare").click()
+    wait_idle(page)
+    page.locator('[data-testid="stPlotlyChart"]').nth(4).wait_for()
+    check_clean(page, "ROC, compared")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download scores (CSV)").click()
+    csv = Path(download.value.path()).read_text()
+    assert csv.startswith("# run ") and "index,class,true_label,score,predicted" in csv
+    assert len(csv.splitlines()) == 2 + 1 + 2000  # two comment lines, the header, 2,000 test images
+    shot(page, "06-roc-threshold")
+
+    # a finished run survives a browser refresh: it is on disk
+    page.reload()
+    wait_idle(page)
+    check_clean(page, "ROC after reload")
+    assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
+    assert page.get_by_text("Saved operating point").is_visible()
+
+    go(page, "Home")
+    check_clean(page, "Home with a run")
+    assert page.get_by_text("test AUC").first.is_visible()
+    shot(page, "07-home-with-run")
+    go(page, "Training")
+    shot(page, "08-training-runs")
+    assert time.monotonic() - t_start < 150
+
+
+def test_two_browser_sessions_train_at_the_same_time(server, browser):
+    pages = []
+    for name in ("session one", "session two"):
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        p = context.new_page()
+        p.set_default_timeout(60_000)
+        p.goto(server)
+        wait_idle(p)
+        small_tiny_setup(p, epochs=3, name=name)
+        pages.append(p)
+    for p in pages:
+        p.get_by_role("button", name="Start training").click()
+    for p, name, other in ((pages[0], "session one", "session two"), (pages[1], "session two", "session one")):
+        p.get_by_text("Training finished").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+        wait_idle(p)
+        check_clean(p, name)
+        message = p.locator('[data-testid="stAlertContentSuccess"]').first.inner_text()
+        assert name in message and other not in message
+    for p in pages:
+        p.context.close()
