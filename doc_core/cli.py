@@ -1,4 +1,4 @@
-"""Command line: ``python -m doc_core {train,evaluate,score,explain,benchmark}``."""
+"""Command line: ``python -m doc_core {train,evaluate,score,explain,export,benchmark}``."""
 
 from __future__ import annotations
 
@@ -244,10 +244,87 @@ def cmd_explain(args) -> int:
     return 0 if ok else 1
 
 
+def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w, c = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise ValueError(f"--input-shape must look like 28x28x1 (height x width x channels), got {text!r}") from exc
+    return h, w, c
+
+
+def cmd_export(args) -> int:
+    from .data import load_folder_split
+    from .export import ExportConfig, export_bundle, normal_images_for
+
+    det = _load_detector_or_run(args.detector)
+    cfg = ExportConfig(format=args.format, quantize=args.quantize, input_shape=_parse_shape(args.input_shape),
+                       max_bank_size=args.max_bank_size, calibration_size=args.calibration_images,
+                       reembed_bank=False if args.keep_keras_bank else None)
+    cfg.validate()
+    normal = None
+    if args.folder:
+        normal = load_folder_split(args.folder, image_size=args.image_size)[0].train_normal
+    elif cfg.quantize != "none" and not args.keep_keras_bank:
+        normal = normal_images_for(det, args.detector, args.data_dir)
+    if normal is not None:
+        print(f"using {len(normal)} normal training images for calibration and the bank", file=sys.stderr)
+    out = args.out or f"{Path(args.detector).resolve().name}-{args.format}-{args.quantize}"
+    doc = export_bundle(det, out, cfg, normal, source=str(args.detector))
+    print(json.dumps({"bundle": str(Path(out).resolve()), "quantize": doc["quantize"],
+                      "input": doc["input"], "bank_size": doc["bank_size"], "threshold": doc["threshold"],
+                      "threshold_source": doc["threshold_source"], "sizes_bytes": doc["sizes_bytes"],
+                      "run": f"cd {out} && python scorer.py IMAGE..."}, indent=1))
+    return 0
+
+
+def _benchmark_export(args) -> int:
+    import tempfile
+
+    from .data import SplitConfig, load_fashion_mnist, make_split
+    from .detector import DOCDetector
+    from .export import benchmark_export, format_export_table
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    split = make_split(SplitConfig.tutorial(args.seeds[0]), load_fashion_mnist(args.data_dir))
+    if args.detector:
+        det = _load_detector_or_run(args.detector)
+    else:
+        bb, tc, sc = _configs(args)
+        log(f"training the tutorial detector (seed {tc.seed}) ...")
+        det = DOCDetector(bb, tc, sc).fit_split(split)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = benchmark_export(det, split.train_normal, split.test_images, split.test_labels,
+                               args.export_dir or tmp, max_bank_size=args.max_bank_size, log=log)
+    res["detector"] = str(args.detector) if args.detector else "trained by this run"
+    print(format_export_table(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _benchmark_knn_scaling(args) -> int:
+    from .knn_scaling import format_scaling_table, knn_scaling
+
+    res = knn_scaling(tuple(args.bank_sizes), n_queries=args.queries, dim=args.dim, k=args.k or 5,
+                      nprobe=args.nprobe, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_scaling_table(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     from .benchmark import benchmark, format_table
     from .data import load_fashion_mnist
 
+    if args.protocol == "export":
+        return _benchmark_export(args)
+    if args.protocol == "knn-scaling":
+        return _benchmark_knn_scaling(args)
     bb, tc, _ = _configs(args)
     classes = tuple(args.classes) if args.classes else tuple(range(10))
     res = benchmark(args.protocol, tuple(args.seeds), bb, tc, classes, load_fashion_mnist(args.data_dir),
@@ -299,16 +376,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per Grad-CAM batch (default 64)")
     p.set_defaults(func=cmd_explain)
 
+    p = sub.add_parser("export", help="export a detector as an edge bundle (LiteRT model + bank + numpy scorer)",
+                       description="Writes a self-contained folder: model.tflite (uint8 images in, features out; "
+                                   "preprocessing inside), bank.npy, bundle.json (threshold, k, input shape, "
+                                   "preprocessing, format version) and scorer.py, which needs only numpy and "
+                                   "ai-edge-litert: `cd BUNDLE && python scorer.py IMAGE...`.")
+    p.add_argument("--detector", required=True,
+                   help="a folder written by `train`, or a dashboard run folder (runs/<run id>, whose saved "
+                        "threshold is carried over)")
+    p.add_argument("--format", choices=("tflite",), default="tflite", help="model format (default tflite)")
+    p.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
+                   help="none: float32; float16: half-size weights; int8: integer quantization calibrated on the "
+                        "normal training images (default none)")
+    p.add_argument("--out", default=None, help="bundle folder (default ./<detector name>-<format>-<quantize>)")
+    p.add_argument("--max-bank-size", type=int, default=None,
+                   help="keep a random subset of at most this many normal features (smaller bundle, faster k-NN)")
+    p.add_argument("--input-shape", default=None,
+                   help="HxWxC of the uint8 images the model takes (default: the training images' shape, 28x28x1 "
+                        "for Fashion-MNIST)")
+    p.add_argument("--calibration-images", type=int, default=200,
+                   help="normal training images used to calibrate int8 (default 200)")
+    p.add_argument("--keep-keras-bank", action="store_true",
+                   help="float16/int8: keep the detector's Keras bank instead of recomputing it with the quantized "
+                        "model (then no training images are needed for float16)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the Fashion-MNIST .gz files (the normal images are rebuilt from the detector's "
+                        "recorded split)")
+    p.add_argument("--folder", default=None, help="take the normal training images from this dataset folder's train/")
+    p.add_argument("--image-size", type=int, default=96, help="size images from --folder are read at (default 96)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("benchmark", help="AUC, fit time and scoring speed of DOC and baselines on Fashion-MNIST",
-                       description="Runs raw_knn, pretrained_knn, doc_knn (and doc_lof for the tutorial protocol) "
-                                   "with one fixed configuration; AUC is the mean over --seeds.")
-    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest"), default="tutorial",
+                       description="Runs raw_knn, conv_ae, pretrained_knn, doc_knn (and doc_lof for the tutorial "
+                                   "protocol) with one fixed configuration; AUC is the mean over --seeds. Two more "
+                                   "protocols: export (edge bundles: AUC against the Keras detector, bundle size, "
+                                   "ms/image on one core per quantization) and knn-scaling (exact vs faiss k-NN "
+                                   "scoring time against bank size, random vectors).")
+    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "export", "knn-scaling"), default="tutorial",
                    help="tutorial: Sneaker vs Ankle boot (the Keras write-up); one-vs-rest: each class in turn is "
-                        "normal and the whole test set is scored (default tutorial)")
+                        "normal and the whole test set is scored; export: the tutorial detector (--detector, or one "
+                        "trained with the first seed) exported with every quantization and scored by its LiteRT "
+                        "bundle; knn-scaling: exact vs faiss search time for --bank-sizes (default tutorial)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over (default 0 1 2)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="one-vs-rest: only these normal classes")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files")
+    e = p.add_argument_group("export protocol")
+    e.add_argument("--detector", default=None, help="export: a saved detector or run folder (default: train one)")
+    e.add_argument("--export-dir", default=None, help="export: keep the bundles in this folder (default: temporary)")
+    s = p.add_argument_group("knn-scaling protocol")
+    s.add_argument("--bank-sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000],
+                   help="bank sizes (default 1000 10000 100000 1000000; 1M x 1280 float32 is 5.1 GB, and faiss "
+                        "keeps its own copy)")
+    s.add_argument("--queries", type=int, default=1000, help="query vectors (default 1000)")
+    s.add_argument("--dim", type=int, default=1280, help="vector dimension (default 1280)")
+    s.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default: KNNScorer's)")
     _add_model_args(p)
     p.set_defaults(func=cmd_benchmark)
     return parser

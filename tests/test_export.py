@@ -1,0 +1,224 @@
+"""Edge export: LiteRT bundles, the standalone scorer (no TensorFlow), its image decoders, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from doc_core import DOCDetector, ScorerConfig, TrainConfig
+from doc_core.edge_scorer import BundleError, EdgeScorer, decode_png, fit_image, read_image
+from doc_core.export import ExportConfig, ExportError, export_bundle, infer_input_shape
+from doc_core.metrics import roc_auc
+
+pytest.importorskip("ai_edge_litert")
+
+HEAVY = ("tensorflow", "keras", "doc_core")
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_config, make_normal, make_reference, make_anomalous, tmp_path_factory):
+    rng = np.random.default_rng(0)
+    normal = make_normal(rng, 96)
+    ref, ref_y = make_reference(rng, 16)
+    det = DOCDetector(tiny_config, TrainConfig(epochs=1, batch_size=16)).fit(normal, ref, ref_y)
+    test_normal = make_normal(rng, 30)
+    test = np.concatenate([test_normal, make_anomalous(rng, make_normal(rng, 30))])
+    labels = np.repeat([0, 1], 30)
+    root = tmp_path_factory.mktemp("bundles")
+    bundles = {q: root / q for q in ("none", "float16", "int8")}
+    docs = {q: export_bundle(det, p, ExportConfig(quantize=q), normal_images=normal) for q, p in bundles.items()}
+    return {"det": det, "normal": normal, "test": test, "labels": labels, "bundles": bundles, "docs": docs,
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def tiny_config():  # module-scoped twin of the conftest fixture
+    from doc_core import BackboneConfig
+
+    return BackboneConfig(name="tiny", input_size=32, weights=None)
+
+
+def test_bundle_layout_and_json(fitted):
+    path, doc = fitted["bundles"]["none"], fitted["docs"]["none"]
+    assert sorted(p.name for p in path.iterdir()) == ["bank.npy", "bundle.json", "model.tflite", "scorer.py"]
+    on_disk = json.loads((path / "bundle.json").read_text())
+    assert on_disk["format"] == "doc-explorer-edge-bundle" and on_disk["format_version"] == 1
+    assert on_disk["input"] == {"shape": [32, 32, 3], "dtype": "uint8", "range": [0, 255], "batch": "dynamic (default 1)"}
+    assert on_disk["scorer"]["k"] == 5 and on_disk["quantize"] == "none"
+    assert on_disk["preprocessing"]["in_model"] and on_disk["preprocessing"]["backbone"]["name"] == "tiny"
+    bank = np.load(path / "bank.npy", allow_pickle=False)
+    assert bank.dtype == np.float32 and bank.shape == (96, on_disk["feature_dim"])
+    assert doc["sizes_bytes"]["bundle"] == sum(p.stat().st_size for p in path.iterdir())
+    # float32 without re-embedding: the detector's own bank and threshold
+    np.testing.assert_array_equal(bank, fitted["det"].bank_)
+    assert on_disk["threshold"] == pytest.approx(fitted["det"].threshold_)
+
+
+def test_float_bundle_matches_keras_scores(fitted):
+    det, test = fitted["det"], fitted["test"]
+    edge = EdgeScorer(fitted["bundles"]["none"])
+    np.testing.assert_allclose(edge.embed(test), det.embed(test), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(edge.score_samples(test), det.decision_function(test), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(edge.predict(test), det.predict(test))
+
+
+def test_quantized_bundles_keep_the_ranking(fitted):
+    det, test, y = fitted["det"], fitted["test"], fitted["labels"]
+    ref_auc = roc_auc(y, det.decision_function(test))
+    for q, tol in (("float16", 0.01), ("int8", 0.05)):
+        doc = fitted["docs"][q]
+        assert doc["bank_source"].startswith("recomputed") and doc["bank_size"] == 96
+        edge = EdgeScorer(fitted["bundles"][q])
+        scores = edge.score_samples(test)
+        assert abs(roc_auc(y, scores) - ref_auc) <= tol, q
+        assert np.corrcoef(scores, det.decision_function(test))[0, 1] > 0.9
+        # the threshold keeps the detector's training-score quantile
+        assert doc["threshold_train_quantile"] == pytest.approx(0.95, abs=0.02)
+    assert fitted["docs"]["int8"]["calibration_images"] == 96 + 9
+    assert fitted["docs"]["float16"]["sizes_bytes"]["model"] < fitted["docs"]["none"]["sizes_bytes"]["model"]
+
+
+def test_int8_needs_normal_images_and_lof_is_refused(fitted, tmp_path):
+    det = fitted["det"]
+    with pytest.raises(ExportError, match="calibration"):
+        export_bundle(det, tmp_path / "b", ExportConfig(quantize="int8"))
+    with pytest.raises(ExportError, match="k-NN"):
+        export_bundle(det.with_scorer(ScorerConfig("lof")), tmp_path / "b")
+    with pytest.raises(ExportError, match="quantization"):
+        export_bundle(det, tmp_path / "b", ExportConfig(quantize="int4"))
+    assert not (tmp_path / "b").exists()
+
+
+def test_bank_subsample_and_input_shape(fitted, tmp_path):
+    det, normal = fitted["det"], fitted["normal"]
+    doc = export_bundle(det, tmp_path / "small", ExportConfig(max_bank_size=40, input_shape=(28, 28, 1)), normal)
+    assert doc["bank_size"] == 40 and doc["input"]["shape"] == [28, 28, 1]
+    edge = EdgeScorer(tmp_path / "small")
+    gray28 = fitted["test"][:4, 2:30, 2:30]
+    assert edge.score_samples(gray28).shape == (4,)
+    det.metadata_ = {"split": {"source": "fashion-mnist"}}
+    try:
+        assert infer_input_shape(det) == (28, 28, 1)
+    finally:
+        del det.metadata_
+
+
+def _write_pngs(folder: Path, images: np.ndarray) -> list[str]:
+    paths = []
+    for i, im in enumerate(images):
+        p = folder / f"img{i}.png"
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.mark.parametrize("block_pillow", [False, True])
+def test_scorer_script_runs_without_tensorflow(fitted, tmp_path, block_pillow):
+    bundle = fitted["bundles"]["none"]
+    paths = _write_pngs(tmp_path, fitted["test"][[0, 1, 40, 41]])
+    paths.append(str(tmp_path / "broken.png"))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    code = ("import sys, json\n"
+            + ("sys.modules['PIL'] = None\n" if block_pillow else "")
+            + f"sys.path.insert(0, {str(bundle)!r})\n"
+            "import scorer\n"
+            f"rc = scorer.main({paths!r} + ['--out', 'out.json'])\n"
+            f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+            "print(json.dumps({'rc': rc, 'heavy': heavy}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert status == {"rc": 0, "heavy": []}
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert [r["path"] for r in out["results"]] == paths[:4]
+    assert out["skipped"][0]["path"].endswith("broken.png")
+    expected = fitted["det"].decision_function(fitted["test"][[0, 1, 40, 41]])
+    np.testing.assert_allclose([r["score"] for r in out["results"]], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_scorer_as_script_in_the_bundle(fitted, tmp_path):
+    bundle = fitted["bundles"]["int8"]
+    paths = _write_pngs(tmp_path, fitted["test"][[0, 45]])
+    proc = subprocess.run([sys.executable, "-X", "importtime", "scorer.py", *paths], capture_output=True, text=True,
+                          cwd=bundle, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "numpy" in imported and "ai_edge_litert" in imported
+    assert not imported & set(HEAVY)
+    out = json.loads(proc.stdout)
+    assert out["threshold"] == pytest.approx(fitted["docs"]["int8"]["threshold"])
+    assert len(out["results"]) == 2
+
+
+def test_bundle_errors(tmp_path, fitted):
+    with pytest.raises(BundleError, match="not an edge bundle"):
+        EdgeScorer(tmp_path)
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": "doc-explorer-edge-bundle", "format_version": 99}))
+    with pytest.raises(BundleError, match="version"):
+        EdgeScorer(tmp_path)
+    edge = EdgeScorer(fitted["bundles"]["none"])
+    with pytest.raises(ValueError, match="uint8"):
+        edge.embed(fitted["test"][:2].astype(np.float32))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "1", "I;16", "P-trns"])
+def test_png_decoder_matches_pillow(tmp_path, mode):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, rng.integers(0, 256, (13, 17, 1), dtype=np.uint8)], axis=-1)
+    if mode == "RGBA":
+        im = Image.fromarray(rgba, "RGBA")
+    elif mode == "LA":
+        im = Image.fromarray(rgba, "RGBA").convert("LA")
+    elif mode == "I;16":
+        im = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
+    elif mode == "P-trns":
+        im = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        im.info["transparency"] = 3
+    elif mode in ("P",):
+        im = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    else:
+        im = Image.fromarray(rgb).convert(mode)
+    p = tmp_path / "x.png"
+    im.save(p, transparency=3) if mode == "P-trns" else im.save(p)
+    ours = decode_png(p.read_bytes())
+    theirs = read_image(p)  # the Pillow path of the same module
+    if mode == "I;16":
+        theirs = rgb[..., :1]
+    assert ours.shape == theirs.shape
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_fit_image_matches_doc_core_resizing():
+    from doc_core.data import resize_image
+
+    rng = np.random.default_rng(2)
+    big = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
+    assert np.abs(fit_image(big, (32, 32, 3)).astype(int) - resize_image(big, 32).astype(int)).max() <= 1
+    up = fit_image(small, (96, 96, 3))
+    assert up.shape == (96, 96, 3)
+    assert np.abs(up.astype(int) - np.repeat(resize_image(small, 96), 3, -1).astype(int)).max() <= 1
+    gray = fit_image(big, (64, 64, 1))
+    assert np.abs(gray[..., 0].astype(int) - np.asarray(Image.fromarray(big).convert("L")).astype(int)).max() <= 1
+
+
+def test_export_cli(fitted, tmp_path):
+    from doc_core.cli import main
+
+    det_dir = fitted["det"].save(tmp_path / "det")
+    out = tmp_path / "edge"
+    assert main(["export", "--detector", str(det_dir), "--format", "tflite", "--quantize", "float16",
+                 "--out", str(out), "--max-bank-size", "50", "--keep-keras-bank"]) == 0
+    doc = json.loads((out / "bundle.json").read_text())
+    assert doc["quantize"] == "float16" and doc["bank_size"] == 50 and doc["source"]["detector"] == str(det_dir)
+    # int8 without any record of the training images: a clear error, exit code 2
+    assert main(["export", "--detector", str(det_dir), "--quantize", "int8", "--out", str(tmp_path / "e8")]) == 2
