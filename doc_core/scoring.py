@@ -12,6 +12,8 @@ import numpy as np
 from sklearn.neighbors import LocalOutlierFactor
 
 SCORERS = ("knn", "lof")
+KNN_BACKENDS = ("exact", "faiss", "faiss-ivf")
+_BLOCK_FLOATS = 2**27  # exact search: at most 512 MB of float32 distances per block of queries
 
 
 def _as_features(x: np.ndarray, name: str) -> np.ndarray:
@@ -92,36 +94,62 @@ class KNNScorer:
     max_bank_size : int or None
         Keep a random subset of at most this many bank vectors (faster scoring, less memory).
     seed : int
-        Seed of that subsampling.
+        Seed of that subsampling (and of the IVF k-means).
+    backend : {"exact", "faiss", "faiss-ivf"}
+        ``exact``: numpy matrix products (:func:`knn_distances`), the default. ``faiss``: exact search with faiss'
+        ``IndexFlatL2`` (same neighbours; faster on large banks). ``faiss-ivf``: approximate ``IndexIVFFlat`` for
+        very large banks (see :mod:`doc_core.faiss_search`). The faiss backends need ``pip install faiss-cpu``.
+    nlist : int or None
+        ``faiss-ivf``: number of k-means cells (None: about sqrt(bank size)).
+    nprobe : int
+        ``faiss-ivf``: cells searched per query; more = slower and closer to exact.
     """
 
-    def __init__(self, k: int = 5, max_bank_size: int | None = None, seed: int = 0) -> None:
+    def __init__(self, k: int = 5, max_bank_size: int | None = None, seed: int = 0, backend: str = "exact",
+                 nlist: int | None = None, nprobe: int = 16) -> None:
         self.k = k
         self.max_bank_size = max_bank_size
         self.seed = seed
+        self.backend = backend
+        self.nlist = nlist
+        self.nprobe = nprobe
 
     def fit(self, bank: np.ndarray) -> "KNNScorer":
         bank = _as_features(bank, "bank")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.backend not in KNN_BACKENDS:
+            raise ValueError(f"unknown k-NN backend {self.backend!r}; choose one of {', '.join(KNN_BACKENDS)}")
         self.bank_ = subsample_bank(bank, self.max_bank_size, self.seed)
         if len(self.bank_) < self.k:
             raise ValueError(f"k={self.k} needs at least {self.k} bank vectors, got {len(self.bank_)}")
+        if self.backend != "exact":
+            from .faiss_search import build_index
+
+            self.index_ = build_index(self.bank_, self.backend, self.nlist, self.seed)
         return self
+
+    def _search(self, queries: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        if self.backend == "exact":
+            batch = int(max(1, min(2048, _BLOCK_FLOATS // max(1, len(self.bank_)))))
+            return knn_distances(queries, self.bank_, k, batch_size=batch, exclude_self=exclude_self)
+        from .faiss_search import search
+
+        return search(self.index_, queries, k, self.nprobe, exclude_self=exclude_self)
 
     def score_samples(self, features: np.ndarray) -> np.ndarray:
         """Anomaly scores, shape (m,) float32, >= 0; higher = farther from the normal data."""
-        d, _ = knn_distances(_as_features(features, "features"), self.bank_, self.k)
+        d, _ = self._search(_as_features(features, "features"), self.k)
         return d.mean(axis=1)
 
     def training_scores(self) -> np.ndarray:
         """Leave-one-out scores of the bank itself, shape (n,): what a normal training image scores."""
-        d, _ = knn_distances(self.bank_, self.bank_, self.k, exclude_self=True)
+        d, _ = self._search(self.bank_, self.k, exclude_self=True)
         return d.mean(axis=1)
 
     def neighbors(self, features: np.ndarray, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Distances and bank indices of the ``n`` nearest normal features, each shape (m, n)."""
-        return knn_distances(_as_features(features, "features"), self.bank_, min(n, len(self.bank_)))
+        return self._search(_as_features(features, "features"), min(n, len(self.bank_)))
 
 
 class LOFScorer:
@@ -155,10 +183,13 @@ class LOFScorer:
         return knn_distances(_as_features(features, "features"), self.bank_, min(n, len(self.bank_)))
 
 
-def make_scorer(name: str, k: int | None = None, max_bank_size: int | None = None, seed: int = 0) -> KNNScorer | LOFScorer:
-    """Scorer by name: ``"knn"`` (default k 5) or ``"lof"`` (default k 20)."""
+def make_scorer(name: str, k: int | None = None, max_bank_size: int | None = None, seed: int = 0,
+                backend: str = "exact") -> KNNScorer | LOFScorer:
+    """Scorer by name: ``"knn"`` (default k 5; ``backend`` as in :class:`KNNScorer`) or ``"lof"`` (default k 20)."""
     if name == "knn":
-        return KNNScorer(k=5 if k is None else k, max_bank_size=max_bank_size, seed=seed)
+        return KNNScorer(k=5 if k is None else k, max_bank_size=max_bank_size, seed=seed, backend=backend)
+    if name == "lof" and backend != "exact":
+        raise ValueError(f"the LOF scorer has no {backend!r} backend (only the k-NN scorer does)")
     if name == "lof":
         return LOFScorer(k=20 if k is None else k, max_bank_size=max_bank_size, seed=seed)
     raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
