@@ -11,6 +11,11 @@ PERSIST = dict(persist_state="session")
 CLASS_INDEX = {name: i for i, name in enumerate(FASHION_MNIST_CLASSES)}
 
 
+def problem(exc: Exception) -> str:
+    """The message of a data error, without the layout (the page shows it already)."""
+    return str(exc).split("\nExpected layout:")[0].strip()
+
+
 def reset_reference_experiment() -> None:
     state.reset(state.DS_NORMAL, state.DS_ANOMALY, state.DS_REFERENCE, state.DS_N_NORMAL, state.DS_N_REFERENCE,
                 state.DS_SEED)
@@ -68,7 +73,7 @@ def zip_settings() -> DatasetSpec | None:
     try:
         root = cached.unpack_zip(upload.getvalue())
     except DataError as exc:
-        st.error(f"{upload.name}: {exc}")
+        st.error(f"{upload.name}: {problem(exc)}")
         return None
     return DatasetSpec.folder(root, size, label=upload.name)
 
@@ -128,7 +133,7 @@ if wanted is not None:
         cached.split(wanted)
         state.set_dataset(wanted)
     except DataError as exc:
-        st.error(f"{exc}\n\nThe active dataset is still: {state.dataset().describe()}.")
+        st.error(f"{problem(exc)}\n\nThe active dataset is still: {state.dataset().describe()}.")
 
 spec = state.dataset()
 try:
@@ -137,7 +142,8 @@ except DataError as exc:
     st.error(str(exc))
     st.stop()
 
-st.subheader(f"Active dataset: {spec.describe()}", anchor=False)
+st.subheader("Active dataset", anchor=False)
+st.markdown(spec.describe())
 if skipped:
     with st.expander(f"{len(skipped)} file(s) could not be read and were skipped"):
         st.dataframe(pd.DataFrame([{"file": s.path, "reason": s.reason} for s in skipped]), hide_index=True)

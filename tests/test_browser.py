@@ -151,6 +151,12 @@ def set_number(page, label: str, value: int) -> None:
     wait_idle(page)
 
 
+def segment(page, option: str) -> None:
+    """Pick an option of a segmented control."""
+    page.locator('[data-testid="stButtonGroup"]').get_by_text(option, exact=True).click()
+    wait_idle(page)
+
+
 def choose(page, label: str, option: str) -> None:
     page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
     page.get_by_role("option", name=option, exact=True).click()
@@ -190,6 +196,20 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page):
     go(page, "Training")
     check_clean(page, "Training, no run")
     assert page.get_by_text("No saved runs yet").is_visible()
+
+    # bad input is a message on the page, never a traceback
+    go(page, "Dataset")
+    segment(page, "Folder on the server")
+    page.get_by_label("Folder on the server", exact=True).fill("/no/such/folder")
+    page.get_by_label("Folder on the server", exact=True).press("Enter")
+    wait_idle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    message = page.locator('[data-testid="stAlertContentError"]').first.inner_text()
+    assert "/no/such/folder is not a folder" in message and "still" in message
+    assert "reference/" in page.locator('[data-testid="stCode"]').inner_text()  # the expected layout is shown
+    assert "Expected layout" not in message
+    shot(page, "03a-dataset-bad-folder")
+    segment(page, "Built-in Fashion-MNIST")
 
     small_tiny_setup(page, epochs=8, name="browser run")
     go(page, "Dataset")

@@ -101,6 +101,7 @@ def score_histogram(groups: list[tuple[str, np.ndarray, str]], threshold: float 
     """Overlaid histograms of score groups ``(name, scores, colour)`` on shared bins, with the threshold line."""
     values = [np.asarray(s, np.float64) for _, s, _ in groups if len(s)]
     fig = go.Figure()
+    lo = hi = 0.0
     if values:
         allv = np.concatenate(values)
         lo, hi = float(np.min(allv)), float(np.max(allv))
@@ -115,9 +116,14 @@ def score_histogram(groups: list[tuple[str, np.ndarray, str]], threshold: float 
                                            hovertemplate="score %{x}<br>%{y} images<extra>" + name + "</extra>"))
     if threshold is not None and np.isfinite(threshold):
         fig.add_vline(x=threshold, line=dict(color=theme.THRESHOLD, width=2, dash="dash"))
-        fig.add_annotation(x=threshold, y=1, yref="paper", yanchor="bottom", showarrow=False,
-                           text=f"◀ predicted normal   <b>threshold {threshold:.4g}</b>   predicted anomaly ▶",
-                           font=dict(color=theme.THRESHOLD, size=12))
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"threshold {threshold:.4g}",
+                                 line=dict(color=theme.THRESHOLD, width=2, dash="dash")))
+        where = (threshold - lo) / (hi - lo) if values and hi > lo else 0.5
+        for text, anchor, fits in (("predicted normal ◀ ", "right", where > 0.18), (" ▶ predicted anomaly", "left",
+                                                                                     where < 0.82)):
+            if fits:  # only where the words stay inside the chart
+                fig.add_annotation(x=threshold, y=1, yref="paper", yanchor="bottom", xanchor=anchor, showarrow=False,
+                                   text=text, font=dict(color=theme.THRESHOLD, size=12))
     fig.update_layout(barmode="overlay", bargap=0.02)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="number of images")
