@@ -136,6 +136,21 @@ def live_view() -> None:
         st.caption("No training steps were run, so there are no loss curves.")
 
 
+def running_elsewhere(own: str | None) -> None:
+    """Jobs started by other tabs (or by this tab before a reload): their progress, and a way to follow one."""
+    for other in cached.job_registry().running():
+        if other.job_id == own:
+            continue
+        snap = other.snapshot(since=1 << 62)
+        with st.container(border=True):
+            st.markdown(f"**A training job is running on this server**{f': {snap.name}' if snap.name else ''} "
+                        f"(started {status.format_seconds(snap.elapsed_s)} ago, maybe in another tab or before a "
+                        "reload).")
+            st.progress(snap.fraction, text=status.progress_text(snap))
+            st.button("Follow this job here", key=f"follow_{other.job_id}", on_click=state.set_job,
+                      args=(other.job_id,), help="Show its live curves on this page; its run is saved either way.")
+
+
 def runs_table(all_runs: list, active_id: str | None) -> None:
     rows = [{"": "●" if r.run_id == active_id else "", "Name": r.name, "Created": r.created_local,
              "Backbone": r.backbone.get("name"), "Input (px)": r.backbone.get("input_size"),
@@ -233,8 +248,6 @@ else:
             st.caption(CURVES_NOTE)
         else:
             st.caption("This run was not trained (pretrained features only), so it has no loss curves.")
-    others = cached.job_registry().running()
-    if others:
-        st.info(f"{len(others)} training job(s) started from other browser tabs are running on this server.")
 
+running_elsewhere(state.job_id())
 saved_runs()

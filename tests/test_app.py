@@ -395,3 +395,19 @@ def test_pretrained_baseline_through_the_page(empty_runs_dir):
     assert_clean(at)
     assert snap.status == SUCCEEDED and snap.run.steps == 0
     assert "no loss curves" in texts(at) and len(at.get("plotly_chart")) == 0
+
+
+def test_a_reloaded_tab_can_follow_its_running_job(empty_runs_dir):
+    first = open_app()
+    small_dataset(first)
+    tiny_settings(first, epochs=300, name="long run")  # 1,800 steps
+    next(b for b in first.button if b.label == "Start training").click().run()
+    job_id = first.session_state[state.JOB_ID]
+    reloaded = open_app(TRAINING)  # a new session, as after a browser reload
+    assert_clean(reloaded)
+    assert "A training job is running on this server" in texts(reloaded)
+    next(b for b in reloaded.button if b.label == "Follow this job here").click().run()
+    assert reloaded.session_state[state.JOB_ID] == job_id
+    next(b for b in reloaded.button if b.label == "Stop").click().run()
+    snap = wait_for_job(reloaded)
+    assert snap.stop_requested and snap.n_records < 1800  # stopped from the tab that follows it
