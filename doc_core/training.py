@@ -115,10 +115,28 @@ class DOCTrainer:
     n_reference_classes : int
         Number of reference classes (outputs of the head ``h``).
     config : TrainConfig
+    strategy : tf.distribute.Strategy, "auto" or None
+        Data-parallel training over several devices (see :mod:`doc_core.distribute`: same losses and gradients as
+        one device, the compactness loss computed on the global batch). ``"auto"`` (default) uses the strategy of an
+        enclosing ``strategy.scope()``, else a ``MirroredStrategy`` when two or more GPUs are visible; a strategy
+        with one replica, or None, trains on one device as before.
+
+    Attributes
+    ----------
+    strategy_ : tf.distribute.Strategy or None
+        The strategy actually used (None: single device).
     """
 
-    def __init__(self, backbone: Backbone, n_reference_classes: int, config: TrainConfig = TrainConfig()) -> None:
+    def __init__(self, backbone: Backbone, n_reference_classes: int, config: TrainConfig = TrainConfig(),
+                 strategy: "tf.distribute.Strategy | str | None" = "auto") -> None:
+        from .distribute import resolve_strategy
+
         config.validate()
+        self.strategy = strategy
+        self.strategy_ = resolve_strategy(strategy)
+        # the optimizer (below) belongs to the strategy when made inside its scope; the step must then apply per replica
+        self.made_in_scope_ = self.strategy_ is not None and tf.distribute.has_strategy() \
+            and tf.distribute.get_strategy() is self.strategy_
         if n_reference_classes < 2:
             raise ValueError("the descriptiveness loss needs at least 2 reference classes")
         self.backbone = backbone
@@ -205,7 +223,12 @@ class DOCTrainer:
             ref_in = self.backbone.trunk_features(reference)
         else:
             target_in, ref_in = target, reference
-        step = self._build_step(staged)
+        if self.strategy_ is None:
+            step = self._build_step(staged)
+        else:
+            from .distribute import build_distributed_step
+
+            step = build_distributed_step(self, staged, self.strategy_)
         t0 = time.perf_counter()
         rng = np.random.default_rng(cfg.seed)
         bs = min(cfg.batch_size, len(target))
