@@ -95,7 +95,7 @@ def test_benchmark_json_schema(tmp_path, fake_fmnist, capsys):
                  "--json", str(path), *TINY]) == 0
     res = json.loads(path.read_text())
     assert res["protocol"] == "tutorial"
-    assert set(res["methods"]) == {"raw_knn", "pretrained_knn", "doc_knn", "doc_lof"}
+    assert set(res["methods"]) == {"raw_knn", "conv_ae", "pretrained_knn", "doc_knn", "doc_lof"}
     for m in res["methods"].values():
         assert 0.0 <= m["auc"] <= 1.0 and m["fit_s"] >= 0 and m["score_ms_per_image"] > 0
     assert len(res["methods"]["doc_knn"]["aucs"]) == 2
