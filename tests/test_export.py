@@ -222,3 +222,40 @@ def test_export_cli(fitted, tmp_path):
     assert doc["quantize"] == "float16" and doc["bank_size"] == 50 and doc["source"]["detector"] == str(det_dir)
     # int8 without any record of the training images: a clear error, exit code 2
     assert main(["export", "--detector", str(det_dir), "--quantize", "int8", "--out", str(tmp_path / "e8")]) == 2
+
+
+def test_export_cli_finds_a_runs_training_images(fitted, tmp_path, monkeypatch):
+    """A dashboard run on a folder dataset: int8 calibration reads the run's own train/ images."""
+    from doc_core.cli import main
+    from doc_core.data import load_folder_split
+    from doc_core.datasets import DatasetSpec
+    from doc_core.runs import save_run
+
+    root = tmp_path / "data"
+    for sub, imgs in (("train", fitted["normal"][:24]), ("reference/a", fitted["test"][:4]),
+                      ("reference/b", fitted["test"][40:44])):
+        (root / sub).mkdir(parents=True)
+        _write_pngs(root / sub, imgs)
+    split, _ = load_folder_split(root, image_size=32)
+    det = DOCDetector(fitted["det"].backbone, TrainConfig(epochs=0)).fit_split(split)
+    summary = save_run(det, det.decision_function(fitted["test"]), fitted["labels"], ["x"] * 60,
+                       dataset=DatasetSpec.folder(root, image_size=32).to_dict(), runs_dir=tmp_path / "runs")
+    out = tmp_path / "edge8"
+    assert main(["export", "--detector", str(summary.path), "--quantize", "int8", "--out", str(out)]) == 0
+    doc = json.loads((out / "bundle.json").read_text())
+    assert doc["bank_size"] == 24 and doc["calibration_images"] == 24 + 3 and doc["input"]["shape"] == [32, 32, 3]
+
+
+def test_benchmark_export_measures_every_quantization(fitted, tmp_path):
+    from doc_core.export import benchmark_export, format_export_table
+
+    res = benchmark_export(fitted["det"], fitted["normal"], fitted["test"], fitted["labels"], tmp_path,
+                           quantizations=("none", "int8"), n_timed=10, log=lambda m: None)
+    assert set(res["bundles"]) == {"none", "int8"}
+    none = res["bundles"]["none"]
+    assert abs(none["auc_diff"]) < 1e-6 and none["spearman_vs_keras"] > 0.999 and none["tensorflow_free"]
+    for b in res["bundles"].values():
+        assert b["sizes_bytes"]["bundle"] > b["sizes_bytes"]["model"] > 0
+        assert b["ms_per_image"]["total_ms"] > 0 and b["ms_per_image"]["images"] == 10
+    table = format_export_table(res)
+    assert "int8" in table and "keras" in table
