@@ -306,7 +306,11 @@ class EdgeScorer:
     """
 
     def __init__(self, bundle: str | os.PathLike, num_threads: int = 1) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:
+            raise ImportError("the edge scorer needs the LiteRT interpreter: pip install ai-edge-litert "
+                              "(numpy is the only other requirement)") from exc
 
         self.bundle = Path(bundle)
         self.num_threads = num_threads
