@@ -96,8 +96,18 @@ class ExportConfig:
             raise ExportError(f"calibration_size must be at least 1, got {self.calibration_size}")
 
 
-def infer_input_shape(detector: DOCDetector) -> tuple[int, int, int]:
-    """The shape (H, W, C) of the images the detector was trained on, from its metadata; else (s, s, 3)."""
+def infer_input_shape(detector: DOCDetector, path: str | os.PathLike | None = None) -> tuple[int, int, int]:
+    """The shape (H, W, C) of the images the detector was trained on, else (input_size, input_size, 3).
+
+    Read from a dashboard run's ``run.json`` dataset when ``path`` is a run folder, else from the detector's saved
+    metadata (``split``): 28x28x1 for Fashion-MNIST, image_size x image_size x 3 for folder datasets.
+    """
+    if path is not None and (Path(path) / "run.json").is_file():
+        dataset = json.loads((Path(path) / "run.json").read_text()).get("dataset") or {}
+        if dataset.get("kind") == "fashion-mnist":
+            return (28, 28, 1)
+        if dataset.get("kind") == "folder" and dataset.get("image_size"):
+            return (int(dataset["image_size"]), int(dataset["image_size"]), 3)
     meta = getattr(detector, "metadata_", {}) or {}
     split = meta.get("split") or {}
     if split.get("source") == "fashion-mnist":
@@ -209,7 +219,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     normal_images : np.ndarray, uint8, shape (n, h, w, c), optional
         The detector's normal training images: int8 calibration and (for float16/int8) the recomputed bank.
     source : str, optional
-        Where the detector came from (recorded).
+        Where the detector came from: recorded, and a dashboard run folder's ``run.json`` gives the input shape.
 
     Raises
     ------
@@ -222,7 +232,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
         raise ExportError(f"edge bundles score with k-NN; this detector uses {detector.scorer.name!r}. Export "
                           "detector.with_scorer(ScorerConfig('knn')) instead (or a run whose saved threshold is for "
                           "the k-NN scorer)")
-    shape = tuple(int(v) for v in (config.input_shape or infer_input_shape(detector)))
+    shape = tuple(int(v) for v in (config.input_shape or infer_input_shape(detector, source)))
     k = int(detector.scorer_.k)
     rng = np.random.default_rng(config.seed)
     normal = _fit_images(normal_images, shape) if normal_images is not None and len(normal_images) else None

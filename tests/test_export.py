@@ -244,6 +244,12 @@ def test_export_cli_finds_a_runs_training_images(fitted, tmp_path, monkeypatch):
     assert main(["export", "--detector", str(summary.path), "--quantize", "int8", "--out", str(out)]) == 0
     doc = json.loads((out / "bundle.json").read_text())
     assert doc["bank_size"] == 24 and doc["calibration_images"] == 24 + 3 and doc["input"]["shape"] == [32, 32, 3]
+    from doc_core.export import infer_input_shape
+
+    run_json = json.loads((summary.path / "run.json").read_text())
+    run_json["dataset"] = {"kind": "fashion-mnist"}
+    (summary.path / "run.json").write_text(json.dumps(run_json))
+    assert infer_input_shape(det, summary.path) == (28, 28, 1)
 
 
 def test_benchmark_export_measures_every_quantization(fitted, tmp_path):
