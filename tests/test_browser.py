@@ -113,6 +113,12 @@ def wait_idle(page, settle: float = 0.3) -> None:
     time.sleep(settle)
 
 
+def charts(page, n: int) -> int:
+    """Wait for ``n`` Plotly charts to be on the page (they render one after another), then count them."""
+    page.locator('[data-testid="stPlotlyChart"]').nth(n - 1).wait_for()
+    return page.locator('[data-testid="stPlotlyChart"]').count()
+
+
 def check_clean(page, where: str) -> None:
     """No exception box, no error alert, no traceback text anywhere on the page."""
     assert page.locator('[data-testid="stException"]').count() == 0, f"{where}: exception shown"
@@ -182,6 +188,8 @@ def small_tiny_setup(page, epochs: int, name: str) -> None:
 
 def test_every_page_and_a_tiny_run_through_the_ui(server, page):
     t_start = time.monotonic()
+    outside = []  # the app must work offline: every request goes to the app's own server
+    page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else outside.append(r.url))
     page.goto(server)
     wait_idle(page)
     check_clean(page, "Home, no run")
@@ -235,12 +243,12 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page):
     wait_idle(page)
     check_clean(page, "Training, finished")
     assert page.get_by_text("browser run").first.is_visible()
-    assert page.locator('[data-testid="stPlotlyChart"]').count() == 1  # the loss curves
+    assert charts(page, 1) == 1  # the loss curves
     shot(page, "05-training-finished")
 
     go(page, "ROC and threshold")
     check_clean(page, "ROC")
-    assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
+    assert charts(page, 4) == 4
     page.get_by_text("Best F1 on the test set").click()
     wait_idle(page)
     page.get_by_role("button", name="Save threshold into run").click()
@@ -261,7 +269,7 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page):
     page.reload()
     wait_idle(page)
     check_clean(page, "ROC after reload")
-    assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
+    assert charts(page, 4) == 4
     assert page.get_by_text("Saved operating point").is_visible()
 
     go(page, "Home")
@@ -270,6 +278,7 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page):
     shot(page, "07-home-with-run")
     go(page, "Training")
     shot(page, "08-training-runs")
+    assert outside == [], f"requests outside the app: {outside[:5]}"
     assert time.monotonic() - t_start < 150
 
 

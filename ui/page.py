@@ -11,7 +11,22 @@ import streamlit as st
 
 from doc_core.datasets import DatasetSpec
 
-from . import cached, nav, runtime, state, status
+from . import cached, nav, runtime, state, status, theme
+
+
+@st.cache_resource(show_spinner=False)
+def favicon():
+    """A small icon drawn here (icon names and emoji would be fetched from the internet): a cluster of normal dots
+    and one anomaly."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[:64, :64]
+    img = np.full((64, 64, 3), 255, np.uint8)
+    for (cy, cx, r), color in [((24, 22, 7), theme.NORMAL), ((36, 18, 7), theme.NORMAL), ((30, 32, 7), theme.NORMAL),
+                               ((50, 50, 8), theme.ANOMALY)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    return Image.fromarray(img)
 
 
 def start_from_newest_run() -> None:
@@ -32,7 +47,7 @@ def setup(title: str) -> None:
     """Call first on every page: draws the sidebar, the page's title and any message left for this run."""
     runtime.keep_keras_session()
     st.set_page_config(page_title=f"{title} · DOC Explorer" if title != "Home" else "DOC Explorer",
-                       page_icon=":material/query_stats:", layout="wide")
+                       page_icon=favicon(), layout="wide")
     if state.init():
         start_from_newest_run()
     with st.sidebar:
