@@ -147,7 +147,7 @@ def running_elsewhere(own: str | None) -> None:
                         f"(started {status.format_seconds(snap.elapsed_s)} ago, maybe in another tab or before a "
                         "reload).")
             st.progress(snap.fraction, text=status.progress_text(snap))
-            st.button("Follow this job here", key=f"follow_{other.job_id}", on_click=state.set_job,
+            st.button("Follow this job here", key=state.FOLLOW_JOB + other.job_id, on_click=state.set_job,
                       args=(other.job_id,), help="Show its live curves on this page; its run is saved either way.")
 
 
@@ -244,7 +244,7 @@ else:
         st.subheader(f"Loss curves of the active run: {active.name}", anchor=False)
         history = cached.history_of(active)
         if history:
-            st.plotly_chart(charts.loss_curves(history), config=theme.PLOT_CONFIG, key="run_curves")
+            st.plotly_chart(cached.history_figure_of(active), config=theme.PLOT_CONFIG, key="run_curves")
             st.caption(CURVES_NOTE)
         else:
             st.caption("This run was not trained (pretrained features only), so it has no loss curves.")

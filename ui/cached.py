@@ -24,6 +24,8 @@ from doc_core.detector import DOCDetector, ScorerConfig
 from doc_core.jobs import JobRegistry
 from doc_core import metrics
 
+from . import charts
+
 
 def runs_dir() -> Path:
     """The runs folder, resolved now (so tests can point DOC_RUNS_DIR elsewhere)."""
@@ -162,6 +164,16 @@ def run_scores(run_id: str, created: str, where: str) -> runs.RunScores:
 @st.cache_data(show_spinner=False, max_entries=16)
 def run_history(run_id: str, created: str, where: str) -> list:
     return runs.load_history(run_id, where)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _history_figure(run_id: str, created: str, where: str):
+    return charts.loss_curves(run_history(run_id, created, where))
+
+
+def history_figure_of(run: runs.RunSummary):
+    """The loss-curve figure of a finished run (built once)."""
+    return _history_figure(*_key(run))
 
 
 @st.cache_resource(show_spinner="Loading the detector…", max_entries=4)

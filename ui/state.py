@@ -53,7 +53,7 @@ TR_TRAINABLE = "tr_trainable"
 TR_SEED = "tr_seed"
 TR_NAME = "tr_name"
 TR_PICK_RUN = "tr_pick_run"
-TR_CONFIRM_DELETE = "tr_confirm_delete"
+FOLLOW_JOB = "tr_follow_"  # prefix: one "follow this job" button per job running elsewhere
 
 # ---------------------------------------------------------------------------------------------- ROC page widgets
 ROC_RUN = "roc_run"
@@ -110,7 +110,6 @@ DEFAULTS: dict[str, Any] = {
     TR_TRAINABLE: "default",
     TR_SEED: _TRAIN.seed,
     TR_NAME: "",
-    TR_CONFIRM_DELETE: False,
     ROC_SCORER: SCORER_RUN,
     ROC_K: 5,
     ROC_POLICY: POLICY_PERCENTILE,
