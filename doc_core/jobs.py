@@ -7,6 +7,10 @@ front end polls ``snapshot()`` (for example once a second) and calls ``stop()``.
 
 :class:`JobRegistry` is a process-wide, thread-safe table of jobs by id, so a front end can find a job again after
 its page was reloaded, and can tell how many jobs run at once.
+
+Jobs run in threads of one process, so whatever else runs in that process must not reset TensorFlow/Keras global state
+or force garbage collections while a job traces its ``tf.function``s (Streamlit does both after every script run unless
+told otherwise; the app's ``ui/runtime.py`` turns that off).
 """
 
 from __future__ import annotations
@@ -253,6 +257,8 @@ class TrainingJob:
                                name=self.name or None, steps_total=self._steps_total, stopped_early=stopped_early,
                                total_seconds=time.time() - self._started,
                                test_paths=split.info.get("test_paths"), runs_dir=self.runs_dir)
+            if run is not None:
+                self.detector = None  # it is on disk now; a finished job should not hold a model in memory
             end = dict(status=SUCCEEDED, run=run, fraction=1.0,
                        message="Stopped early; the model trained so far was saved" if stopped_early else "Finished")
         except _Cancelled:
