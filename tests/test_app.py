@@ -411,3 +411,17 @@ def test_a_reloaded_tab_can_follow_its_running_job(empty_runs_dir):
     next(b for b in reloaded.button if b.label == "Stop").click().run()
     snap = wait_for_job(reloaded)
     assert snap.stop_requested and snap.n_records < 1800  # stopped from the tab that follows it
+
+
+def test_live_curves_of_a_long_run_stay_cheap():
+    """The live view redraws every second: a long run must not make that slow (epoch lines were quadratic once)."""
+    from doc_core.training import StepRecord
+    from ui import charts
+
+    records = [StepRecord(epoch=1 + i // 12, step=i + 1, steps_total=6000, l_d=2.0 / (1 + i), l_c=0.01, total=2.0,
+                          images_per_s=1e3, elapsed_s=i * 0.01) for i in range(6000)]
+    charts.loss_curves(records[:10])  # warm up plotly
+    t0 = time.perf_counter()
+    fig = charts.loss_curves(records)
+    assert time.perf_counter() - t0 < 0.5
+    assert len(fig.layout.shapes) <= 3 * 12 and all(len(trace.x) <= 1500 for trace in fig.data)

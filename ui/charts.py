@@ -29,28 +29,32 @@ def _inside(x: str, y: str) -> dict:
                 borderwidth=1)
 
 
-def loss_curves(records: list[StepRecord] | tuple[StepRecord, ...], alpha: float = 0.1) -> go.Figure:
+def loss_curves(records: list[StepRecord] | tuple[StepRecord, ...], alpha: float = 0.1,
+                max_points: int = 1500) -> go.Figure:
     """l_D, l_C and the total loss per training step: the raw values faint, a smoothed line on top, epoch boundaries
-    dotted."""
+    dotted. Long runs are thinned to about ``max_points`` points per line (the smoothing uses every step)."""
     titles = [theme.LOSS_LABELS[k] for k in ("l_d", "l_c", "total")]
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.06)
     steps = np.asarray([r.step for r in records])
+    keep = slice(None, None, max(1, -(-len(records) // max_points)))
     for col, key in enumerate(("l_d", "l_c", "total"), start=1):
         values = np.asarray([getattr(r, key) for r in records], dtype=np.float64)
         color = theme.LOSS_COLORS[key]
-        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", line=dict(color=color, width=1), opacity=0.3,
-                                 name="per step", showlegend=False,
+        fig.add_trace(go.Scatter(x=steps[keep], y=values[keep], mode="lines", line=dict(color=color, width=1),
+                                 opacity=0.3, name="per step", showlegend=False,
                                  hovertemplate="step %{x}<br>%{y:.4g}<extra>per step</extra>"), row=1, col=col)
         if len(values):
-            fig.add_trace(go.Scatter(x=steps, y=smooth(values, alpha), mode="lines", line=dict(color=color, width=2.5),
-                                     name="smoothed", showlegend=False,
+            fig.add_trace(go.Scatter(x=steps[keep], y=smooth(values, alpha)[keep], mode="lines",
+                                     line=dict(color=color, width=2.5), name="smoothed", showlegend=False,
                                      hovertemplate="step %{x}<br>%{y:.4g}<extra>smoothed</extra>"), row=1, col=col)
         fig.update_xaxes(title_text="training step", row=1, col=col)
-    # epoch boundaries
-    epochs = [r.step for prev, r in zip(records, records[1:]) if r.epoch != prev.epoch]
-    for x in epochs:
-        for col in (1, 2, 3):
-            fig.add_vline(x=x - 0.5, line=dict(color="#BBBBBB", dash="dot", width=1), row=1, col=col)
+    # epoch boundaries, added in one go (one add_vline per line is quadratic in their number); at most ~12 shown
+    starts = [r.step for prev, r in zip(records, records[1:]) if r.epoch != prev.epoch]
+    starts = starts[::max(1, -(-len(starts) // 12))]
+    axes = ("x", "x2", "x3")
+    fig.update_layout(shapes=[dict(type="line", xref=ax, yref=f"{ax.replace('x', 'y')} domain", x0=x - 0.5,
+                                   x1=x - 0.5, y0=0, y1=1, line=dict(color="#BBBBBB", dash="dot", width=1))
+                              for ax in axes for x in starts])
     fig.update_annotations(font_size=13)
     return _layout(fig, 300, showlegend=False)
 
