@@ -1,0 +1,171 @@
+"""What the ranked-anomalies gallery, the embedding explorer and the upload page show, without any UI.
+
+* :func:`rank` orders test images by anomaly score and filters them by true label and by side of the threshold;
+  :func:`page_of` cuts one page of a ranking.
+* :func:`explorer_sample` picks the images the explorer embeds: all of them, or a seeded, label-stratified sample
+  when there are more than the cap.
+* :func:`decode_upload` turns an uploaded file into an image shaped like the run's dataset images.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import DataError, _pil_to_rgb, resize_image
+
+LABELS = ("anomaly", "normal", "unlabelled")
+LABEL_CODES = {"anomaly": 1, "normal": 0, "unlabelled": -1}
+SIDES = ("all", "above", "below")  # above = flagged as anomaly (score > threshold), below = passed as normal
+ORDERS = ("highest", "lowest")  # highest score (most anomalous) first, or lowest first
+
+
+def label_names(labels: np.ndarray) -> np.ndarray:
+    """1/0/-1 labels as "anomaly"/"normal"/"unlabelled"."""
+    labels = np.asarray(labels)
+    return np.where(labels == 1, "anomaly", np.where(labels == 0, "normal", "unlabelled"))
+
+
+def score_ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank of each score among all of them: 1 = the highest (most anomalous); ties keep index order."""
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(scores), np.int64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    return ranks
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Test images that pass a filter, in display order.
+
+    Attributes
+    ----------
+    indices : np.ndarray, int64
+        Test image indices, in the order shown.
+    ranks : np.ndarray, int64
+        Their rank among *all* test images by score (1 = most anomalous), so a tile says where it stands overall.
+    total : int
+        Number of test images before filtering.
+    """
+
+    indices: np.ndarray
+    ranks: np.ndarray
+    total: int
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def rank(scores: np.ndarray, labels: np.ndarray, threshold: float, label: str | list[str] | tuple = (),
+         side: str = "all", order: str = "highest") -> Ranking:
+    """Order test images by score and keep those with the given true label(s) and side of the threshold.
+
+    Parameters
+    ----------
+    scores : np.ndarray, shape (m,)
+        Higher = more anomalous.
+    labels : np.ndarray, shape (m,)
+        1 anomaly, 0 normal, -1 unlabelled.
+    threshold : float
+        Images scoring above it are flagged as anomalies ("above"), the others pass as normal ("below").
+    label : str or sequence of str
+        Any of :data:`LABELS`; empty keeps every label.
+    side : {"all", "above", "below"}
+    order : {"highest", "lowest"}
+        Highest score first (most anomalous first) or lowest first (most normal-looking first).
+
+    Examples
+    --------
+    The anomalies that look most normal (missed at this threshold): ``rank(s, y, t, "anomaly", "below", "lowest")``;
+    the false alarms: ``rank(s, y, t, "normal", "above", "highest")``.
+    """
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+    if scores.shape != labels.shape or scores.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-D of the same length, got {scores.shape} and {labels.shape}")
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    wanted = [label] if isinstance(label, str) else list(label)
+    bad = [w for w in wanted if w not in LABELS]
+    if bad:
+        raise ValueError(f"label must be among {LABELS}, got {bad}")
+    keep = np.ones(len(scores), bool)
+    if wanted:
+        keep &= np.isin(labels, [LABEL_CODES[w] for w in wanted])
+    if side == "above":
+        keep &= scores > threshold
+    elif side == "below":
+        keep &= scores <= threshold
+    all_ranks = score_ranks(scores)
+    idx = np.flatnonzero(keep)
+    ordered = idx[np.argsort(all_ranks[idx] if order == "highest" else -all_ranks[idx], kind="stable")]
+    return Ranking(indices=ordered.astype(np.int64), ranks=all_ranks[ordered], total=len(scores))
+
+
+def n_pages(n: int, page_size: int) -> int:
+    """Pages needed for ``n`` items (at least 1, so an empty gallery still has page 1)."""
+    if page_size < 1:
+        raise ValueError(f"page_size must be at least 1, got {page_size}")
+    return max(1, -(-int(n) // page_size))
+
+
+def page_of(ranking: Ranking, page: int, page_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and ranks of page ``page`` (1-based; clipped to the pages there are)."""
+    page = min(max(1, int(page)), n_pages(len(ranking), page_size))
+    lo = (page - 1) * page_size
+    return ranking.indices[lo:lo + page_size], ranking.ranks[lo:lo + page_size]
+
+
+def explorer_sample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    """Indices of the test images the explorer embeds: all when there are at most ``max_points``, else a seeded
+    sample that keeps each label's share (every label present keeps at least one image). Sorted ascending."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if max_points < 1:
+        raise ValueError(f"max_points must be at least 1, got {max_points}")
+    if n <= max_points:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    quotas = [max(1, int(round(max_points * len(g) / n))) for g in groups]
+    while sum(quotas) > max_points:  # rounding up can overshoot by a few: trim the largest group
+        quotas[int(np.argmax(quotas))] -= 1
+    picked = [rng.choice(g, size=min(q, len(g)), replace=False) for g, q in zip(groups, quotas)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def decode_upload(data: bytes, name: str, shape: tuple[int, ...], max_pixels: int = 50_000_000) -> np.ndarray:
+    """Decode an uploaded image file into a uint8 array of ``shape`` (h, w, c), like the run's dataset images.
+
+    The image is made RGB (alpha on white, 16-bit rescaled), resized to the square size (h == w) and turned to gray
+    (luminance) when c == 1.
+
+    Raises
+    ------
+    DataError
+        Not a readable image, or too large; the message names the file.
+    """
+    from PIL import Image, ImageOps
+
+    h, w, c = (tuple(shape) + (1,))[:3] if len(shape) == 2 else tuple(shape)
+    if h != w or c not in (1, 3):
+        raise ValueError(f"shape must be (size, size, 1 or 3), got {shape}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > max_pixels:
+                raise DataError(f"{name}: {im.width}x{im.height} pixels is more than the limit of {max_pixels}")
+            im.load()
+            rgb = _pil_to_rgb(ImageOps.exif_transpose(im))
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        raise DataError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    rgb = resize_image(rgb, h)
+    if c == 1:
+        gray = np.round(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)
+        return np.clip(gray, 0, 255).astype(np.uint8)[..., None]
+    return rgb

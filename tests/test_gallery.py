@@ -1,0 +1,84 @@
+"""Ranking, filtering and paging of the gallery, the explorer's sample, and decoding of uploaded images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from doc_core.data import DataError
+from doc_core.gallery import (decode_upload, explorer_sample, label_names, n_pages, page_of, rank, score_ranks)
+
+SCORES = np.array([0.1, 0.9, 0.5, 0.3, 0.8, 0.2])
+LABELS = np.array([0, 1, 1, 0, 0, -1])
+
+
+def test_score_ranks_put_the_highest_first():
+    assert score_ranks(SCORES).tolist() == [6, 1, 3, 4, 2, 5]
+    assert label_names(LABELS).tolist() == ["normal", "anomaly", "anomaly", "normal", "normal", "unlabelled"]
+
+
+def test_rank_orders_and_filters():
+    r = rank(SCORES, LABELS, 0.4)
+    assert r.indices.tolist() == [1, 4, 2, 3, 5, 0] and r.ranks.tolist() == [1, 2, 3, 4, 5, 6] and r.total == 6
+    # the anomalies that look most normal, and those missed at the threshold
+    assert rank(SCORES, LABELS, 0.4, "anomaly", order="lowest").indices.tolist() == [2, 1]
+    assert rank(SCORES, LABELS, 0.6, "anomaly", "below", "lowest").indices.tolist() == [2]
+    # false alarms: normal images above the threshold, most anomalous first, with their overall ranks
+    alarms = rank(SCORES, LABELS, 0.25, "normal", "above")
+    assert alarms.indices.tolist() == [4, 3] and alarms.ranks.tolist() == [2, 4]
+    assert rank(SCORES, LABELS, 0.4, ["normal", "unlabelled"], "below").indices.tolist() == [3, 5, 0]
+    assert len(rank(SCORES, LABELS, 10.0, "anomaly", "above")) == 0
+
+
+def test_rank_rejects_bad_arguments():
+    for kw in ({"side": "left"}, {"order": "up"}, {"label": "cat"}):
+        with pytest.raises(ValueError):
+            rank(SCORES, LABELS, 0.5, **kw)
+    with pytest.raises(ValueError):
+        rank(SCORES, LABELS[:3], 0.5)
+
+
+def test_paging():
+    r = rank(np.arange(50.0), np.zeros(50, int), 10.0)
+    assert n_pages(len(r), 24) == 3 and n_pages(0, 24) == 1
+    idx, ranks = page_of(r, 3, 24)
+    assert idx.tolist() == [1, 0] and ranks.tolist() == [49, 50]
+    assert page_of(r, 99, 24)[0].tolist() == [1, 0]  # clipped to the last page
+    assert page_of(r, 0, 24)[0][0] == 49
+    with pytest.raises(ValueError):
+        n_pages(5, 0)
+
+
+def test_explorer_sample_is_seeded_and_keeps_label_shares():
+    labels = np.array([0] * 3000 + [1] * 900 + [-1] * 100)
+    a, b = explorer_sample(labels, 2000, seed=3), explorer_sample(labels, 2000, seed=3)
+    assert np.array_equal(a, b) and len(a) == 2000 and len(np.unique(a)) == 2000 and np.all(np.diff(a) > 0)
+    assert [int(np.sum(labels[a] == v)) for v in (0, 1, -1)] == [1500, 450, 50]
+    assert not np.array_equal(a, explorer_sample(labels, 2000, seed=4))
+    assert explorer_sample(labels[:10], 2000).tolist() == list(range(10))
+    rare = np.array([0] * 999 + [1])
+    assert set(rare[explorer_sample(rare, 10)]) == {0, 1}  # a rare label is kept
+    assert len(explorer_sample(np.array([0] * 50 + [1] * 50 + [-1] * 50), 4)) <= 4
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_decode_upload_matches_the_dataset_shape():
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[..., 0] = 255
+    gray = decode_upload(_png(rgb), "red.png", (28, 28, 1))
+    assert gray.shape == (28, 28, 1) and gray.dtype == np.uint8 and int(gray[0, 0, 0]) == 76  # luminance of red
+    assert decode_upload(_png(rgb), "red.png", (96, 96, 3)).shape == (96, 96, 3)
+    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent: composited on white
+    assert int(decode_upload(_png(rgba), "clear.png", (8, 8, 1)).min()) == 255
+    with pytest.raises(DataError, match="junk.png"):
+        decode_upload(b"not an image", "junk.png", (28, 28, 1))
+    with pytest.raises(DataError, match="pixels"):
+        decode_upload(_png(rgb), "big.png", (28, 28, 1), max_pixels=100)
