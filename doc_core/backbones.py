@@ -249,9 +249,13 @@ class Backbone:
         """Trunk activations of uint8 images, computed batch by batch (float16 to halve memory)."""
         if self.trunk is None:
             raise ValueError("this backbone trains every layer; it has no frozen trunk")
-        out = [self._trunk_step(tf.convert_to_tensor(images[i:i + batch_size])).numpy()
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out).astype(np.float16)
+        out = None  # filled batch by batch: no float32 copy of the whole set is ever held
+        for i in range(0, len(images), batch_size):
+            batch = self._trunk_step(tf.convert_to_tensor(images[i:i + batch_size])).numpy()
+            if out is None:
+                out = np.empty((len(images),) + batch.shape[1:], np.float16)
+            out[i:i + len(batch)] = batch
+        return out if out is not None else np.zeros((0,) + tuple(self.trunk.output.shape[1:]), np.float16)
 
     @tf.function(reduce_retracing=True)
     def _trunk_step(self, images):
@@ -268,9 +272,10 @@ class Backbone:
         """
         if len(images) == 0:
             return np.zeros((0, self.feature_dim), np.float32)
-        out = []
+        out = np.empty((len(images), self.feature_dim), np.float32)
         for i in range(0, len(images), batch_size):
-            out.append(self._embed_step(tf.convert_to_tensor(images[i:i + batch_size])).numpy())
+            batch = self._embed_step(tf.convert_to_tensor(images[i:i + batch_size])).numpy()
+            out[i:i + len(batch)] = batch
             if progress is not None:
                 progress(min(i + batch_size, len(images)))
-        return np.concatenate(out).astype(np.float32)
+        return out

@@ -306,10 +306,15 @@ class SkippedFile:
     reason: str
 
 
-def read_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = 50_000_000) -> np.ndarray:
+MAX_IMAGE_PIXELS = 50_000_000  # about 7,000 x 7,000; larger files are skipped with a message (see read_image)
+
+
+def read_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one image file into an RGB ``uint8`` array (h, w, 3), resized to (size, size) when given.
 
-    Handles gray, palette, 16-bit, alpha (composited on white) and EXIF-rotated images.
+    Handles gray, palette, 16-bit, alpha (composited on white) and EXIF-rotated images. The pixel count is checked
+    from the file header before anything is decoded, so an image over ``max_pixels`` (default
+    :data:`MAX_IMAGE_PIXELS`, e.g. 10,000 x 10,000) costs no memory: it is refused with a message naming the file.
 
     Raises
     ------
@@ -320,14 +325,20 @@ def read_image(path: str | os.PathLike, size: int | None = None, max_pixels: int
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > max_pixels:
-                raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the limit of {max_pixels}")
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            arr = _pil_to_rgb(im)
+        with warnings.catch_warnings():
+            # our own pixel limit (checked from the header, before decoding) replaces PIL's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > max_pixels:
+                    raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the limit of "
+                                    f"{max_pixels:,} pixels; the image was skipped (downscale it first)")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                arr = _pil_to_rgb(im)
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: too many pixels to decode safely ({exc}); the image was skipped") from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
     if size is not None:
@@ -339,7 +350,7 @@ def _pil_to_rgb(im) -> np.ndarray:
     from PIL import Image
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
+        a = np.asarray(im, dtype=np.float32)
         lo, hi = float(a.min()), float(a.max())
         a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
         return np.repeat(a.round().astype(np.uint8)[..., None], 3, axis=-1)

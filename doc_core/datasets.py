@@ -17,14 +17,16 @@ import os
 import shutil
 import stat
 import tempfile
+import time
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .data import (FASHION_MNIST_CLASSES, FOLDER_LAYOUT, IMAGE_EXTENSIONS, DataError, FashionMNIST, OneClassSplit,
-                   SkippedFile, SplitConfig, load_folder_split, make_split)
+from .data import (FASHION_MNIST_CLASSES, FOLDER_LAYOUT, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, DataError, FashionMNIST,
+                   OneClassSplit, SkippedFile, SplitConfig, load_folder_split, make_split)
 
 KINDS = ("fashion-mnist", "folder")
 ROLES = ("normal training", "reference", "test normal", "test anomaly", "test unlabelled")
@@ -277,3 +279,55 @@ def extract_zip(data: bytes, dest: str | os.PathLike | None = None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return target / root.relative_to(tmp)
+
+
+def describe_zip_limits() -> str:
+    """The zip limits in words, for the upload widget."""
+    return (f"At most {MAX_ZIP_FILES:,} entries and {MAX_ZIP_BYTES / 1024**3:.0f} GiB of images unpacked; a member "
+            f"compressed more than {MAX_ZIP_RATIO}:1 is refused. Images over {MAX_IMAGE_PIXELS:,} pixels are skipped.")
+
+
+class UploadArea:
+    """A private temporary folder for one session's uploads, removed when the session ends.
+
+    The folder (``session-*`` under :func:`uploads_dir`) is deleted by :meth:`cleanup`, when the object is garbage
+    collected (a Streamlit session's state is dropped when the session ends), or at interpreter exit. Folders left by
+    a killed server are removed by :func:`clean_stale_uploads`.
+    """
+
+    def __init__(self, base: str | os.PathLike | None = None) -> None:
+        base = Path(base) if base is not None else uploads_dir()
+        base.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="session-", dir=base))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+    def extract(self, data: bytes) -> Path:
+        """:func:`extract_zip` into this session's folder; returns the dataset root."""
+        if not self.path.is_dir():
+            raise DataError("this session's upload folder was cleaned up; upload the zip again")
+        os.utime(self.path)  # in use: not stale
+        return extract_zip(data, self.path)
+
+    def cleanup(self) -> None:
+        """Delete the folder and everything in it (idempotent)."""
+        self._finalizer()
+
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive
+
+
+def clean_stale_uploads(max_age_s: float = 24 * 3600, base: str | os.PathLike | None = None) -> int:
+    """Delete session upload folders untouched for ``max_age_s`` seconds (left by a killed server); returns how many."""
+    base = Path(base) if base is not None else uploads_dir()
+    if not base.is_dir():
+        return 0
+    removed, now = 0, time.time()
+    for p in base.glob("session-*"):
+        try:
+            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -207,8 +208,12 @@ class DOCDetector:
             os.replace(tmp, path)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, f"No space left on the disk while saving the detector to {path}; nothing "
+                              "was written" + (" (the detector already there is kept)" if path.exists() else "")
+                              + ". Free some space and save again.") from exc
             raise
         return path
 
@@ -222,6 +227,8 @@ class DOCDetector:
             Missing files, invalid JSON, wrong format or version, or arrays that do not fit the config.
         """
         path = Path(path)
+        if not path.exists():
+            _restore_previous(path)
         if not path.is_dir():
             raise DetectorFormatError(f"{path} is not a detector folder")
         missing = [f for f in _FILES if not (path / f).is_file()]
@@ -270,6 +277,21 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 in [0, 255], got {images.dtype}")
     return images
+
+
+def _restore_previous(path: Path) -> None:
+    """Undo a save killed between its two renames: put the previous detector (``.<name>.old-*``) back at ``path``."""
+    try:
+        olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for old in olds:
+        if old.is_dir() and not old.is_symlink() and all((old / f).is_file() for f in _FILES):
+            try:
+                os.replace(old, path)
+            except OSError:
+                pass
+            return
 
 
 def _fsync_tree(folder: Path) -> None:

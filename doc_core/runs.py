@@ -15,6 +15,7 @@ and nothing from a run folder is ever executed. The runs folder is ``$DOC_RUNS_D
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -299,8 +300,11 @@ def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.nda
         _write_json_atomic(tmp / "history.json", {"steps": [r.to_dict() for r in history]})
         _write_json_atomic(tmp / "run.json", summary.to_dict())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RunError(f"The disk holding {root} is full, so the run could not be saved; nothing was written "
+                           "and the other runs are untouched. Free some space and train again.") from exc
         raise
     return summary
 

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from doc_core.data import FASHION_MNIST_CLASSES, FOLDER_LAYOUT, DataError, SplitConfig
-from doc_core.datasets import DatasetSpec
+from doc_core.datasets import DatasetSpec, UploadArea, clean_stale_uploads, describe_zip_limits
 from ui import cached, charts, nav, page, state, theme
 
 PERSIST = dict(persist_state="session")
@@ -61,7 +61,8 @@ def fashion_settings() -> DatasetSpec:
 
 def zip_settings() -> DatasetSpec | None:
     st.file_uploader("Zip file with your images", type=["zip"], key=state.DS_UPLOAD,
-                     help="Laid out as shown below; the zip may also hold one top folder around it.")
+                     help="Laid out as shown below; the zip may also hold one top folder around it. "
+                     + describe_zip_limits())
     size = st.select_slider("Image size (pixels)", [32, 48, 64, 96, 128, 160, 224], key=state.DS_IMAGE_SIZE,
                             **PERSIST, help="Every image is resized to a square of this size when loaded.")
     upload = st.session_state.get(state.DS_UPLOAD)
@@ -71,11 +72,37 @@ def zip_settings() -> DatasetSpec | None:
             st.caption(f"The active dataset is the zip **{current.label}**; upload another one to replace it.")
         return None
     try:
-        root = cached.unpack_zip(upload.getvalue())
+        root = unpack_upload(upload)
     except DataError as exc:
         st.error(f"{upload.name}: {problem(exc)}")
         return None
     return DatasetSpec.folder(root, size, label=upload.name)
+
+
+UPLOAD_AREA = "_doc_upload_area"  # this session's private upload folder (removed when the session ends)
+UPLOAD_ROOTS = "_doc_upload_roots"  # upload file id -> extracted dataset root, so reruns do not hash the zip again
+
+
+@st.cache_resource(show_spinner=False)
+def _clean_stale_uploads_once() -> int:
+    """Once per server process: remove upload folders left behind by a killed server."""
+    return clean_stale_uploads()
+
+
+def unpack_upload(upload) -> str:
+    """Extract an uploaded zip (safely) into this session's own temporary folder; returns its dataset root."""
+    _clean_stale_uploads_once()
+    ss = st.session_state
+    area = ss.get(UPLOAD_AREA)
+    if area is None or not area.alive:
+        area = ss[UPLOAD_AREA] = UploadArea()
+        ss[UPLOAD_ROOTS] = {}
+    roots = ss.setdefault(UPLOAD_ROOTS, {})
+    key = getattr(upload, "file_id", None) or upload.name
+    if key not in roots:
+        with st.spinner("Unpacking the zip…"):
+            roots[key] = str(area.extract(upload.getvalue()))
+    return roots[key]
 
 
 def folder_settings() -> DatasetSpec | None:
