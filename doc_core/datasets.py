@@ -20,6 +20,7 @@ import tempfile
 import time
 import weakref
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -268,8 +269,13 @@ def extract_zip(data: bytes, dest: str | os.PathLike | None = None) -> Path:
             for info, rel in members:
                 out = tmp.joinpath(*rel.parts)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                try:
+                    # zipfile never yields more than the declared size, which was checked above
+                    with zf.open(info) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError,
+                        RuntimeError, ValueError) as exc:
+                    raise DataError(f"the zip is damaged: {info.filename!r} cannot be extracted ({exc})") from exc
             root = find_dataset_root(tmp)
             try:
                 os.replace(tmp, target)

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -363,7 +364,7 @@ def load_scores(run_id: str, runs_dir: str | os.PathLike | None = None) -> RunSc
             out = RunScores(scores=z["scores"].astype(np.float32), labels=z["labels"].astype(np.int64),
                             classes=z["classes"].astype(str), train_scores=z["train_scores"].astype(np.float32),
                             paths=z["paths"].astype(str) if "paths" in z.files else None)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise RunError(f"{path}/scores.npz is missing or broken ({type(exc).__name__}: {exc})") from exc
     n = len(out.scores)
     if out.scores.ndim != 1 or len(out.labels) != n or len(out.classes) != n or \
@@ -380,7 +381,7 @@ def load_features(run_id: str, runs_dir: str | os.PathLike | None = None) -> np.
     try:
         with np.load(path / "features.npz", allow_pickle=False) as z:
             feats = z["features"].astype(np.float32)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise RunError(f"{path}/features.npz is broken ({type(exc).__name__}: {exc})") from exc
     if feats.ndim != 2:
         raise RunError(f"{path}/features.npz does not hold a 2-D array")
