@@ -137,7 +137,8 @@ def _tiny_cnn(input_size: int) -> keras.Model:
     inp = keras.Input((input_size, input_size, 3), name="input")
     x = inp
     for i, (filters, stride) in enumerate([(8, 2), (16, 2), (32, 2)], start=1):
-        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"conv{i}")(x)
+        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"conv{i}",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=i))(x)
         x = keras.layers.ReLU(name=f"conv{i}_relu")(x)
     return keras.Model(inp, x, name="tiny")
 
@@ -147,7 +148,6 @@ def _base_model(config: BackboneConfig) -> keras.Model:
     if config.input_size < 32:
         raise ValueError(f"input_size must be at least 32, got {config.input_size}")
     if config.name == "tiny":
-        keras.utils.set_random_seed(0)
         return _tiny_cnn(config.input_size)
     weights = resolve_weights(config)
     builder = {"mobilenet_v2": lambda w: keras.applications.MobileNetV2(

@@ -141,8 +141,9 @@ class DOCTrainer:
             raise ValueError("the descriptiveness loss needs at least 2 reference classes")
         self.backbone = backbone
         self.config = config
-        keras.utils.set_random_seed(config.seed)
-        self.head = keras.layers.Dense(n_reference_classes, name="reference_head")
+        # seeded initialisers rather than Keras' global seed, so jobs training at once in one process stay reproducible
+        self.head = keras.layers.Dense(n_reference_classes, name="reference_head",
+                                       kernel_initializer=keras.initializers.GlorotUniform(seed=config.seed))
         self.head.build((None, backbone.feature_dim))
         self.optimizer = _make_optimizer(config)
         self._stop = threading.Event()

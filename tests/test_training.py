@@ -31,7 +31,7 @@ def run(tiny_config, sets, **cfg) -> DOCTrainer:
 
 
 def test_steps_yield_records(tiny_config, sets):
-    trainer = DOCTrainer(Backbone(tiny_config), 3, TrainConfig(batch_size=8, epochs=2, learning_rate=1e-3))
+    trainer = DOCTrainer(Backbone(tiny_config), 3, TrainConfig(batch_size=8, epochs=2, learning_rate=1e-3, lam=0.1))
     messages = []
     records = list(trainer.steps(*sets, on_prepare=messages.append))
     assert len(records) == 8 and trainer.history == records  # 32 targets / 8 per batch, 2 epochs
