@@ -169,3 +169,12 @@ def decode_upload(data: bytes, name: str, shape: tuple[int, ...], max_pixels: in
         gray = np.round(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)
         return np.clip(gray, 0, 255).astype(np.uint8)[..., None]
     return rgb
+
+
+def enlarge(image: np.ndarray, px: int) -> np.ndarray:
+    """Enlarge a small uint8 image by a whole factor (nearest neighbour, so pixels stay crisp) to about ``px``;
+    (h, w, 1) gray becomes (h', w')."""
+    image = np.asarray(image)
+    f = max(1, int(px) // max(image.shape[:2]))
+    out = np.repeat(np.repeat(image, f, axis=0), f, axis=1)
+    return out[..., 0] if out.ndim == 3 and out.shape[-1] == 1 else out

@@ -203,3 +203,185 @@ def curves(labels: np.ndarray, scores: np.ndarray) -> dict:
     return {"fpr": roc["fpr"], "tpr": roc["tpr"], "precision": pr["precision"], "recall": pr["recall"],
             "auc": metrics.roc_auc(y, s), "ap": metrics.average_precision(y, s), "base_rate": float(np.mean(y))}
 
+
+
+# ---------------------------------------------------------------------------------------------- explorer, gallery, uploads
+
+
+def run_split(run: runs.RunSummary) -> OneClassSplit:
+    """The run's dataset, loaded as it was for training (test images in the order of the stored scores, normal
+    training images in the order given to fit). Raises DataError (a ValueError) when it cannot be rebuilt."""
+    from doc_core.data import DataError
+
+    try:
+        spec = DatasetSpec.from_dict(run.dataset)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"the run does not say which dataset it was trained on ({exc})") from exc
+    data, _ = split(spec)
+    if len(data.test_images) != run.n_test:
+        raise DataError(f"the run's dataset has changed since training: {len(data.test_images):,} test images now, "
+                        f"{run.n_test:,} when the run was scored")
+    return data
+
+
+def operating_point(run: runs.RunSummary) -> tuple[ScorerConfig, np.ndarray, np.ndarray, float]:
+    """The scorer, test scores, training scores and threshold the run is operated at: its saved threshold (with the
+    scorer it was saved for) if there is one, else its own scorer and the detector's default threshold."""
+    if run.threshold:
+        try:
+            scorer = ScorerConfig.from_dict(run.threshold["scorer"])
+            s, t = scores_for_scorer(run, scorer)
+            return scorer, s, t, float(run.threshold["value"])
+        except (runs.RunError, ValueError, KeyError, TypeError):
+            pass
+    s, t = scores_for_scorer(run, run.scorer)
+    return run.scorer, s, t, float(run.default_threshold)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _test_features(run_id: str, created: str, where: str) -> np.ndarray | None:
+    return runs.load_features(run_id, where)
+
+
+def test_features_of(run: runs.RunSummary) -> np.ndarray:
+    """The run's DOC features of its test images (stored with the run; embedded again if it has none)."""
+    feats = _test_features(*_key(run))
+    if feats is None:
+        feats = _embedded_test_features(*_key(run))
+    return feats
+
+
+@st.cache_data(show_spinner="Embedding the test images…", max_entries=4)
+def _embedded_test_features(run_id: str, created: str, where: str) -> np.ndarray:
+    run = runs.get_run(run_id, where)
+    return detector(run_id, created, where).embed(run_split(run).test_images)
+
+
+@st.cache_resource(show_spinner="Building the backbone as it was before DOC training…", max_entries=2)
+def _pretrained(run_id: str, created: str, where: str):
+    """(backbone, None), or (None, why not) when its original weights cannot be found."""
+    from doc_core.backbones import WeightsNotFoundError
+    from doc_core.embedding import pretrained_backbone
+
+    try:
+        return pretrained_backbone(detector(run_id, created, where)), None
+    except WeightsNotFoundError as exc:
+        return None, str(exc)
+
+
+def explorer_rows(run: runs.RunSummary, max_points: int, with_train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Test and normal-training indices the explorer embeds (at most ``max_points`` together; a quarter of them
+    training images when asked for)."""
+    return _explorer_rows(*_key(run), int(max_points), bool(with_train))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _explorer_rows(run_id: str, created: str, where: str, max_points: int, with_train: bool):
+    from doc_core.gallery import explorer_sample
+
+    stored = run_scores(run_id, created, where)
+    n_train = len(detector(run_id, created, where).bank_) if with_train else 0
+    train_cap = min(n_train, max_points // 4)
+    test_idx = explorer_sample(stored.labels, max_points - train_cap, seed=0)
+    train_idx = explorer_sample(np.zeros(n_train, np.int64), train_cap, seed=1) if train_cap else np.zeros(0, np.int64)
+    return test_idx, train_idx
+
+
+def explorer_map(run: runs.RunSummary, feature_set: str, max_points: int, with_train: bool) -> dict:
+    """The 2-D t-SNE map of one feature set (computed once per run and settings): ``coords`` (n, 2) for the test
+    rows then the training rows of :func:`explorer_rows`, ``seconds`` (features + t-SNE) and ``note`` (why there is
+    no map, else None)."""
+    return _explorer_map(*_key(run), feature_set, int(max_points), bool(with_train))
+
+
+@st.cache_data(show_spinner=False, max_entries=24)
+def _explorer_map(run_id: str, created: str, where: str, feature_set: str, max_points: int, with_train: bool) -> dict:
+    import time
+
+    from doc_core.embedding import raw_pixel_features, tsne_2d
+
+    t0 = time.perf_counter()
+    run = runs.get_run(run_id, where)
+    test_idx, train_idx = _explorer_rows(run_id, created, where, max_points, with_train)
+    det = detector(run_id, created, where)
+    if feature_set == "doc":
+        feats = np.concatenate([test_features_of(run)[test_idx], np.asarray(det.bank_)[train_idx]])
+    else:
+        data = run_split(run)
+        images = np.concatenate([data.test_images[test_idx], data.train_normal[train_idx]])
+        if feature_set == "raw":
+            feats = raw_pixel_features(images)
+        else:
+            backbone, why = _pretrained(run_id, created, where)
+            if backbone is None:
+                return {"coords": None, "seconds": 0.0, "note": why}
+            feats = backbone.embed(images)
+    coords = tsne_2d(feats, seed=0)
+    return {"coords": coords, "seconds": time.perf_counter() - t0, "note": None}
+
+
+@st.cache_resource(show_spinner="Preparing Grad-CAM…", max_entries=2)
+def _gradcam(run_id: str, created: str, where: str):
+    from doc_core.explain import GradCAM
+
+    return GradCAM(detector(run_id, created, where))
+
+
+@st.cache_data(show_spinner="Computing Grad-CAM heatmaps…", max_entries=64)
+def _heatmaps(run_id: str, created: str, where: str, images: np.ndarray) -> np.ndarray:
+    return _gradcam(run_id, created, where).explain(images, batch_size=32)[0]
+
+
+def heatmaps(run: runs.RunSummary, images: np.ndarray) -> np.ndarray:
+    """Grad-CAM heatmaps (n, h, w) in [0, 1] of images, in one batched pass (cached per run and images)."""
+    return _heatmaps(*_key(run), np.ascontiguousarray(images))
+
+
+def nearest_normals(run: runs.RunSummary, features: np.ndarray, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices (into the run's normal training images) of the nearest normal training images."""
+    from doc_core.embedding import nearest_normal
+
+    return nearest_normal(detector_of(run), features, n)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _detector_with(run_id: str, created: str, where: str, name: str, k: int | None, max_bank: int | None):
+    det = detector(run_id, created, where)
+    cfg = ScorerConfig(name=name, k=k, max_bank_size=max_bank)
+    return det if cfg == det.scorer else det.with_scorer(cfg)
+
+
+@st.cache_data(show_spinner="Scoring the uploaded images…", max_entries=16)
+def _score_images(run_id: str, created: str, where: str, name: str, k: int | None, max_bank: int | None,
+                  images: np.ndarray) -> dict:
+    det = _detector_with(run_id, created, where, name, k, max_bank)
+    feats = det.embed(images)
+    dist, idx = _nearest_normals(run_id, created, where, feats)
+    return {"scores": det.score_features(feats), "nn_dist": dist, "nn_idx": idx,
+            "heatmaps": _gradcam(run_id, created, where).explain(images, batch_size=32)[0]}
+
+
+def _nearest_normals(run_id: str, created: str, where: str, feats: np.ndarray):
+    from doc_core.embedding import nearest_normal
+
+    return nearest_normal(detector(run_id, created, where), feats, 5)
+
+
+def score_images(run: runs.RunSummary, scorer: ScorerConfig, images: np.ndarray) -> dict:
+    """Scores (under ``scorer``), Grad-CAM heatmaps and the 5 nearest normal training images of new images."""
+    return _score_images(*_key(run), scorer.name, scorer.k, scorer.max_bank_size, np.ascontiguousarray(images))
+
+
+@st.cache_data(show_spinner=False, max_entries=24)
+def _embedding_figure(run_id: str, created: str, where: str, feature_set: str, max_points: int, with_train: bool,
+                      color_by: str, threshold: float, _roles, _scores, _info):
+    m = _explorer_map(run_id, created, where, feature_set, max_points, with_train)
+    return charts.embedding_map(m["coords"], _roles, _scores, _info, "score" if color_by == "Anomaly score" else "role",
+                                threshold)
+
+
+def embedding_figure(run: runs.RunSummary, feature_set: str, max_points: int, with_train: bool, color_by: str,
+                     threshold: float, roles: np.ndarray, scores: np.ndarray, info: np.ndarray):
+    """The explorer's map figure (built once per run, settings and threshold; the arrays follow from those)."""
+    return _embedding_figure(*_key(run), feature_set, max_points, with_train, color_by, float(threshold), roles,
+                             scores, info)

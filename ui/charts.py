@@ -167,3 +167,41 @@ def role_counts(rows: list[dict]) -> go.Figure:
                      categoryarray=[f"{r['class']} · {r['role']}" for r in rows])
     fig.update_xaxes(title_text="number of images")
     return _layout(fig, max(220, 24 * len(rows) + 90), showlegend=False, bargap=0.25)
+
+
+def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, info: np.ndarray, color_by: str,
+                  threshold: float, score_title: str = "anomaly score") -> go.Figure:
+    """A 2-D t-SNE map of images: one point per row of ``coords``.
+
+    ``roles`` are theme.ROLE_COLORS keys ("test normal", "test anomaly", "test unlabelled", "normal training");
+    ``info`` (n, 3) holds each point's id (its row), a hover line (class, role, index) and its rank text.
+    ``color_by`` "role" colours by true label or role (training images as open circles), "score" by anomaly
+    score on a normal-blue to anomaly-vermillion scale centred on the threshold. Each point's ``customdata[0]`` is
+    its row, so a selection can be mapped back to images.
+    """
+    fig = go.Figure()
+    hover = "%{customdata[1]}<br>score %{customdata[2]:.4g} · %{customdata[3]}<extra></extra>"
+    custom = np.column_stack([info[:, 0].astype(object), info[:, 1], scores.astype(object), info[:, 2]]) \
+        if len(coords) else np.zeros((0, 4), object)
+    if color_by == "score":
+        span = float(np.max(np.abs(scores - threshold))) if len(scores) else 1.0
+        fig.add_trace(go.Scattergl(
+            x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=custom, hovertemplate=hover, showlegend=False,
+            marker=dict(size=5, color=scores, colorscale=[[0, theme.NORMAL], [0.5, "#E8E8E8"], [1, theme.ANOMALY]],
+                        cmin=threshold - span, cmax=threshold + span,
+                        symbol=np.where(roles == "normal training", "circle-open", "circle"),
+                        colorbar=dict(title=dict(text=score_title, side="right"), thickness=10, len=0.9))))
+    else:
+        for role in ("normal training", "test normal", "test unlabelled", "test anomaly"):
+            m = roles == role
+            if not np.any(m):
+                continue
+            fig.add_trace(go.Scattergl(
+                x=coords[m, 0], y=coords[m, 1], mode="markers", name=f"{role} ({int(m.sum()):,})",
+                customdata=custom[m], hovertemplate=hover,
+                marker=dict(size=5, color=theme.ROLE_COLORS[role], opacity=0.75,
+                            symbol="circle-open" if role == "normal training" else "circle")))
+    fig.update_xaxes(showticklabels=False, title_text=None, zeroline=False, showgrid=False)
+    fig.update_yaxes(showticklabels=False, title_text=None, zeroline=False, showgrid=False)
+    return _layout(fig, 400, margin=dict(l=5, r=5, t=30, b=5), dragmode="lasso",
+                   legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, font=dict(size=11)))

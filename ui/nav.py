@@ -6,8 +6,13 @@ HOME = "app.py"
 DATASET = "pages/1_dataset.py"
 TRAINING = "pages/2_training.py"
 ROC = "pages/3_roc_threshold.py"
+EXPLORER = "pages/4_embedding_explorer.py"
+RANKED = "pages/5_ranked_anomalies.py"
+SCORE = "pages/6_score_images.py"
 
-PAGES = (HOME, DATASET, TRAINING, ROC)
-TITLES = {HOME: "Home", DATASET: "Dataset", TRAINING: "Training", ROC: "ROC and threshold"}
+PAGES = (HOME, DATASET, TRAINING, ROC, EXPLORER, RANKED, SCORE)
+TITLES = {HOME: "Home", DATASET: "Dataset", TRAINING: "Training", ROC: "ROC and threshold",
+          EXPLORER: "Embedding explorer", RANKED: "Ranked anomalies", SCORE: "Score new images"}
 ICONS = {HOME: ":material/home:", DATASET: ":material/photo_library:", TRAINING: ":material/model_training:",
-         ROC: ":material/query_stats:"}
+         ROC: ":material/query_stats:", EXPLORER: ":material/scatter_plot:", RANKED: ":material/leaderboard:",
+         SCORE: ":material/upload_file:"}

@@ -58,3 +58,33 @@ def setup(title: str) -> None:
     status.render()
     st.title("DOC Explorer" if title == "Home" else title, anchor=False)
     status.show_flash()
+
+
+def run_or_stop(what: str):
+    """The active run, with a line saying which it is; without a run, a note on what the page will show and a link
+    to Training, and the page stops there."""
+    from doc_core import runs
+
+    run = cached.active_run(state.chosen_run_id())
+    if run is None:
+        st.info(f"No run yet. Train a detector first: {what} appear here.")
+        st.page_link(nav.TRAINING, label="Go to Training", icon=nav.ICONS[nav.TRAINING])
+        st.stop()
+    st.caption(f"Run **{run.name}** · {run.created_local} · {run.config_line()} · "
+               f"{run.dataset.get('description') or run.dataset.get('name', '')} · pick another run on the "
+               "Training page")
+    try:
+        cached.scores_of(run)
+    except runs.RunError as exc:
+        st.error(f"This run cannot be read: {exc}")
+        st.stop()
+    return run
+
+
+def split_or_stop(run):
+    """The run's dataset (test and normal training images), or a message and stop when it cannot be rebuilt."""
+    try:
+        return cached.run_split(run)
+    except (ValueError, KeyError, TypeError, OSError) as exc:  # DataError is a ValueError
+        st.error(f"The images of this run's dataset cannot be loaded, so they cannot be shown: {exc}")
+        st.stop()

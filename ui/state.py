@@ -81,6 +81,45 @@ SCORER_KNN = "k-NN distance"
 SCORER_LOF = "Local Outlier Factor"
 SCORERS = (SCORER_RUN, SCORER_KNN, SCORER_LOF)
 
+# ---------------------------------------------------------------------------------------------- Explorer page widgets
+EX_POINTS = "ex_points"        # most points embedded per map
+EX_TRAIN = "ex_train"          # bool: also embed a sample of the normal training images
+EX_COLOR = "ex_color"
+EX_CAM = "ex_cam"              # bool: Grad-CAM over the selected images
+EX_OPACITY = "ex_opacity"
+EX_MAP = "ex_map_"             # prefix: one selectable chart per feature set
+EX_SELECTED = "ex_selected"    # ((run id, points, with training), [row, ...]) | None: the last selection in any map
+
+COLOR_ROLE = "True label / role"
+COLOR_SCORE = "Anomaly score"
+COLOR_BY = (COLOR_ROLE, COLOR_SCORE)
+EX_POINT_CHOICES = (500, 1000, 2000, 3000)
+
+# ---------------------------------------------------------------------------------------------- Ranked page widgets
+RK_VIEW = "rk_view"
+RK_LABEL = "rk_label"
+RK_SIDE = "rk_side"
+RK_ORDER = "rk_order"
+RK_PAGE = "rk_page"
+RK_PAGE_SIZE = "rk_page_size"
+RK_CAM = "rk_cam"
+RK_OPACITY = "rk_opacity"
+
+VIEW_TOP = "Most anomalous anomalies"
+VIEW_MISSED = "Anomalies that look normal"
+VIEW_ALARMS = "Normal images that look anomalous"
+VIEW_CUSTOM = "Any filter"
+VIEWS = (VIEW_TOP, VIEW_MISSED, VIEW_ALARMS, VIEW_CUSTOM)
+# (labels, side, order) of each preset view; see doc_core.gallery.rank
+VIEW_FILTERS = {VIEW_TOP: (["anomaly"], "all", "highest"), VIEW_MISSED: (["anomaly"], "all", "lowest"),
+                VIEW_ALARMS: (["normal"], "all", "highest")}
+SIDE_LABELS = {"all": "Both sides", "above": "Flagged (above threshold)", "below": "Passed (at or below)"}
+ORDER_LABELS = {"highest": "Most anomalous first", "lowest": "Most normal first"}
+
+# ---------------------------------------------------------------------------------------------- Score-images page
+UP_FILES = "up_files"
+UP_OPACITY = "up_opacity"
+
 _REF = SplitConfig.tutorial()
 _BACKBONE = BackboneConfig()  # the training defaults are doc_core's own
 _TRAIN = TrainConfig()
@@ -119,6 +158,21 @@ DEFAULTS: dict[str, Any] = {
     ROC_COMPARE_K_KNN: 1,  # the paper's nearest-neighbour distance
     ROC_COMPARE_K_LOF: 20,
     ROC_COMPARE: False,
+    EX_POINTS: 2000,
+    EX_TRAIN: False,
+    EX_COLOR: COLOR_ROLE,
+    EX_CAM: False,
+    EX_SELECTED: None,
+    EX_OPACITY: 0.5,
+    RK_VIEW: VIEW_TOP,
+    RK_LABEL: ["anomaly"],
+    RK_SIDE: "all",
+    RK_ORDER: "highest",
+    RK_PAGE: 1,
+    RK_PAGE_SIZE: 24,
+    RK_CAM: False,
+    RK_OPACITY: 0.5,
+    UP_OPACITY: 0.5,
 }
 
 

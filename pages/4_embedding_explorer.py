@@ -1,0 +1,113 @@
+"""Embedding explorer: 2-D t-SNE maps of the test images in three feature spaces side by side (raw pixels, the
+backbone before DOC training, the DOC-trained backbone), with the selected images, their Grad-CAM and their nearest
+normal training images."""
+
+import numpy as np
+import streamlit as st
+
+from doc_core.embedding import FEATURE_SET_LABELS, FEATURE_SETS
+from doc_core.gallery import label_names, score_ranks
+from ui import cached, charts, page, state, status, tiles
+
+PERSIST = dict(persist_state="session")
+MAX_SHOWN = 12  # selected images shown at once
+ss = st.session_state
+
+page.setup("Embedding explorer")
+run = page.run_or_stop("2-D maps of its test features")
+data = page.split_or_stop(run)
+scorer, scores, train_scores, threshold = cached.operating_point(run)
+stored = cached.scores_of(run)
+
+c1, c2, c3 = st.columns([2, 1, 2], vertical_alignment="bottom")
+c1.segmented_control("Colour by", state.COLOR_BY, key=state.EX_COLOR, required=True, **PERSIST)
+c2.selectbox("Points per map (at most)", state.EX_POINT_CHOICES, key=state.EX_POINTS, **PERSIST,
+             format_func=lambda n: f"{n:,}",
+             help="A seeded sample keeps each label's share when the test set is larger.")
+c3.checkbox("Also show normal training images (open circles)", key=state.EX_TRAIN, **PERSIST)
+max_points, with_train = int(ss[state.EX_POINTS]), bool(ss[state.EX_TRAIN])
+
+test_idx, train_idx = cached.explorer_rows(run, max_points, with_train)
+n_test, n_points = len(test_idx), len(test_idx) + len(train_idx)
+labels = stored.labels[test_idx]
+roles = np.concatenate([np.where(labels == 1, "test anomaly", np.where(labels == 0, "test normal", "test unlabelled")),
+                        np.full(len(train_idx), "normal training")])
+point_scores = np.concatenate([scores[test_idx], train_scores[train_idx]]).astype(np.float64)
+ranks = score_ranks(scores)
+classes = np.asarray(stored.classes)
+info = np.column_stack([
+    np.arange(n_points).astype(object),
+    np.concatenate([[f"{classes[i]} · {label_names(stored.labels[i:i + 1])[0]} · test #{i}" for i in test_idx],
+                    [f"normal training #{i}" for i in train_idx]]).astype(object),
+    np.concatenate([[f"rank {ranks[i]:,} of {len(scores):,}" for i in test_idx],
+                    ["leave-one-out score"] * len(train_idx)]).astype(object)])
+
+st.caption(f"{n_test:,} of {len(scores):,} test images" + (f" and {len(train_idx):,} normal training images"
+                                                           if len(train_idx) else "")
+           + f" · threshold {threshold:.4g} · hover a point for its class, label and score; click, box- or "
+             "lasso-select points (the lasso is the default drag) to see those images below.")
+
+context = (run.run_id, max_points, with_train)
+
+
+def on_select(key: str) -> None:
+    """The last selection made in any map (its points' rows) becomes the selection shown below."""
+    event = ss.get(key)
+    points = event.get("selection", {}).get("points", []) if event else []
+    rows = [int(p["customdata"][0]) for p in points if p.get("customdata")]
+    ss[state.EX_SELECTED] = (context, list(dict.fromkeys(rows)))
+
+
+cols = st.columns(3, gap="small")
+for col, fs in zip(cols, FEATURE_SETS):
+    with col:
+        st.markdown(f"**{FEATURE_SET_LABELS[fs][:1].upper() + FEATURE_SET_LABELS[fs][1:]}**")
+        with st.spinner(f"t-SNE of {n_points:,} points in the {FEATURE_SET_LABELS[fs]} space (about 10–20 s the "
+                        "first time, then cached)…"):
+            m = cached.explorer_map(run, fs, max_points, with_train)
+        if m["coords"] is None:
+            st.info(f"No map of the {FEATURE_SET_LABELS[fs]}: {m['note']}")
+            continue
+        fig = cached.embedding_figure(run, fs, max_points, with_train, ss[state.EX_COLOR], threshold, roles,
+                                      point_scores, info)
+        key = f"{state.EX_MAP}{fs}"
+        st.plotly_chart(fig, key=key, on_select=lambda key=key: on_select(key),
+                        selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
+        st.caption(f"features and t-SNE took {status.format_seconds(m['seconds'])} (computed once per run)")
+
+st.subheader("Selected images", anchor=False)
+picked = ss[state.EX_SELECTED]
+selected = [r for r in picked[1] if 0 <= r < n_points] if picked and picked[0] == context else []
+if not selected:
+    st.caption("Nothing selected yet: click a point, or drag a lasso or box around some points in any map.")
+    st.stop()
+sel = np.asarray(selected[:MAX_SHOWN])
+more = f" (the first {MAX_SHOWN} of {len(selected):,})" if len(selected) > MAX_SHOWN else ""
+st.caption(f"{len(selected):,} selected{more}, each with its 5 nearest normal training images in the DOC feature "
+           "space (d = Euclidean distance).")
+c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+c1.toggle("Grad-CAM heatmaps", key=state.EX_CAM, **PERSIST, help=tiles.HEATMAP_HELP)
+opacity = c2.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.EX_OPACITY, **PERSIST,
+                    disabled=not ss[state.EX_CAM])
+is_test = sel < n_test
+images = [data.test_images[test_idx[r]] if t else data.train_normal[train_idx[r - n_test]]
+          for r, t in zip(sel, is_test)]
+heat = cached.heatmaps(run, np.stack(images)) if ss[state.EX_CAM] else None
+feats = np.stack([cached.test_features_of(run)[test_idx[r]] if t else
+                  np.asarray(cached.detector_of(run).bank_)[train_idx[r - n_test]] for r, t in zip(sel, is_test)])
+dist, nn = cached.nearest_normals(run, feats, 6)
+for j, (r, t) in enumerate(zip(sel, is_test)):
+    left, right = st.columns([1, 4], gap="medium")
+    with left:
+        s = point_scores[r]
+        if t:
+            i = int(test_idx[r])
+            caption = (f"test #{i} · rank {ranks[i]:,}<br>score {s:.4g} · {tiles.verdict(s, threshold)}<br>"
+                       + tiles.label_text(stored.labels[i], classes[i]))
+        else:
+            caption = f"normal training #{int(train_idx[r - n_test])}<br>leave-one-out score {s:.4g}"
+        tiles.grid([images[j]], [caption], per_row=1, heatmaps=None if heat is None else heat[j:j + 1],
+                   opacity=opacity)
+    with right:
+        keep = nn[j] != (-1 if t else int(train_idx[r - n_test]))  # a training image is not its own neighbour
+        tiles.neighbours(data.train_normal, nn[j][keep][:5], dist[j][keep][:5])

@@ -1,0 +1,59 @@
+"""Score new images: upload images and see each one's score, verdict at the run's threshold, Grad-CAM heatmap and
+nearest normal training images."""
+
+import numpy as np
+import streamlit as st
+
+from doc_core.data import DataError
+from doc_core.gallery import decode_upload
+from ui import cached, page, state, tiles
+
+PERSIST = dict(persist_state="session")
+ss = st.session_state
+MAX_FILES = 64
+
+page.setup("Score new images")
+run = page.run_or_stop("scores of images you upload")
+data = page.split_or_stop(run)
+scorer, _, _, threshold = cached.operating_point(run)
+shape = data.test_images.shape[1:]
+source = "the run's saved threshold" if run.threshold else "the detector's default threshold"
+st.caption(f"Images are resized to {shape[0]}×{shape[1]} px{' and made gray' if shape[-1] == 1 else ''}, like this "
+           f"run's dataset, then scored; above {threshold:.4g} ({source}) they are flagged as anomalies. "
+           + ("Fashion-MNIST images are light objects on a black background: photos on white look anomalous."
+              if run.dataset.get("kind") == "fashion-mnist" else ""))
+
+files = st.file_uploader("Images (PNG, JPEG, …)", type=None, accept_multiple_files=True, key=state.UP_FILES)
+if not files:
+    st.caption("Upload one or more images to score them.")
+    st.stop()
+images, names = [], []
+for f in files[:MAX_FILES]:
+    try:
+        images.append(decode_upload(f.getvalue(), f.name, shape))
+        names.append(f.name)
+    except (DataError, ValueError) as exc:
+        st.warning(f"Skipped {exc}")
+if len(files) > MAX_FILES:
+    st.warning(f"Only the first {MAX_FILES} of {len(files)} files are scored.")
+if not images:
+    st.stop()
+
+result = cached.score_images(run, scorer, np.stack(images))
+scores = result["scores"]
+flagged = int(np.sum(scores > threshold))
+st.markdown(f"**{len(images):,} images scored** · {flagged:,} flagged as anomalies, {len(images) - flagged:,} passed "
+            f"as normal")
+opacity = st.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.UP_OPACITY, **PERSIST,
+                    help=tiles.HEATMAP_HELP)
+st.caption("Each image, its Grad-CAM heatmap, then its 5 nearest normal training images in the DOC feature space "
+           "(d = Euclidean distance).")
+for j, name in enumerate(names):
+    left, mid, right = st.columns([1, 1, 4], gap="medium")
+    s = float(scores[j])
+    with left:
+        tiles.grid([images[j]], [f"<b>{name}</b><br>score {s:.4g} · {tiles.verdict(s, threshold)}"], per_row=1)
+    with mid:
+        tiles.grid([images[j]], ["Grad-CAM"], per_row=1, heatmaps=result["heatmaps"][j:j + 1], opacity=opacity)
+    with right:
+        tiles.neighbours(data.train_normal, result["nn_idx"][j], result["nn_dist"][j])

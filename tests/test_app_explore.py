@@ -1,0 +1,138 @@
+"""The explorer, ranked-anomalies and score-new-images pages through AppTest, with no run and with the tiny run of
+tests/test_app.py (its fixtures are reused). The explorer is asked for 300 points so the three t-SNE maps stay
+quick."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_app import (ROOT, TIMEOUT, assert_clean, empty_runs_dir, fashion, open_app, runs_dir,  # noqa: F401
+                      texts, tiny_run_dir)
+from doc_core import runs
+from streamlit.testing.v1 import AppTest
+from ui import nav, state
+
+EXPLORER, RANKED, SCORE = nav.EXPLORER, nav.RANKED, nav.SCORE
+ROC = nav.ROC
+
+
+def open_with(page: str, **values) -> AppTest:
+    """A new session with some session-state values set before the first run, then ``page``."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    for key, value in values.items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(page).run()
+    return at
+
+
+@pytest.mark.parametrize("page", [EXPLORER, RANKED, SCORE])
+def test_new_pages_without_a_run(empty_runs_dir, page):  # noqa: F811
+    at = open_app(page)
+    assert_clean(at)
+    assert "No run yet" in texts(at) and not at.get("plotly_chart")
+
+
+def test_explorer_shows_three_maps_and_a_selection(runs_dir):  # noqa: F811
+    at = open_with(EXPLORER, **{state.EX_POINTS: 500})
+    assert_clean(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # raw pixels, pretrained (tiny: its seeded initialisation), DOC-trained
+    assert "took" in texts(at) and "Nothing selected yet" in texts(at)
+    spec = charts[0].proto.spec
+    assert '"test anomaly (' in spec and "#D55E00" in spec and "#0072B2" in spec
+    # colour by score, with the normal training images
+    at.get("button_group")[0].set_value(state.COLOR_SCORE).run()
+    at.checkbox(key=state.EX_TRAIN).check().run()
+    assert_clean(at)
+    assert len(at.get("plotly_chart")) == 3 and "normal training images" in texts(at)
+
+
+def test_explorer_selection_shows_images_neighbours_and_gradcam(runs_dir, monkeypatch):  # noqa: F811
+    """A selection (as the browser would send it) shows the images, their nearest normal images and Grad-CAM."""
+    at = open_with(EXPLORER, **{state.EX_POINTS: 500})
+    run = runs.list_runs(runs_dir)[0]
+    at.session_state[state.EX_SELECTED] = ((run.run_id, 500, False), [3, 10])  # as the maps' on_select leaves it
+    at.run()
+    assert_clean(at)
+    assert "2 selected" in texts(at)
+    assert len(at.get("image")) == 2 * (1 + 5)  # each image and its 5 nearest normal images
+    at.toggle(key=state.EX_CAM).set_value(True).run()
+    assert_clean(at)
+    assert len(at.get("image")) == 12
+
+
+def test_ranked_gallery_views_filters_and_paging(runs_dir):  # noqa: F811
+    at = open_app(RANKED)
+    assert_clean(at)
+    body = texts(at)
+    assert "1,000 images" in body  # the 1,000 ankle boots
+    top = tile_ranks(at)
+    assert len(top) == 24 and top == sorted(top)  # most anomalous first
+    assert len(at.get("image")) == 24
+    at.get("button_group")[0].set_value(state.VIEW_MISSED).run()
+    assert_clean(at)
+    missed = tile_ranks(at)
+    assert missed == sorted(missed, reverse=True) and missed[0] > top[-1]  # the most normal-looking boots first
+    at.get("button_group")[0].set_value(state.VIEW_CUSTOM).run()
+    at.multiselect(key=state.RK_LABEL).set_value(["normal", "anomaly"]).run()
+    at.selectbox(key=state.RK_SIDE).select("above").run()
+    assert_clean(at)
+    at.number_input(key=state.RK_PAGE).set_value(2).run()
+    assert_clean(at)
+    assert "page 2 of" in texts(at)
+    at.toggle(key=state.RK_CAM).set_value(True).run()
+    assert_clean(at)
+    assert len(at.get("image")) >= 1
+
+
+def test_ranked_gallery_uses_the_saved_threshold(runs_dir):  # noqa: F811
+    run = runs.list_runs(runs_dir)[0]
+    stored = runs.load_scores(run.run_id, runs_dir)
+    t = float(np.sort(stored.scores)[-10])  # ten test images above it... nine strictly above
+    runs.save_threshold(run.run_id, t, "manual", None, run.scorer, runs_dir)
+    at = open_with(RANKED, **{state.RK_VIEW: state.VIEW_CUSTOM, state.RK_LABEL: [], state.RK_SIDE: "above"})
+    assert_clean(at)
+    assert "9 images" in texts(at) and f"{t:.4g}" in texts(at)
+
+
+def tile_ranks(at: AppTest) -> list[int]:
+    """The overall ranks shown on the gallery's tiles, in order."""
+    return [int(r.replace(",", "")) for r in re.findall(r"<b>#([\d,]+)</b>", texts(at))]
+
+
+def _png(value: int, size: int = 40) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_score_new_images(runs_dir):  # noqa: F811
+    at = open_app(SCORE)
+    assert_clean(at)
+    at.get("file_uploader")[0].upload("a.png", _png(30)).upload("b.png", _png(220)).upload("bad.png", b"junk").run()
+    assert not at.exception
+    body = texts(at)
+    assert "bad.png" in body and "not a readable image" in body  # a bad file is a warning, the others are scored
+    assert "a.png" in body and "b.png" in body and "score" in body
+    assert ("flagged" in body) or ("passed" in body)
+    assert len(at.get("image")) >= 2 * (1 + 5)
+
+
+def test_new_pages_switch_in_under_a_second_once_visited(runs_dir):  # noqa: F811
+    at = open_with(EXPLORER, **{state.EX_POINTS: 500})
+    for page in (RANKED, SCORE, ROC, EXPLORER, RANKED, SCORE):  # warm the caches once
+        at.switch_page(page).run()
+    timings = {}
+    for page in (EXPLORER, RANKED, SCORE, ROC):
+        t0 = time.perf_counter()
+        at.switch_page(page).run()
+        timings[page] = time.perf_counter() - t0
+        assert_clean(at)
+    assert max(timings.values()) <= 1.0, timings

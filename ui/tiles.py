@@ -1,0 +1,58 @@
+"""Image tiles shared by the explorer, the ranked gallery and the upload page: a grid of thumbnails with coloured
+captions, Grad-CAM overlays on demand, and rows of nearest normal training images."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from doc_core.explain import overlay
+from doc_core.gallery import enlarge
+
+from . import theme
+
+TILE_PX = 112
+
+
+def verdict(score: float, threshold: float) -> str:
+    """ "flagged" or "passed" in the anomaly / normal colour."""
+    return theme.colored("flagged", theme.ANOMALY) if score > threshold else theme.colored("passed", theme.NORMAL)
+
+
+def label_text(label: int, class_name: str = "") -> str:
+    role = {1: "test anomaly", 0: "test normal"}.get(int(label), "test unlabelled")
+    word = {1: "anomaly", 0: "normal"}.get(int(label), "unlabelled")
+    name = f" · {class_name}" if class_name else ""
+    return theme.colored(word, theme.ROLE_COLORS[role]) + name
+
+
+def picture(image: np.ndarray, heatmap: np.ndarray | None = None, opacity: float = 0.5, px: int = TILE_PX):
+    """A crisp enlarged thumbnail, with its Grad-CAM heatmap drawn over it when given."""
+    big = enlarge(image, px)
+    if heatmap is None:
+        return big
+    return overlay(big, heatmap, opacity)
+
+
+def grid(images, captions: list[str], per_row: int = 6, px: int = TILE_PX, heatmaps=None, opacity: float = 0.5):
+    """Images in rows of ``per_row`` with a small markdown caption under each (HTML colours allowed)."""
+    for start in range(0, len(images), per_row):
+        cols = st.columns(per_row, gap="small")
+        for j, col in enumerate(cols):
+            i = start + j
+            if i >= len(images):
+                break
+            heat = None if heatmaps is None else heatmaps[i]
+            col.image(picture(images[i], heat, opacity, px), width=px)
+            col.markdown(f"<div style='font-size:0.8rem;line-height:1.3'>{captions[i]}</div>",
+                         unsafe_allow_html=True)
+
+
+def neighbours(train_images: np.ndarray, idx: np.ndarray, dist: np.ndarray, px: int = 72) -> None:
+    """One row of nearest normal training images with their distances."""
+    grid([train_images[i] for i in idx], [f"train #{int(i)} · d {float(d):.3g}" for i, d in zip(idx, dist)],
+         per_row=max(len(idx), 5), px=px)
+
+
+HEATMAP_HELP = ("Grad-CAM of the k-NN anomaly score: red marks the regions that push the image away from its "
+                "nearest normal training images, blue the regions that do not.")
