@@ -16,6 +16,7 @@ import io
 import os
 import shutil
 import stat
+import struct
 import tempfile
 import time
 import weakref
@@ -240,8 +241,9 @@ def extract_zip(data: bytes, dest: str | os.PathLike | None = None) -> Path:
         return find_dataset_root(target)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise DataError(f"the upload is not a valid zip file ({exc})") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError, struct.error,
+            NotImplementedError) as exc:  # a damaged directory fails in many ways (e.g. a name that is not UTF-8)
+        raise DataError(f"the upload is not a valid zip file ({type(exc).__name__}: {exc})") from exc
     with zf:
         infos = zf.infolist()
         if len(infos) > MAX_ZIP_FILES:
@@ -274,7 +276,7 @@ def extract_zip(data: bytes, dest: str | os.PathLike | None = None) -> Path:
                     with zf.open(info) as src, open(out, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
                 except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError,
-                        RuntimeError, ValueError) as exc:
+                        RuntimeError, ValueError, struct.error) as exc:
                     raise DataError(f"the zip is damaged: {info.filename!r} cannot be extracted ({exc})") from exc
             root = find_dataset_root(tmp)
             try:
