@@ -34,10 +34,10 @@ roles = np.concatenate([np.where(labels == 1, "test anomaly", np.where(labels ==
                         np.full(len(train_idx), "normal training")])
 point_scores = np.concatenate([scores[test_idx], train_scores[train_idx]]).astype(np.float64)
 ranks = score_ranks(scores)
-classes = np.asarray(stored.classes)
+classes, names = np.asarray(stored.classes), label_names(stored.labels)
 info = np.column_stack([
     np.arange(n_points).astype(object),
-    np.concatenate([[f"{classes[i]} · {label_names(stored.labels[i:i + 1])[0]} · test #{i}" for i in test_idx],
+    np.concatenate([[f"{classes[i]} · {names[i]} · test #{i}" for i in test_idx],
                     [f"normal training #{i}" for i in train_idx]]).astype(object),
     np.concatenate([[f"rank {ranks[i]:,} of {len(scores):,}" for i in test_idx],
                     ["leave-one-out score"] * len(train_idx)]).astype(object)])
@@ -73,7 +73,7 @@ for col, fs in zip(cols, FEATURE_SETS):
         key = f"{state.EX_MAP}{fs}"
         st.plotly_chart(fig, key=key, on_select=lambda key=key: on_select(key),
                         selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
-        st.caption(f"features and t-SNE took {status.format_seconds(m['seconds'])} (computed once per run)")
+        st.caption(f"Features and t-SNE took {status.format_seconds(m['seconds'])} (once per run).")
 
 st.subheader("Selected images", anchor=False)
 picked = ss[state.EX_SELECTED]

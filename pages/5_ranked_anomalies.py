@@ -55,10 +55,10 @@ ranking = gallery.rank(scores, labels, threshold, ss[state.RK_LABEL], ss[state.R
 size = int(ss[state.RK_PAGE_SIZE])
 pages = gallery.n_pages(len(ranking), size)
 ss[state.RK_PAGE] = min(max(1, int(ss[state.RK_PAGE])), pages)
-c1, c2, c3, c4 = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
+c1, c2, c3, c4 = st.columns([1, 1, 1.2, 2], vertical_alignment="bottom")
 c1.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, step=1, key=state.RK_PAGE)
 c2.selectbox("Images per page", (12, 24, 48, 96), key=state.RK_PAGE_SIZE, on_change=to_first_page, **PERSIST)
-c3.toggle("Grad-CAM heatmaps", key=state.RK_CAM, **PERSIST, help=tiles.HEATMAP_HELP)
+c3.toggle("Grad-CAM", key=state.RK_CAM, **PERSIST, help=tiles.HEATMAP_HELP)
 opacity = c4.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.RK_OPACITY, **PERSIST,
                     disabled=not ss[state.RK_CAM])
 
@@ -71,6 +71,6 @@ st.markdown(f"**{len(ranking):,} images** · page {ss[state.RK_PAGE]:,} of {page
             f"{first + len(idx):,})")
 images = data.test_images[idx]
 heat = cached.heatmaps(run, images) if ss[state.RK_CAM] else None
-captions = [f"<b>#{r:,}</b> · score {scores[i]:.4g} · {tiles.verdict(scores[i], threshold)}<br>"
+captions = [f"<b>#{r:,}</b> · {scores[i]:.4g} · {tiles.verdict(scores[i], threshold)}<br>"
             f"{tiles.label_text(labels[i], classes[i])}" for i, r in zip(idx, ranks)]
 tiles.grid(list(images), captions, per_row=6, heatmaps=heat, opacity=opacity)

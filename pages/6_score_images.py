@@ -44,7 +44,7 @@ scores = result["scores"]
 flagged = int(np.sum(scores > threshold))
 st.markdown(f"**{len(images):,} images scored** · {flagged:,} flagged as anomalies, {len(images) - flagged:,} passed "
             f"as normal")
-opacity = st.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.UP_OPACITY, **PERSIST,
+opacity = st.columns([1, 2])[0].slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.UP_OPACITY, **PERSIST,
                     help=tiles.HEATMAP_HELP)
 st.caption("Each image, its Grad-CAM heatmap, then its 5 nearest normal training images in the DOC feature space "
            "(d = Euclidean distance).")

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +187,56 @@ def small_tiny_setup(page, epochs: int, name: str) -> None:
 # ------------------------------------------------------------------------------------------------ tests
 
 
-def test_every_page_and_a_tiny_run_through_the_ui(server, page):
+def explore_rank_and_score(page, tmp_path: Path) -> None:
+    """The explorer (three t-SNE maps of the 2,000 test images, a lasso selection), the ranked gallery with
+    Grad-CAM, and scoring uploaded images."""
+    t0 = time.monotonic()
+    go(page, "Embedding explorer")
+    check_clean(page, "Explorer")
+    assert charts(page, 3) == 3
+    print(f"explorer, first visit (three t-SNE maps of 2,000 points): {time.monotonic() - t0:.1f} s; "
+          + "; ".join(page.get_by_text("Features and t-SNE took").all_inner_texts()))
+    # a lasso around the middle of the DOC map
+    box = page.locator('[data-testid="stPlotlyChart"]').nth(2).locator(".nsewdrag").first.bounding_box()
+    cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) / 4
+    page.mouse.move(cx - r, cy - r)
+    page.mouse.down()
+    for x, y in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    wait_idle(page, 1.0)
+    check_clean(page, "Explorer, selected")
+    assert page.get_by_text("selected", exact=False).first.is_visible()
+    page.get_by_text("Grad-CAM heatmaps").first.click()
+    wait_idle(page, 1.0)
+    check_clean(page, "Explorer, Grad-CAM")
+    shot(page, "09-explorer")
+
+    go(page, "Ranked anomalies")
+    check_clean(page, "Ranked anomalies")
+    assert page.locator('[data-testid="stImage"] img').count() == 24
+    segment(page, "Normal images that look anomalous")
+    page.get_by_text("Grad-CAM", exact=True).first.click()
+    wait_idle(page, 1.0)
+    check_clean(page, "Ranked anomalies, false alarms with Grad-CAM")
+    shot(page, "10-ranked-anomalies")
+
+    go(page, "Score new images")
+    check_clean(page, "Score new images")
+    from PIL import Image
+
+    files = []
+    for name, value in (("dark.png", 20), ("light.png", 230)):
+        Image.fromarray(np.full((40, 40, 3), value, np.uint8)).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(files)
+    page.get_by_text("images scored").first.wait_for()
+    wait_idle(page, 1.0)
+    check_clean(page, "Score new images, scored")
+    shot(page, "11-score-images")
+
+
+def test_every_page_and_a_tiny_run_through_the_ui(server, page, tmp_path):
     t_start = time.monotonic()
     outside = []  # the app must work offline: every request goes to the app's own server
     page.on("request", lambda r: None if r.url.startswith((server, "data:", "blob:")) else outside.append(r.url))
@@ -200,6 +250,10 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page):
     check_clean(page, "ROC, no run")
     assert page.get_by_text("Train a detector first").is_visible()
     shot(page, "02-roc-no-run")
+    for title in ("Embedding explorer", "Ranked anomalies", "Score new images"):
+        go(page, title)
+        check_clean(page, f"{title}, no run")
+        assert page.get_by_text("Train a detector first").is_visible()
 
     go(page, "Training")
     check_clean(page, "Training, no run")
@@ -271,6 +325,8 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page):
     check_clean(page, "ROC after reload")
     assert charts(page, 4) == 4
     assert page.get_by_text("Saved operating point").is_visible()
+
+    explore_rank_and_score(page, tmp_path)
 
     go(page, "Home")
     check_clean(page, "Home with a run")

@@ -203,5 +203,6 @@ def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, inf
                             symbol="circle-open" if role == "normal training" else "circle")))
     fig.update_xaxes(showticklabels=False, title_text=None, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, title_text=None, zeroline=False, showgrid=False)
+    # the legend goes under the map: above it, Plotly's toolbar would cover it
     return _layout(fig, 400, margin=dict(l=5, r=5, t=30, b=5), dragmode="lasso",
-                   legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0, font=dict(size=11)))
+                   legend=dict(orientation="h", yanchor="top", y=-0.01, xanchor="left", x=0, font=dict(size=12)))

@@ -44,7 +44,7 @@ def grid(images, captions: list[str], per_row: int = 6, px: int = TILE_PX, heatm
                 break
             heat = None if heatmaps is None else heatmaps[i]
             col.image(picture(images[i], heat, opacity, px), width=px)
-            col.markdown(f"<div style='font-size:0.8rem;line-height:1.3'>{captions[i]}</div>",
+            col.markdown(f"<div style='font-size:0.8rem;line-height:1.3;margin-bottom:0.5rem'>{captions[i]}</div>",
                          unsafe_allow_html=True)
 
 
