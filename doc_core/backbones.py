@@ -245,6 +245,12 @@ class Backbone:
     def trainable_layer_names(self) -> list[str]:
         return [layer.name for layer in self.model.layers if layer.trainable and layer.weights]
 
+    def trunk_cache_bytes(self, n_images: int) -> int:
+        """Bytes that :meth:`trunk_features` of ``n_images`` images take (float16); 0 without a trunk."""
+        if self.trunk is None:
+            return 0
+        return int(n_images) * int(np.prod(self.trunk.output.shape[1:])) * 2
+
     def trunk_features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Trunk activations of uint8 images, computed batch by batch (float16 to halve memory)."""
         if self.trunk is None:

@@ -13,7 +13,9 @@ from sklearn.neighbors import LocalOutlierFactor
 
 SCORERS = ("knn", "lof")
 KNN_BACKENDS = ("exact", "faiss", "faiss-ivf")
-_BLOCK_FLOATS = 2**27  # exact search: at most 512 MB of float32 distances per block of queries
+# exact search: at most 2**24 float32 distances (64 MiB) per block of queries; with the int64 partition and the
+# temporaries of one block that is about 6 x 64 MiB of working memory, whatever the number of queries
+_BLOCK_FLOATS = 2**24
 
 
 def _as_features(x: np.ndarray, name: str) -> np.ndarray:
@@ -131,7 +133,7 @@ class KNNScorer:
 
     def _search(self, queries: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
         if self.backend == "exact":
-            batch = int(max(1, min(2048, _BLOCK_FLOATS // max(1, len(self.bank_)))))
+            batch = int(max(1, min(1024, _BLOCK_FLOATS // max(1, len(self.bank_)))))
             return knn_distances(queries, self.bank_, k, batch_size=batch, exclude_self=exclude_self)
         from .faiss_search import search
 

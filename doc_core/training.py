@@ -8,6 +8,7 @@ cached as float16), so every epoch only runs the trainable tail.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +21,22 @@ import keras
 
 from .backbones import Backbone, preprocess
 from .losses import compactness_loss, descriptiveness_loss
+
+
+TRUNK_CACHE_ENV = "DOC_TRUNK_CACHE_MB"
+TRUNK_CACHE_DEFAULT_MB = 2048
+
+
+def trunk_cache_limit() -> int:
+    """Most bytes the frozen-layer cache may take (``$DOC_TRUNK_CACHE_MB``, default 2048 MiB).
+
+    Below it, the frozen layers run once over every training image and their float16 output is kept (fast epochs);
+    above it, they run again on each batch, so memory stays flat however many images there are.
+    """
+    try:
+        return int(float(os.environ.get(TRUNK_CACHE_ENV, TRUNK_CACHE_DEFAULT_MB)) * 1024**2)
+    except ValueError:
+        return TRUNK_CACHE_DEFAULT_MB * 1024**2
 
 
 class TrainingDivergedError(RuntimeError):
@@ -216,7 +233,8 @@ class DOCTrainer:
         n_classes = self.head.units
         if reference_labels.min() < 0 or reference_labels.max() >= n_classes:
             raise ValueError(f"reference_labels must be in [0, {n_classes})")
-        staged = self.backbone.trunk is not None
+        staged = self.backbone.trunk is not None and \
+            self.backbone.trunk_cache_bytes(len(target) + len(reference)) <= trunk_cache_limit()
         if staged:
             if on_prepare:
                 on_prepare(f"running the frozen layers over {len(target) + len(reference)} images")
