@@ -136,3 +136,17 @@ def test_new_pages_switch_in_under_a_second_once_visited(runs_dir):  # noqa: F81
         timings[page] = time.perf_counter() - t0
         assert_clean(at)
     assert max(timings.values()) <= 1.0, timings
+
+
+def test_explorer_without_pretrained_weights_shows_a_note_and_two_maps(runs_dir, monkeypatch):  # noqa: F811
+    from doc_core import embedding
+    from doc_core.backbones import WeightsNotFoundError
+
+    def missing(detector):
+        raise WeightsNotFoundError("no ImageNet weights in /nowhere")
+
+    monkeypatch.setattr(embedding, "pretrained_backbone", missing)
+    at = open_with(EXPLORER, **{state.EX_POINTS: 500})
+    assert_clean(at)
+    assert len(at.get("plotly_chart")) == 2
+    assert any("No map of the pretrained backbone" in i.value and "/nowhere" in i.value for i in at.info)
