@@ -286,6 +286,7 @@ def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.nda
         stopped_early=bool(stopped_early), train_seconds=float(history[-1].elapsed_s) if history else 0.0,
         total_seconds=float(total_seconds if total_seconds is not None else getattr(detector, "fit_seconds_", 0.0)),
         default_threshold=float(detector.threshold_), threshold=None, path=final)
+    clean_stale_temp(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.tmp-", dir=root))
     try:
         detector.save(tmp / "detector", metadata={"run_id": run_id})
@@ -308,6 +309,30 @@ def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.nda
                            "and the other runs are untouched. Free some space and train again.") from exc
         raise
     return summary
+
+
+def clean_stale_temp(runs_dir: str | os.PathLike | None = None, max_age_s: float = 24 * 3600) -> int:
+    """Remove hidden temporary folders (``.<id>.tmp-*``, ``.<id>.deleted-*``) older than ``max_age_s``.
+
+    They are what a process killed while saving or deleting leaves behind; they are never listed as runs, only
+    taking disk space. Young ones may belong to a save in progress and are kept. Returns how many were removed.
+    """
+    root = _dir(runs_dir)
+    removed, now = 0, time.time()
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return 0
+    for p in entries:
+        if not p.name.startswith(".") or not (".tmp-" in p.name or ".deleted-" in p.name):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------------- reading

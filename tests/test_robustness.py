@@ -456,3 +456,17 @@ def test_a_save_killed_between_its_two_renames_restores_the_previous_detector(fi
     assert sorted(p.name for p in tmp_path.iterdir()) == ["det"]
     with pytest.raises(DetectorFormatError):
         DOCDetector.load(tmp_path / "never-saved")
+
+
+def test_temporary_folders_left_by_a_killed_save_are_cleaned_up_later(fitted, tmp_path):
+    where = tmp_path / "runs"
+    where.mkdir()
+    old, young = where / ".x.tmp-abc", where / ".y.tmp-def"
+    for d in (old, young, where / ".z.deleted-1-2"):
+        (d / "detector").mkdir(parents=True)
+    t = time.time() - 2 * 24 * 3600
+    os.utime(old, (t, t))
+    os.utime(where / ".z.deleted-1-2", (t, t))
+    assert runs.list_runs(where) == []  # never listed
+    _save(fitted, where, run_id="next")  # a later save removes the stale ones, not the young one
+    assert sorted(p.name for p in where.iterdir()) == [".y.tmp-def", "next"]
