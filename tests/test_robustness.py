@@ -470,3 +470,26 @@ def test_temporary_folders_left_by_a_killed_save_are_cleaned_up_later(fitted, tm
     assert runs.list_runs(where) == []  # never listed
     _save(fitted, where, run_id="next")  # a later save removes the stale ones, not the young one
     assert sorted(p.name for p in where.iterdir()) == [".y.tmp-def", "next"]
+
+
+def test_a_nan_loss_stops_training_with_a_message_and_saves_nothing(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    import doc_core.training as training
+    from doc_core.data import OneClassSplit
+    from doc_core.jobs import FAILED, TrainingJob
+
+    real = training.compactness_loss
+    monkeypatch.setattr(training, "compactness_loss", lambda f: real(f) * tf.constant(float("nan")))
+    rng = np.random.default_rng(0)
+    split = OneClassSplit(train_normal=_images(rng, 32, 60), reference=_images(rng, 32, 150),
+                          reference_labels=np.repeat([0, 1], 16), reference_names=("a", "b"),
+                          test_images=_images(rng, 4, 60), test_labels=np.array([0, 0, 1, 1]),
+                          test_classes=("n", "n", "a", "a"))
+    job = TrainingJob(split, BackboneConfig(name="tiny", input_size=SIZE), TrainConfig(epochs=2, batch_size=8),
+                      runs_dir=tmp_path / "runs").start()
+    assert job.join(120)
+    snap = job.snapshot()
+    assert snap.status == FAILED and snap.run is None
+    assert snap.error.startswith("Training diverged at epoch 1, step 1") and "l_C=nan" in snap.error
+    assert runs.list_runs(tmp_path / "runs") == [] and not (tmp_path / "runs").exists()
