@@ -54,8 +54,14 @@ def home() -> None:
              (nav.TRAINING, "2 · Training", "Set the backbone and training settings, start training and watch the "
               "losses live. Each finished run is saved to disk."),
              (nav.ROC, "3 · ROC and threshold", "See how well a run separates normal from anomalous images, choose "
-              "a threshold, compare scorers and download the scores.")]
-    cols = st.columns(3)
+              "a threshold, compare scorers and download the scores."),
+             (nav.EXPLORER, "4 · Embedding explorer", "See the test images in 2-D maps of raw pixels, the backbone "
+              "before DOC training and after it; select points to see the images and why they score as they do."),
+             (nav.RANKED, "5 · Ranked anomalies", "Browse the test images by score: the surest anomalies, the "
+              "anomalies that look normal and the false alarms, with Grad-CAM heatmaps."),
+             (nav.SCORE, "6 · Score new images", "Upload images: score, verdict at the run's threshold, heatmap and "
+              "the nearest normal training images.")]
+    cols = st.columns(3) + st.columns(3)
     suggested = nav.TRAINING if run is None else nav.ROC
     for col, (target, label, text) in zip(cols, steps):
         with col, st.container(border=True):

@@ -7,7 +7,7 @@ import streamlit as st
 
 from doc_core.embedding import FEATURE_SET_LABELS, FEATURE_SETS
 from doc_core.gallery import label_names, score_ranks
-from ui import cached, charts, page, state, status, tiles
+from ui import cached, page, state, status, tiles
 
 PERSIST = dict(persist_state="session")
 MAX_SHOWN = 12  # selected images shown at once
@@ -26,6 +26,7 @@ c2.selectbox("Points per map (at most)", state.EX_POINT_CHOICES, key=state.EX_PO
              help="A seeded sample keeps each label's share when the test set is larger.")
 c3.checkbox("Also show normal training images (open circles)", key=state.EX_TRAIN, **PERSIST)
 max_points, with_train = int(ss[state.EX_POINTS]), bool(ss[state.EX_TRAIN])
+color_by = "score" if ss[state.EX_COLOR] == state.COLOR_SCORE else "role"
 
 test_idx, train_idx = cached.explorer_rows(run, max_points, with_train)
 n_test, n_points = len(test_idx), len(test_idx) + len(train_idx)
@@ -68,7 +69,7 @@ for col, fs in zip(cols, FEATURE_SETS):
         if m["coords"] is None:
             st.info(f"No map of the {FEATURE_SET_LABELS[fs]}: {m['note']}")
             continue
-        fig = cached.embedding_figure(run, fs, max_points, with_train, ss[state.EX_COLOR], threshold, roles,
+        fig = cached.embedding_figure(run, fs, max_points, with_train, color_by, threshold, roles,
                                       point_scores, info)
         key = f"{state.EX_MAP}{fs}"
         st.plotly_chart(fig, key=key, on_select=lambda key=key: on_select(key),

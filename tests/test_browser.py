@@ -211,6 +211,12 @@ def explore_rank_and_score(page, tmp_path: Path) -> None:
     wait_idle(page, 1.0)
     check_clean(page, "Explorer, Grad-CAM")
     shot(page, "09-explorer")
+    segment(page, "Anomaly score")
+    page.get_by_text("Also show normal training images (open circles)").click()
+    wait_idle(page, 1.0)
+    assert charts(page, 3) == 3
+    check_clean(page, "Explorer, coloured by score, with training images")
+    shot(page, "09b-explorer-by-score")
 
     go(page, "Ranked anomalies")
     check_clean(page, "Ranked anomalies")

@@ -82,3 +82,22 @@ def test_decode_upload_matches_the_dataset_shape():
         decode_upload(b"not an image", "junk.png", (28, 28, 1))
     with pytest.raises(DataError, match="pixels"):
         decode_upload(_png(rgb), "big.png", (28, 28, 1), max_pixels=100)
+
+
+def test_embedding_map_colours():
+    """The explorer's map: normal and anomaly in the theme's colours; the score scale is grey at the threshold."""
+    from ui import charts, theme
+
+    coords = np.random.default_rng(0).normal(size=(5, 2))
+    roles = np.array(["test normal", "test anomaly", "test anomaly", "normal training", "test unlabelled"])
+    scores = np.array([0.1, 0.9, 0.5, 0.2, 0.3])
+    info = np.column_stack([np.arange(5).astype(object), ["a"] * 5, ["r"] * 5])
+    fig = charts.embedding_map(coords, roles, scores, info, "role", 0.4)
+    colors = {t.name.split(" (")[0]: t.marker.color for t in fig.data}
+    assert colors["test normal"] == colors["normal training"] == theme.NORMAL
+    assert colors["test anomaly"] == theme.ANOMALY and colors["test unlabelled"] == theme.UNLABELLED
+    assert [t.customdata[0][0] for t in fig.data if t.name.startswith("test anomaly")] == [1]
+    (trace,) = charts.embedding_map(coords, roles, scores, info, "score", 0.4).data
+    scale = trace.marker.colorscale
+    assert scale[0][1] == theme.NORMAL and scale[-1][1] == theme.ANOMALY
+    assert trace.marker.cmin == pytest.approx(0.1) and scale[1][0] == pytest.approx((0.4 - 0.1) / (trace.marker.cmax - 0.1))

@@ -376,12 +376,12 @@ def score_images(run: runs.RunSummary, scorer: ScorerConfig, images: np.ndarray)
 def _embedding_figure(run_id: str, created: str, where: str, feature_set: str, max_points: int, with_train: bool,
                       color_by: str, threshold: float, _roles, _scores, _info):
     m = _explorer_map(run_id, created, where, feature_set, max_points, with_train)
-    return charts.embedding_map(m["coords"], _roles, _scores, _info, "score" if color_by == "Anomaly score" else "role",
-                                threshold)
+    return charts.embedding_map(m["coords"], _roles, _scores, _info, color_by, threshold)
 
 
 def embedding_figure(run: runs.RunSummary, feature_set: str, max_points: int, with_train: bool, color_by: str,
                      threshold: float, roles: np.ndarray, scores: np.ndarray, info: np.ndarray):
-    """The explorer's map figure (built once per run, settings and threshold; the arrays follow from those)."""
+    """The explorer's map figure, ``color_by`` "role" or "score" (built once per run, settings and threshold; the
+    arrays follow from those)."""
     return _embedding_figure(*_key(run), feature_set, max_points, with_train, color_by, float(threshold), roles,
                              scores, info)

@@ -171,7 +171,7 @@ def role_counts(rows: list[dict]) -> go.Figure:
 
 def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, info: np.ndarray, color_by: str,
                   threshold: float, score_title: str = "anomaly score") -> go.Figure:
-    """A 2-D t-SNE map of images: one point per row of ``coords``.
+    """A 2-D t-SNE map of images: one point per row of ``coords`` (rendered with WebGL, fine for thousands).
 
     ``roles`` are theme.ROLE_COLORS keys ("test normal", "test anomaly", "test unlabelled", "normal training");
     ``info`` (n, 3) holds each point's id (its row), a hover line (class, role, index) and its rank text.
@@ -184,13 +184,20 @@ def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, inf
     custom = np.column_stack([info[:, 0].astype(object), info[:, 1], scores.astype(object), info[:, 2]]) \
         if len(coords) else np.zeros((0, 4), object)
     if color_by == "score":
-        span = float(np.max(np.abs(scores - threshold))) if len(scores) else 1.0
+        # blue below the threshold, grey at it, vermillion above; the top 1 % of scores share the darkest colour
+        lo = float(np.min(scores)) if len(scores) else 0.0
+        hi = float(np.percentile(scores, 99)) if len(scores) else 1.0
+        lo, hi = min(lo, threshold), max(hi, threshold)
+        hi = hi if hi > lo else lo + 1.0
+        mid = float(np.clip((threshold - lo) / (hi - lo), 0.05, 0.95))
         fig.add_trace(go.Scattergl(
             x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=custom, hovertemplate=hover, showlegend=False,
-            marker=dict(size=5, color=scores, colorscale=[[0, theme.NORMAL], [0.5, "#E8E8E8"], [1, theme.ANOMALY]],
-                        cmin=threshold - span, cmax=threshold + span,
+            marker=dict(size=5, color=scores, colorscale=[[0, theme.NORMAL], [mid, "#E4E4E4"], [1, theme.ANOMALY]],
+                        cmin=lo, cmax=hi,
                         symbol=np.where(roles == "normal training", "circle-open", "circle"),
-                        colorbar=dict(title=dict(text=score_title, side="right"), thickness=10, len=0.9))))
+                        colorbar=dict(title=dict(text=score_title, side="right"), thickness=10, len=0.9,
+                                      tickvals=[lo, threshold, hi],
+                                      ticktext=[f"{lo:.3g}", f"threshold {threshold:.3g}", f"{hi:.3g}"]))))
     else:
         for role in ("normal training", "test normal", "test unlabelled", "test anomaly"):
             m = roles == role
