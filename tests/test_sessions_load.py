@@ -210,35 +210,41 @@ def test_load_on_the_running_server(server, tmp_path):
                 page.goto(server + "/")
                 page.wait_for_selector(DONE, timeout=120_000)
             thread = threading.Thread(target=_http_load, args=(server, stop, http), daemon=True)
-            thread.start()
-            start, i = time.monotonic(), 0
-            # the contexts take turns: Playwright's sync API drives one page at a time, but every tab keeps its
-            # own live session on the server (4 websocket sessions at once)
-            while time.monotonic() - start < LOAD_SECONDS:
-                page, path = tabs[i % n_contexts], PAGES[(i // n_contexts) % len(PAGES)]
-                i += 1
-                try:
-                    page.goto(server + path)
-                    page.wait_for_selector(DONE, timeout=60_000)
-                    bad = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
-                    if bad.count():
+            i, phases = 0, {}
+            # first half: page loads alone; second half: page loads while a thread hammers the server over HTTP.
+            # The contexts take turns (Playwright's sync API drives one page at a time), but every tab keeps its
+            # own live session on the server: 4 websocket sessions at once.
+            for phase in ("pages_only", "pages_and_http"):
+                if phase == "pages_and_http":
+                    thread.start()
+                start, n0, e0 = time.monotonic(), loads, errors
+                while time.monotonic() - start < LOAD_SECONDS / 2:
+                    page, path = tabs[i % n_contexts], PAGES[(i // n_contexts) % len(PAGES)]
+                    i += 1
+                    try:
+                        page.goto(server + path)
+                        page.wait_for_selector(DONE, timeout=60_000)
+                        bad = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+                        if bad.count():
+                            errors += 1
+                            messages.append(f"{path}: {bad.all_inner_texts()[:1]}")
+                    except sync_api.Error as exc:
                         errors += 1
-                        messages.append(f"{path}: {bad.all_inner_texts()[:1]}")
-                except sync_api.Error as exc:
-                    errors += 1
-                    messages.append(f"{path}: {type(exc).__name__}: {str(exc)[:200]}")
-                loads += 1
-                per_page[path] += 1
-            elapsed = time.monotonic() - start
+                        messages.append(f"{path}: {type(exc).__name__}: {str(exc)[:200]}")
+                    loads += 1
+                    per_page[path] += 1
+                took = time.monotonic() - start
+                phases[phase] = {"seconds": round(took, 1), "page_loads": loads - n0,
+                                 "page_loads_per_s": round((loads - n0) / took, 2), "errors": errors - e0}
             stop.set()
             thread.join(15)
+            phases["pages_and_http"]["http_requests_per_s"] = round(http["requests"] / took, 1)
         finally:
             stop.set()
             browser.close()
-    report = {"seconds": round(elapsed, 1), "browser_contexts": n_contexts, "page_loads": loads,
-              "page_loads_per_s": round(loads / elapsed, 2), "page_load_errors": errors, "per_page": per_page,
-              "http_requests": http["requests"], "http_requests_per_s": round(http["requests"] / elapsed, 1),
-              "http_errors": http["errors"], "messages": (messages + http["messages"])[:5]}
+    report = {"browser_contexts": n_contexts, "phases": phases, "page_loads": loads, "page_load_errors": errors,
+              "per_page": per_page, "http_requests": http["requests"], "http_errors": http["errors"],
+              "messages": (messages + http["messages"])[:5]}
     print("\nLOAD TEST", json.dumps(report))
     (tmp_path / "load.json").write_text(json.dumps(report, indent=1))
     assert loads >= n_contexts and errors == 0 and http["errors"] == 0, report
