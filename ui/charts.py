@@ -196,8 +196,12 @@ def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, inf
                         cmin=lo, cmax=hi,
                         symbol=np.where(roles == "normal training", "circle-open", "circle"),
                         colorbar=dict(title=dict(text=score_title, side="right"), thickness=10, len=0.9,
-                                      tickvals=[lo, threshold, hi],
-                                      ticktext=[f"{lo:.3g}", f"threshold {threshold:.3g}", f"{hi:.3g}"]))))
+                                      # the ends are labelled only where they do not run into the threshold's label
+                                      tickvals=[v for v, far in ((lo, mid > 0.12), (threshold, True),
+                                                                 (hi, mid < 0.88)) if far],
+                                      ticktext=[t for t, far in ((f"{lo:.3g}", mid > 0.12),
+                                                                 (f"threshold {threshold:.3g}", True),
+                                                                 (f"{hi:.3g}", mid < 0.88)) if far]))))
     else:
         for role in ("normal training", "test normal", "test unlabelled", "test anomaly"):
             m = roles == role
