@@ -172,3 +172,20 @@ def test_damaged_zip_bytes_give_a_data_error_or_a_safe_extraction(entries, flips
     if cut is not None:
         data = data[: int(cut * len(data))]
     _extract_checked(bytes(data))
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=512), mutated_image().map(lambda t: t[0])),
+       shape=st.sampled_from([(8, 8, 1), (16, 16, 3)]))
+def test_decode_upload_returns_an_image_or_a_data_error(data, shape):
+    """The Score-images page decodes uploads in memory with doc_core.gallery.decode_upload: same property."""
+    from doc_core.gallery import decode_upload
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = decode_upload(data, "upload.bin", shape, max_pixels=1_000_000)
+    except DataError as exc:
+        assert "upload.bin" in str(exc)
+    else:
+        assert arr.dtype == np.uint8 and arr.shape == shape
