@@ -104,6 +104,9 @@ class ConvAutoencoder:
         hist = self.model_.fit(x, x, epochs=self.epochs, batch_size=min(self.batch_size, len(x)), shuffle=True,
                                verbose=0)
         self.history_ = [float(v) for v in hist.history["loss"]]
+        # one traced function per fitted model (a class-level tf.function would retrace for every new instance)
+        model = self.model_
+        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
@@ -118,10 +121,6 @@ class ConvAutoencoder:
             return x
         return np.concatenate([np.asarray(self._predict(tf.convert_to_tensor(x[i:i + batch_size])))
                                for i in range(0, len(x), batch_size)])
-
-    @tf.function(reduce_retracing=True)
-    def _predict(self, x):
-        return self.model_(x, training=False)
 
     def score_samples(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Anomaly scores: mean squared reconstruction error per image, float32 (n,), >= 0; higher = more anomalous.
