@@ -380,11 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Writes a self-contained folder: model.tflite (uint8 images in, features out; "
                                    "preprocessing inside), bank.npy, bundle.json (threshold, k, input shape, "
                                    "preprocessing, format version) and scorer.py, which needs only numpy and "
-                                   "ai-edge-litert: `cd BUNDLE && python scorer.py IMAGE...`.")
+                                   "ai-edge-litert (onnxruntime for --format onnx): "
+                                   "`cd BUNDLE && python scorer.py IMAGE...`.")
     p.add_argument("--detector", required=True,
                    help="a folder written by `train`, or a dashboard run folder (runs/<run id>, whose saved "
                         "threshold is carried over)")
-    p.add_argument("--format", choices=("tflite",), default="tflite", help="model format (default tflite)")
+    p.add_argument("--format", choices=("tflite", "onnx"), default="tflite",
+                   help="tflite (LiteRT; every --quantize) or onnx (tf2onnx export, onnxruntime scoring, float32 "
+                        "only); default tflite")
     p.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
                    help="none: float32; float16: half-size weights; int8: integer quantization calibrated on the "
                         "normal training images (default none)")
@@ -415,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "export", "knn-scaling"), default="tutorial",
                    help="tutorial: Sneaker vs Ankle boot (the Keras write-up); one-vs-rest: each class in turn is "
                         "normal and the whole test set is scored; export: the tutorial detector (--detector, or one "
-                        "trained with the first seed) exported with every quantization and scored by its LiteRT "
-                        "bundle; knn-scaling: exact vs faiss search time for --bank-sizes (default tutorial)")
+                        "trained with the first seed) exported with every quantization (and as ONNX when tf2onnx and "
+                        "onnxruntime are installed) and scored by its bundle; knn-scaling: exact vs faiss search "
+                        "time for --bank-sizes (default tutorial)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over (default 0 1 2)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="one-vs-rest: only these normal classes")
     p.add_argument("--json", default=None, help="write the results to this JSON file")

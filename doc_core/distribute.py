@@ -7,7 +7,8 @@ the shares and gradients are summed across replicas and applied once.
 The compactness loss stays the paper's formula **on the global batch** (not an average of per-replica losses, which
 would use the wrong ``n`` and a per-replica mean). With ``n`` target features ``x_i`` of ``k`` dimensions,
 ``l_C = c * sum_i |x_i - mean|^2`` with ``c = n / ((n - 1)^2 k)`` and the mean over the whole batch. Replica ``r``
-gets the global mean by an all-reduce of its feature sums and computes ``c * sum_{i in r} |x_i - stop_gradient(mean)|^2``.
+gets the global mean by an all-reduce of its feature sums and computes
+``c * sum_{i in r} |x_i - stop_gradient(mean)|^2``.
 These shares add up to ``l_C``, and so do their gradients: the gradient of ``l_C`` through the mean vanishes
 (``sum_i (x_i - mean) = 0``), so stopping it changes nothing. The descriptiveness loss is shared the same way
 (each replica sums its cross-entropies and divides by the global reference batch size). The losses and gradients

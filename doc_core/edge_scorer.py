@@ -1,11 +1,11 @@
 """Score images with an exported edge bundle: a LiteRT (TFLite) model plus a k-NN memory bank, numpy only.
 
 This file is standalone on purpose: it imports only the Python standard library, ``numpy`` and ``ai_edge_litert``
-(Pillow is used when installed, for JPEG and other formats; without it PNG, PGM/PPM and ``.npy`` files are read by
-the small decoders below). It never imports TensorFlow, Keras or ``doc_core``. ``doc_core.export`` copies it into
-every bundle as ``scorer.py``, so on the device::
+(``onnxruntime`` instead for an ONNX bundle; Pillow is used when installed, for JPEG and other formats; without it
+PNG, PGM/PPM and ``.npy`` files are read by the small decoders below). It never imports TensorFlow, Keras or
+``doc_core``. ``doc_core.export`` copies it into every bundle as ``scorer.py``, so on the device::
 
-    pip install numpy ai-edge-litert            # no TensorFlow needed
+    pip install numpy ai-edge-litert            # no TensorFlow needed (onnxruntime for model.onnx)
     python scorer.py IMAGE [IMAGE ...]          # JSON out: score, threshold, verdict per image
     python scorer.py --bundle DIR --threads 2 IMAGE ...
 
@@ -19,6 +19,7 @@ Bundle layout (``bundle.json`` describes it; nothing is pickled)::
 
     bundle.json   format, version, input shape/dtype, preprocessing, k, threshold, quantization, provenance
     model.tflite  uint8 images (b, H, W, C) -> features float32 (b, d); resizing and normalisation are inside
+                  (or model.onnx, run by onnxruntime, when bundle.json says "runtime": "onnxruntime")
     bank.npy      float32 (n, d): features of the normal training images, computed by this very model
     scorer.py     this file
 """
@@ -283,6 +284,59 @@ def knn_mean_distance(queries: np.ndarray, bank: np.ndarray, k: int, bank_sq: np
     return out
 
 
+class ModelRunner:
+    """Runs a bundle's model on uint8 batches (b, H, W, C) -> float32 features (b, d).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``model.tflite`` (runtime ``litert``) or ``model.onnx`` (runtime ``onnxruntime``).
+    input_shape : tuple (H, W, C)
+    runtime : {"litert", "onnxruntime"}
+    num_threads : int
+    """
+
+    def __init__(self, path: str | os.PathLike, input_shape: tuple[int, int, int], runtime: str = "litert",
+                 num_threads: int = 1) -> None:
+        self.input_shape = tuple(input_shape)
+        self.runtime = runtime
+        if runtime == "onnxruntime":
+            try:
+                import onnxruntime as ort
+            except ImportError as exc:
+                raise ImportError("this bundle holds an ONNX model: pip install onnxruntime") from exc
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = num_threads
+            opts.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self._input_name = self._session.get_inputs()[0].name
+            return
+        if runtime != "litert":
+            raise BundleError(f"unknown runtime {runtime!r}; expected 'litert' or 'onnxruntime'")
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:
+            raise ImportError("the edge scorer needs the LiteRT interpreter: pip install ai-edge-litert "
+                              "(numpy is the only other requirement)") from exc
+        self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
+        self._in = self._interp.get_input_details()[0]["index"]
+        self._out = self._interp.get_output_details()[0]["index"]
+        self._batch = None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, np.uint8)
+        if self.runtime == "onnxruntime":
+            out = self._session.run(None, {self._input_name: batch})[0]
+            return np.asarray(out, np.float32).reshape(len(batch), -1)
+        if self._batch != len(batch):
+            self._interp.resize_tensor_input(self._in, [len(batch), *self.input_shape])
+            self._interp.allocate_tensors()
+            self._batch = len(batch)
+        self._interp.set_tensor(self._in, batch)
+        self._interp.invoke()
+        return self._interp.get_tensor(self._out).reshape(len(batch), -1).astype(np.float32)
+
+
 class EdgeScorer:
     """A loaded bundle: LiteRT model + memory bank + threshold.
 
@@ -291,7 +345,7 @@ class EdgeScorer:
     bundle : str or Path
         The bundle folder (holding ``bundle.json``).
     num_threads : int
-        Interpreter threads (1 = one CPU core for the model).
+        Interpreter (or onnxruntime intra-op) threads; 1 = one CPU core for the model.
 
     Attributes
     ----------
@@ -306,12 +360,6 @@ class EdgeScorer:
     """
 
     def __init__(self, bundle: str | os.PathLike, num_threads: int = 1) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as exc:
-            raise ImportError("the edge scorer needs the LiteRT interpreter: pip install ai-edge-litert "
-                              "(numpy is the only other requirement)") from exc
-
         self.bundle = Path(bundle)
         self.num_threads = num_threads
         cfg_path = self.bundle / BUNDLE_JSON
@@ -335,19 +383,8 @@ class EdgeScorer:
             raise BundleError(f"bank of shape {self.bank_.shape} does not fit feature_dim {cfg['feature_dim']} "
                               f"and k {self.k_}")
         self._bank_sq = np.einsum("ij,ij->i", self.bank_, self.bank_)
-        self._interp = Interpreter(model_path=str(self.bundle / cfg["model"]), num_threads=num_threads)
-        self._in = self._interp.get_input_details()[0]["index"]
-        self._out = self._interp.get_output_details()[0]["index"]
-        self._batch = None
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        if self._batch != len(batch):
-            self._interp.resize_tensor_input(self._in, [len(batch), *self.input_shape_])
-            self._interp.allocate_tensors()
-            self._batch = len(batch)
-        self._interp.set_tensor(self._in, batch)
-        self._interp.invoke()
-        return self._interp.get_tensor(self._out).reshape(len(batch), -1).astype(np.float32)
+        self._run = ModelRunner(self.bundle / cfg["model"], self.input_shape_, cfg.get("runtime", "litert"),
+                                num_threads)
 
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Features of uint8 images -> float32 (n, d).
@@ -418,12 +455,13 @@ class EdgeScorer:
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(prog="scorer.py", description="Score images with a DOC Explorer edge bundle "
-                                "(LiteRT + numpy). Prints JSON: each image's anomaly score (higher = more anomalous) "
+                                "(LiteRT or onnxruntime + numpy). Prints JSON: each image's anomaly score "
+                                "(higher = more anomalous) "
                                 "and verdict at the bundle's threshold.")
     p.add_argument("images", nargs="+", help="image files: PNG, PGM/PPM or uint8 .npy (any format with Pillow)")
     p.add_argument("--bundle", default=None,
                    help="bundle folder (default: the folder this script is in, if it holds bundle.json)")
-    p.add_argument("--threads", type=int, default=1, help="LiteRT interpreter threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="LiteRT interpreter / onnxruntime threads (default 1)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
     bundle = Path(args.bundle) if args.bundle else here

@@ -3,11 +3,12 @@
 A bundle is a folder::
 
     bundle.json   format and version, input shape/dtype, preprocessing, scorer (k-NN, k), threshold, quantization,
-                  sizes and where it came from
+                  runtime, sizes and where it came from
     model.tflite  uint8 images (b, H, W, C) -> features float32 (b, d); resize, gray->RGB and the backbone's
                   normalisation are inside the model, so the device only decodes images
+                  (``model.onnx`` instead for ``format="onnx"``: the same graph via tf2onnx, run by onnxruntime)
     bank.npy      float32 (n, d): features of the normal training images (optionally a random subsample)
-    scorer.py     a copy of :mod:`doc_core.edge_scorer` (numpy + ai_edge_litert; Pillow optional)
+    scorer.py     a copy of :mod:`doc_core.edge_scorer` (numpy + ai_edge_litert or onnxruntime; Pillow optional)
 
 Quantization (``quantize``):
 
@@ -42,9 +43,11 @@ from .detector import DOCDetector
 from .edge_scorer import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, EdgeScorer
 from .scoring import knn_distances, subsample_bank
 
-EXPORT_FORMATS = ("tflite",)
+EXPORT_FORMATS = ("tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "int8")
-MODEL_FILE, BANK_FILE, SCORER_FILE = "model.tflite", "bank.npy", "scorer.py"
+MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
+RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime"}
+MODEL_FILE, BANK_FILE, SCORER_FILE = MODEL_FILES["tflite"], "bank.npy", "scorer.py"
 
 
 class ExportError(ValueError):
@@ -57,7 +60,8 @@ class ExportConfig:
 
     Parameters
     ----------
-    format : {"tflite"}
+    format : {"tflite", "onnx"}
+        ``onnx`` needs tf2onnx to export and onnxruntime to score, and is float32 only (``quantize="none"``).
     quantize : {"none", "float16", "int8"}
     input_shape : tuple (H, W, C) or None
         Shape of the uint8 images the model takes. None: the detector's training images (28x28x1 for
@@ -89,6 +93,8 @@ class ExportConfig:
             raise ExportError(f"unknown export format {self.format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
         if self.quantize not in QUANTIZATIONS:
             raise ExportError(f"unknown quantization {self.quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+        if self.format == "onnx" and self.quantize != "none":
+            raise ExportError("ONNX bundles are float32 only (quantize='none'); use format='tflite' for float16/int8")
         if self.input_shape is not None and (len(self.input_shape) != 3 or self.input_shape[2] not in (1, 3)
                                              or min(self.input_shape[:2]) < 1):
             raise ExportError(f"input_shape must be (H, W, 1 or 3), got {self.input_shape}")
@@ -165,6 +171,30 @@ def tflite_model(detector: DOCDetector, input_shape: tuple[int, int, int], quant
         return converter.convert()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def onnx_model(detector: DOCDetector, input_shape: tuple[int, int, int], opset: int = 17) -> bytes:
+    """The detector's feature extractor with its preprocessing as an ONNX model (tf2onnx), serialized.
+
+    Input ``image``: uint8 (b, H, W, C), b dynamic; output ``features``: float32 (b, d).
+    """
+    import tensorflow as tf
+
+    from .backbones import preprocess
+
+    try:
+        import tf2onnx
+    except ImportError as exc:
+        raise ExportError("ONNX export needs tf2onnx: `.venv/bin/pip install tf2onnx==1.17.0` (pinned in "
+                          "requirements.txt), and onnxruntime to score the bundle") from exc
+    model, cfg = detector.backbone_.model, detector.backbone_.config
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="image")])
+    def serve(images):
+        return {"features": model(preprocess(images, cfg), training=False)}
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
+    return proto.SerializeToString()
 
 
 def range_images(shape: tuple[int, int, int], n_normal: int, seed: int = 0) -> np.ndarray:
@@ -246,21 +276,23 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
         if config.calibration_extremes:
             calibration = np.concatenate([calibration, range_images(shape, len(calibration), config.seed)])
     t0 = time.perf_counter()
-    model_bytes = tflite_model(detector, shape, config.quantize, calibration)
+    model_bytes = onnx_model(detector, shape) if config.format == "onnx" else \
+        tflite_model(detector, shape, config.quantize, calibration)
     convert_s = time.perf_counter() - t0
+    model_file = MODEL_FILES[config.format]
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        (tmp / MODEL_FILE).write_bytes(model_bytes)
+        (tmp / model_file).write_bytes(model_bytes)
         reembed = config.reembed_bank if config.reembed_bank is not None else \
             (config.quantize != "none" and normal is not None)
         if reembed and normal is None:
             raise ExportError("reembed_bank needs the normal training images")
         if reembed:
             # the exported model's own features of the normal images, subsampled as the detector's scorer does
-            bank = _embed_with_tflite(tmp / MODEL_FILE, shape, normal)
+            bank = _embed_with_model(tmp / model_file, shape, normal, RUNTIMES[config.format])
             bank = subsample_bank(bank, detector.scorer.max_bank_size, 0)
         else:
             bank = np.asarray(detector.scorer_.bank_, np.float32)
@@ -271,14 +303,15 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
             threshold, quantile = _mapped_threshold(detector, bank, k)
             threshold_source = "mapped to the same quantile of the bundle's leave-one-out training scores"
         else:
-            threshold, quantile = float(detector.threshold_), float(np.mean(detector.train_scores_ <= detector.threshold_))
+            threshold = float(detector.threshold_)
+            quantile = float(np.mean(detector.train_scores_ <= detector.threshold_))
             threshold_source = "the detector's threshold"
         np.save(tmp / BANK_FILE, np.ascontiguousarray(bank, np.float32), allow_pickle=False)
         shutil.copyfile(Path(__file__).with_name("edge_scorer.py"), tmp / SCORER_FILE)
         bb = detector.backbone_.config
         doc = {
             "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
-            "model": MODEL_FILE, "bank": BANK_FILE, "scorer_script": SCORER_FILE,
+            "model": model_file, "runtime": RUNTIMES[config.format], "bank": BANK_FILE, "scorer_script": SCORER_FILE,
             "input": {"shape": list(shape), "dtype": "uint8", "range": [0, 255], "batch": "dynamic (default 1)"},
             "preprocessing": {
                 "in_model": True,
@@ -321,23 +354,12 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     return doc
 
 
-def _embed_with_tflite(model_path: Path, shape: tuple[int, int, int], images: np.ndarray,
-                       batch_size: int = 64) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
+def _embed_with_model(model_path: Path, shape: tuple[int, int, int], images: np.ndarray, runtime: str,
+                      batch_size: int = 64) -> np.ndarray:
+    from .edge_scorer import ModelRunner
 
-    interp = Interpreter(model_path=str(model_path), num_threads=os.cpu_count() or 1)
-    i_in, i_out = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-    current, out = None, []
-    for s in range(0, len(images), batch_size):
-        b = np.ascontiguousarray(images[s:s + batch_size])
-        if current != len(b):
-            interp.resize_tensor_input(i_in, [len(b), *shape])
-            interp.allocate_tensors()
-            current = len(b)
-        interp.set_tensor(i_in, b)
-        interp.invoke()
-        out.append(interp.get_tensor(i_out).reshape(len(b), -1).astype(np.float32))
-    return np.concatenate(out)
+    run = ModelRunner(model_path, shape, runtime, num_threads=os.cpu_count() or 1)
+    return np.concatenate([run(images[s:s + batch_size]) for s in range(0, len(images), batch_size)])
 
 
 def bundle_size(path: str | os.PathLike) -> int:
@@ -397,8 +419,9 @@ print(json.dumps({"timing": timing, "load_s": load_s, "heavy_modules": heavy}))
 def measure_bundle(bundle: str | os.PathLike, images: np.ndarray, n_timed: int = 500, core: int = 0) -> dict:
     """Score ``images`` with the bundle's own ``scorer.py`` in a fresh process pinned to one CPU core.
 
-    The process runs the interpreter with one thread and numpy's BLAS with one thread (``OMP/OPENBLAS/MKL_NUM_THREADS
-    =1``), times ``n_timed`` images one at a time (batch 1: model, k-NN, total ms) and then scores every image.
+    The process runs the interpreter (or onnxruntime) with one thread and numpy's BLAS with one thread
+    (``OMP/OPENBLAS/MKL_NUM_THREADS=1``), times ``n_timed`` images one at a time (batch 1: model, k-NN, total ms)
+    and then scores every image.
 
     Returns
     -------
@@ -425,8 +448,11 @@ def measure_bundle(bundle: str | os.PathLike, images: np.ndarray, n_timed: int =
 def benchmark_export(detector: DOCDetector, normal_images: np.ndarray, test_images: np.ndarray,
                      test_labels: np.ndarray, out_dir: str | os.PathLike,
                      quantizations: tuple[str, ...] = QUANTIZATIONS, max_bank_size: int | None = None,
-                     n_timed: int = 500, log=print) -> dict:
+                     n_timed: int = 500, onnx: bool | None = None, log=print) -> dict:
     """Export one bundle per quantization and compare it with the Keras detector on a labelled test set.
+
+    ``onnx``: also export and measure a float32 ONNX bundle (row ``onnx``); None = when tf2onnx and onnxruntime
+    are installed.
 
     Returns a JSON-serialisable dict: the Keras detector's AUC and ms/image, and per quantization the bundle's AUC,
     the AUC difference, sizes (model, bank, bundle bytes), ms/image on one core (model, k-NN, total), the Spearman
@@ -447,11 +473,18 @@ def benchmark_export(detector: DOCDetector, normal_images: np.ndarray, test_imag
                                                   "threshold": float(detector.threshold_),
                                                   "note": "batches of 256, every core (Keras/TensorFlow)"},
                  "bundles": {}, "n_test": int(len(test_images)), "n_timed": int(n_timed),
-                 "timing": "batch 1, one process pinned to one core, 1 interpreter thread, 1 BLAS thread"}
-    for q in quantizations:
+                 "timing": "batch 1, one process pinned to one core, 1 interpreter (or onnxruntime) thread, 1 BLAS "
+                           "thread"}
+    if onnx is None:
+        import importlib.util
+
+        onnx = all(importlib.util.find_spec(m) is not None for m in ("tf2onnx", "onnxruntime"))
+    configs = {q: ExportConfig(quantize=q, max_bank_size=max_bank_size) for q in quantizations}
+    if onnx:
+        configs["onnx"] = ExportConfig(format="onnx", max_bank_size=max_bank_size)
+    for q, cfg in configs.items():
         t0 = time.perf_counter()
-        doc = export_bundle(detector, Path(out_dir) / f"bundle-{q}",
-                            ExportConfig(quantize=q, max_bank_size=max_bank_size), normal_images)
+        doc = export_bundle(detector, Path(out_dir) / f"bundle-{q}", cfg, normal_images)
         export_s = time.perf_counter() - t0
         m = measure_bundle(Path(out_dir) / f"bundle-{q}", test_images, n_timed=n_timed)
         auc = roc_auc(test_labels, m["scores"])
@@ -462,7 +495,8 @@ def benchmark_export(detector: DOCDetector, normal_images: np.ndarray, test_imag
             "scorer_load_s": m["load_s"], "threshold": doc["threshold"], "bank_size": doc["bank_size"],
             "flagged_fraction": float(preds.mean()), "keras_flagged_fraction": float(np.mean(det_scores >
                                                                                              detector.threshold_)),
-            "tensorflow_free": not m["heavy_modules"], "path": str(Path(out_dir) / f"bundle-{q}")}
+            "tensorflow_free": not m["heavy_modules"], "path": str(Path(out_dir) / f"bundle-{q}"),
+            "format": cfg.format, "quantize": cfg.quantize, "runtime": doc["runtime"]}
         b = res["bundles"][q]
         log(f"{q}: AUC {auc:.4f} ({auc - keras_auc:+.4f}), bundle {doc['sizes_bytes']['bundle'] / 1e6:.2f} MB, "
             f"{b['ms_per_image']['total_ms']:.2f} ms/image on one core")
@@ -487,5 +521,5 @@ def format_export_table(result: dict) -> str:
 
 
 __all__ = ["ExportConfig", "ExportError", "EXPORT_FORMATS", "QUANTIZATIONS", "export_bundle", "tflite_model",
-           "infer_input_shape", "range_images", "normal_images_for", "measure_bundle", "benchmark_export", "format_export_table",
-           "bundle_size"]
+           "onnx_model", "infer_input_shape", "range_images", "normal_images_for", "measure_bundle",
+           "benchmark_export", "format_export_table", "bundle_size"]

@@ -49,7 +49,8 @@ def test_bundle_layout_and_json(fitted):
     assert sorted(p.name for p in path.iterdir()) == ["bank.npy", "bundle.json", "model.tflite", "scorer.py"]
     on_disk = json.loads((path / "bundle.json").read_text())
     assert on_disk["format"] == "doc-explorer-edge-bundle" and on_disk["format_version"] == 1
-    assert on_disk["input"] == {"shape": [32, 32, 3], "dtype": "uint8", "range": [0, 255], "batch": "dynamic (default 1)"}
+    assert on_disk["input"] == {"shape": [32, 32, 3], "dtype": "uint8", "range": [0, 255],
+                                "batch": "dynamic (default 1)"}
     assert on_disk["scorer"]["k"] == 5 and on_disk["quantize"] == "none"
     assert on_disk["preprocessing"]["in_model"] and on_disk["preprocessing"]["backbone"]["name"] == "tiny"
     bank = np.load(path / "bank.npy", allow_pickle=False)
@@ -256,7 +257,7 @@ def test_benchmark_export_measures_every_quantization(fitted, tmp_path):
     from doc_core.export import benchmark_export, format_export_table
 
     res = benchmark_export(fitted["det"], fitted["normal"], fitted["test"], fitted["labels"], tmp_path,
-                           quantizations=("none", "int8"), n_timed=10, log=lambda m: None)
+                           quantizations=("none", "int8"), n_timed=10, onnx=False, log=lambda m: None)
     assert set(res["bundles"]) == {"none", "int8"}
     none = res["bundles"]["none"]
     assert abs(none["auc_diff"]) < 1e-6 and none["spearman_vs_keras"] > 0.999 and none["tensorflow_free"]
@@ -265,3 +266,27 @@ def test_benchmark_export_measures_every_quantization(fitted, tmp_path):
         assert b["ms_per_image"]["total_ms"] > 0 and b["ms_per_image"]["images"] == 10
     table = format_export_table(res)
     assert "int8" in table and "keras" in table
+
+
+def test_onnx_bundle_matches_keras_and_needs_no_tensorflow(fitted, tmp_path):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    det, test = fitted["det"], fitted["test"]
+    doc = export_bundle(det, tmp_path / "onnx", ExportConfig(format="onnx"))
+    assert doc["model"] == "model.onnx" and doc["runtime"] == "onnxruntime"
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["bank.npy", "bundle.json", "model.onnx",
+                                                                       "scorer.py"]
+    np.testing.assert_allclose(EdgeScorer(tmp_path / "onnx").score_samples(test), det.decision_function(test),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ExportError, match="float32 only"):
+        export_bundle(det, tmp_path / "onnx8", ExportConfig(format="onnx", quantize="int8"), fitted["normal"])
+    paths = _write_pngs(tmp_path, test[[0, 45]])
+    code = (f"import sys, json\nsys.path.insert(0, {str(tmp_path / 'onnx')!r})\nimport scorer\n"
+            f"rc = scorer.main({paths!r} + ['--out', 'out.json'])\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    scores = [r["score"] for r in json.loads((tmp_path / "out.json").read_text())["results"]]
+    np.testing.assert_allclose(scores, det.decision_function(test[[0, 45]]), rtol=1e-4, atol=1e-5)

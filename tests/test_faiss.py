@@ -47,7 +47,8 @@ def test_leave_one_out_with_duplicates(data):
     fast = KNNScorer(k=3, backend="faiss").fit(bank)
     _, idx = fast._search(bank, 3, exclude_self=True)
     assert not (idx == np.arange(100)[:, None]).any()
-    np.testing.assert_allclose(fast.training_scores(), KNNScorer(k=3).fit(bank).training_scores(), atol=1e-2)  # sqrt of ~0
+    # a duplicate's distance is sqrt(rounding error), so the two backends agree only to ~1e-3 there
+    np.testing.assert_allclose(fast.training_scores(), KNNScorer(k=3).fit(bank).training_scores(), atol=1e-2)
 
 
 def test_ivf_is_exact_when_every_cell_is_searched_and_close_otherwise(data):
