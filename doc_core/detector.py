@@ -201,13 +201,7 @@ class DOCDetector:
                    "history": [r.to_dict() for r in self.history_], "metadata": metadata or {}}
             (tmp / "detector.json").write_text(json.dumps(doc, indent=1))
             _fsync_tree(tmp)
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            install_folder(tmp, path)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -277,6 +271,22 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 in [0, 255], got {images.dtype}")
     return images
+
+
+def install_folder(tmp: Path, path: Path) -> None:
+    """Move a completely written folder ``tmp`` to ``path``, replacing what is there.
+
+    The previous folder is first renamed to a hidden ``.<name>.old-*`` sibling and deleted only after ``tmp`` is in
+    place, so a crash at any moment leaves either the previous or the new folder (``load`` puts a previous one back if
+    the crash came between the two renames).
+    """
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _restore_previous(path: Path) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import DOCDetector
+from .detector import DOCDetector, install_folder
 from .edge_scorer import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, EdgeScorer
 from .scoring import knn_distances, subsample_bank
 
@@ -340,13 +340,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(doc, indent=1))
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        install_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
