@@ -239,3 +239,101 @@ def format_table(result: dict) -> str:
                      f"{t.get('gradcam_layer', '?')}), t-SNE of {t.get('tsne_points', '?')} points "
                      f"{result['tsne_s']:.1f} s")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- one run's comparison
+
+COMPARE_METHODS = ("raw-pixel k-NN", "pretrained-feature k-NN", "DOC k-NN", "DOC LOF", "conv autoencoder")
+
+
+@dataclass
+class ComparedMethod:
+    """One method of :func:`compare_methods`: test scores (None when it was skipped, ``note`` says why), AUC over the
+    labelled test images, fitting seconds and scoring milliseconds per image."""
+
+    name: str
+    scores: np.ndarray | None
+    auc: float | None
+    fit_s: float | None
+    score_ms_per_image: float | None
+    note: str = ""
+
+
+def _labelled_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    mask = labels >= 0
+    y = labels[mask]
+    return roc_auc(y, scores[mask]) if len(np.unique(y)) == 2 else None
+
+
+def _timed_ms(det: DOCDetector, images: np.ndarray) -> float:
+    """End-to-end scoring milliseconds per image (embedding + scorer), after a warm-up call."""
+    det.decision_function(images[:8])
+    t0 = time.perf_counter()
+    det.decision_function(images)
+    return (time.perf_counter() - t0) * 1000 / len(images)
+
+
+def compare_methods(split: OneClassSplit, detector: DOCDetector, test_scores: np.ndarray | None = None,
+                    test_features: np.ndarray | None = None, timing_images: int = 256, seed: int = 0,
+                    ae_epochs: int = 10) -> list[ComparedMethod]:
+    """Baselines and a trained DOC detector on the split it was trained on, one :class:`ComparedMethod` each, in the
+    order of :data:`COMPARE_METHODS`.
+
+    ``test_scores`` / ``test_features`` are the run's stored k-NN scores and DOC features of ``split.test_images``
+    (embedded again when missing). DOC LOF rescores those features with ``detector.with_scorer(lof)`` (no
+    re-embedding). The pretrained-feature k-NN fits an ``epochs=0`` detector with the run's backbone config; it is
+    skipped, with a note, when the backbone's pretrained weights cannot be found. Scoring speed of the DOC methods
+    is timed end to end on the first ``timing_images`` test images; the fit time of DOC k-NN is the run's own.
+    """
+    from .autoencoder import ConvAutoencoder
+    from .backbones import WeightsNotFoundError
+
+    labels, test = split.test_labels, split.test_images
+    timing = test[:max(1, min(timing_images, len(test)))]
+    out = []
+
+    t0 = time.perf_counter()
+    raw_scorer = KNNScorer().fit(_raw(split.train_normal))
+    raw_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    raw_scores = raw_scorer.score_samples(_raw(test))
+    out.append(ComparedMethod(COMPARE_METHODS[0], raw_scores, _labelled_auc(labels, raw_scores), raw_fit,
+                              (time.perf_counter() - t0) * 1000 / len(test)))
+
+    try:
+        t0 = time.perf_counter()
+        pre = DOCDetector(detector.backbone, TrainConfig(epochs=0, seed=seed), ScorerConfig("knn")).fit_split(split)
+        fit_s = time.perf_counter() - t0
+        s = pre.decision_function(test)
+        out.append(ComparedMethod(COMPARE_METHODS[1], s, _labelled_auc(labels, s), fit_s, _timed_ms(pre, timing)))
+    except WeightsNotFoundError as exc:
+        out.append(ComparedMethod(COMPARE_METHODS[1], None, None, None, None,
+                                  f"skipped: the backbone's pretrained weights cannot be found ({exc})"))
+
+    feats = test_features if test_features is not None else detector.embed(test)
+    s = np.asarray(test_scores if test_scores is not None else detector.score_features(feats), np.float32)
+    out.append(ComparedMethod(COMPARE_METHODS[2], s, _labelled_auc(labels, s),
+                              float(getattr(detector, "fit_seconds_", 0.0)) or None, _timed_ms(detector, timing),
+                              "" if detector.scorer.name == "knn" else f"the run's own scorer ({detector.scorer.name})"))
+
+    t0 = time.perf_counter()
+    lof = detector.with_scorer(ScorerConfig("lof", max_bank_size=detector.scorer.max_bank_size))
+    lof_fit = time.perf_counter() - t0
+    s = lof.score_features(feats)
+    out.append(ComparedMethod(COMPARE_METHODS[3], s, _labelled_auc(labels, s),
+                              float(getattr(detector, "fit_seconds_", 0.0)) + lof_fit, _timed_ms(lof, timing),
+                              "fit time: the run's training plus the LOF fit on its memory bank"))
+
+    try:
+        ae = ConvAutoencoder(epochs=ae_epochs, seed=seed)
+        t0 = time.perf_counter()
+        ae.fit(split.train_normal)
+        fit_s = time.perf_counter() - t0
+        ae.score_samples(test[:8])  # warm-up: traces the tf.function once
+        t0 = time.perf_counter()
+        s = ae.score_samples(test)
+        out.append(ComparedMethod(COMPARE_METHODS[4], s, _labelled_auc(labels, s), fit_s,
+                                  (time.perf_counter() - t0) * 1000 / len(test)))
+    except ValueError as exc:
+        out.append(ComparedMethod(COMPARE_METHODS[4], None, None, None, None, f"skipped: {exc}"))
+    return out

@@ -385,3 +385,22 @@ def embedding_figure(run: runs.RunSummary, feature_set: str, max_points: int, wi
     arrays follow from those)."""
     return _embedding_figure(*_key(run), feature_set, max_points, with_train, color_by, float(threshold), roles,
                              scores, info)
+
+
+# ---------------------------------------------------------------------------------------------- method comparison
+
+
+def method_comparison(run: runs.RunSummary) -> list:
+    """The run's DOC scorers and the baselines on its own split (:func:`doc_core.benchmark.compare_methods`),
+    computed once per run: a minute or so with MobileNetV2."""
+    return _method_comparison(*_key(run))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _method_comparison(run_id: str, created: str, where: str) -> list:
+    from doc_core.benchmark import compare_methods
+
+    run = runs.get_run(run_id, where)
+    stored = run_scores(run_id, created, where)
+    return compare_methods(run_split(run), detector(run_id, created, where), test_scores=stored.scores,
+                           test_features=_test_features(run_id, created, where))

@@ -67,6 +67,7 @@ ROC_CONTEXT = "roc_context"  # (run id, scorer) the threshold widgets were set u
 ROC_COMPARE_K_KNN = "roc_compare_k_knn"
 ROC_COMPARE_K_LOF = "roc_compare_k_lof"
 ROC_COMPARE = "roc_compare"  # bool: comparison requested
+CMP_RUN = "cmp_run"  # run id whose method comparison was asked for (Compare methods page)
 
 POLICY_MANUAL = "Manual (slider)"
 POLICY_FPR = "Target false-positive rate"
@@ -158,6 +159,7 @@ DEFAULTS: dict[str, Any] = {
     ROC_COMPARE_K_KNN: 1,  # the paper's nearest-neighbour distance
     ROC_COMPARE_K_LOF: 20,
     ROC_COMPARE: False,
+    CMP_RUN: None,
     EX_POINTS: 2000,
     EX_TRAIN: False,
     EX_COLOR: COLOR_ROLE,
