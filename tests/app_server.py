@@ -1,0 +1,58 @@
+"""Start `streamlit run app.py` on a free 127.0.0.1 port for the browser and load tests (a helper module, no tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(tmp: Path, runs_dir: Path, start_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run the dashboard with its runs in ``runs_dir`` and uploads under ``tmp``; yields its URL, stops it after."""
+    port = free_port()
+    env = {**os.environ, "DOC_RUNS_DIR": str(runs_dir), "DOC_UPLOADS_DIR": str(tmp / "uploads"),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log_path = tmp / "streamlit.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+             "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.read().strip() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("streamlit did not start:\n" + log_path.read_text()[-3000:])
+                time.sleep(0.3)
+            yield url
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
