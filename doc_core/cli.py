@@ -279,6 +279,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _write_json(result: dict, path: str | None) -> None:
+    """Write a benchmark result to ``path`` (if given) and say so on stderr."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=1))
+        print(f"wrote {path}", file=sys.stderr)
+
+
 def _benchmark_export(args) -> int:
     import tempfile
 
@@ -299,9 +306,7 @@ def _benchmark_export(args) -> int:
                                args.export_dir or tmp, max_bank_size=args.max_bank_size, log=log)
     res["detector"] = str(args.detector) if args.detector else "trained by this run"
     print(format_export_table(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
+    _write_json(res, args.json)
     return 0
 
 
@@ -311,9 +316,7 @@ def _benchmark_knn_scaling(args) -> int:
     res = knn_scaling(tuple(args.bank_sizes), n_queries=args.queries, dim=args.dim, k=args.k or 5,
                       nprobe=args.nprobe, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_scaling_table(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
+    _write_json(res, args.json)
     return 0
 
 
@@ -330,9 +333,7 @@ def cmd_benchmark(args) -> int:
     res = benchmark(args.protocol, tuple(args.seeds), bb, tc, classes, load_fashion_mnist(args.data_dir),
                     log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(res))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.json}", file=sys.stderr)
+    _write_json(res, args.json)
     return 0
 
 

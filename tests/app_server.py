@@ -56,3 +56,34 @@ def running_app(tmp: Path, runs_dir: Path, start_timeout_s: float = 60.0) -> Ite
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(5)
+
+
+SMALL_SPLIT_KW = dict(n_normal=200, n_reference=200)
+
+
+def fashion_or_skip():
+    """Fashion-MNIST from the machine (never downloaded), or skip the calling test with the reason."""
+    import pytest
+
+    from doc_core.data import DataError, load_fashion_mnist
+
+    try:
+        return load_fashion_mnist(download=False)
+    except DataError as exc:
+        pytest.skip(f"Fashion-MNIST is not installed (scripts/setup.sh installs it): {exc}")
+
+
+def make_tiny_run(where: Path, fashion, name: str, epochs: int) -> Path:
+    """Train a tiny run on a small Fashion-MNIST split into ``where``, as the Training page does; returns ``where``."""
+    from doc_core.backbones import BackboneConfig
+    from doc_core.data import SplitConfig
+    from doc_core.datasets import DatasetSpec, load_dataset
+    from doc_core.jobs import SUCCEEDED, TrainingJob
+    from doc_core.training import TrainConfig
+
+    spec = DatasetSpec.fashion_mnist(SplitConfig(**SMALL_SPLIT_KW))
+    split, _ = load_dataset(spec, fashion)
+    job = TrainingJob(split, BackboneConfig(name="tiny", input_size=32), TrainConfig(epochs=epochs, batch_size=32),
+                      dataset={**spec.to_dict(), "description": spec.describe()}, name=name, runs_dir=where).start()
+    assert job.join(120) and job.snapshot().status == SUCCEEDED, job.snapshot().error
+    return where

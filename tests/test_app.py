@@ -12,42 +12,30 @@ import time
 from pathlib import Path
 
 import pytest
+from app_server import fashion_or_skip, make_tiny_run
 from streamlit.testing.v1 import AppTest
 
 from doc_core import runs
-from doc_core.backbones import BackboneConfig
-from doc_core.data import DataError, SplitConfig, load_fashion_mnist
-from doc_core.datasets import DatasetSpec, load_dataset
-from doc_core.jobs import SUCCEEDED, TrainingJob, steps_per_epoch
+from doc_core.datasets import DatasetSpec
+from doc_core.jobs import SUCCEEDED, steps_per_epoch
 from doc_core.scoring import make_scorer
 from doc_core.training import TrainConfig
 from ui import state
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET, TRAINING, ROC = "pages/1_dataset.py", "pages/2_training.py", "pages/3_roc_threshold.py"
-SMALL = SplitConfig(n_normal=200, n_reference=200)
 TIMEOUT = 120  # the first run of a session imports TensorFlow
 
 
 @pytest.fixture(scope="module")
 def fashion():
-    try:
-        return load_fashion_mnist(download=False)
-    except DataError as exc:
-        pytest.skip(f"Fashion-MNIST is not installed (scripts/setup.sh installs it): {exc}")
+    return fashion_or_skip()
 
 
 @pytest.fixture(scope="module")
 def tiny_run_dir(tmp_path_factory, fashion) -> Path:
     """A runs folder with one finished tiny run on a small Fashion-MNIST split, made as the Training page does."""
-    where = tmp_path_factory.mktemp("runs")
-    spec = DatasetSpec.fashion_mnist(SMALL)
-    split, _ = load_dataset(spec, fashion)
-    job = TrainingJob(split, BackboneConfig(name="tiny", input_size=32), TrainConfig(epochs=2, batch_size=32),
-                      dataset={**spec.to_dict(), "description": spec.describe()}, name="tiny fixture run",
-                      runs_dir=where).start()
-    assert job.join(120) and job.snapshot().status == SUCCEEDED, job.snapshot().error
-    return where
+    return make_tiny_run(tmp_path_factory.mktemp("runs"), fashion, "tiny fixture run", epochs=2)
 
 
 @pytest.fixture

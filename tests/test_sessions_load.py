@@ -21,17 +21,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from app_server import running_app
+from app_server import fashion_or_skip, make_tiny_run, running_app
 
 from doc_core import runs
-from doc_core.backbones import BackboneConfig
-from doc_core.data import DataError, SplitConfig, load_fashion_mnist
-from doc_core.datasets import DatasetSpec, load_dataset
-from doc_core.jobs import SUCCEEDED, TrainingJob
-from doc_core.training import TrainConfig
+from doc_core.jobs import SUCCEEDED
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = SplitConfig(n_normal=200, n_reference=200)
 LOAD_SECONDS = float(os.environ.get("DOC_LOAD_SECONDS", "20"))
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,22 +37,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fashion():
-    try:
-        return load_fashion_mnist(download=False)
-    except DataError as exc:
-        pytest.skip(f"Fashion-MNIST is not installed (scripts/setup.sh installs it): {exc}")
+    return fashion_or_skip()
 
 
 @pytest.fixture(scope="module")
 def tiny_run_dir(tmp_path_factory, fashion) -> Path:
-    where = tmp_path_factory.mktemp("runs")
-    spec = DatasetSpec.fashion_mnist(SMALL)
-    split, _ = load_dataset(spec, fashion)
-    job = TrainingJob(split, BackboneConfig(name="tiny", input_size=32), TrainConfig(epochs=1, batch_size=32),
-                      dataset={**spec.to_dict(), "description": spec.describe()}, name="load fixture run",
-                      runs_dir=where).start()
-    assert job.join(120) and job.snapshot().status == SUCCEEDED, job.snapshot().error
-    return where
+    return make_tiny_run(tmp_path_factory.mktemp("runs"), fashion, "load fixture run", epochs=1)
 
 
 # ------------------------------------------------------------------------------------------------ AppTest sessions
