@@ -159,7 +159,7 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
     for one-vs-rest each method also has ``per_class`` (mean AUC per normal class) and the top-level AUC is the mean
     over classes of the per-class means. Methods: ``raw_knn`` (pixels), ``conv_ae`` (convolutional autoencoder,
     reconstruction error, trained per seed; ``train_epoch_s`` is its fit time per epoch), ``pretrained_knn``,
-    ``doc_knn`` and (tutorial) ``doc_lof``. The tutorial protocol also times the explorer's tools on the first seed's
+    ``doc_knn`` and ``doc_lof``. The tutorial protocol also times the explorer's tools on the first seed's
     ``doc_knn`` detector (see :func:`measure_explain`): top-level ``gradcam_ms_per_image``, ``tsne_s`` (t-SNE of the
     2,000 test images' features) and ``explain_timing`` (what was measured, and the load average).
     """
@@ -190,7 +190,7 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
                 add("pretrained_knn", c, run_detector(split, backbone, pre_train, {"knn": knn})["knn"])
             add("conv_ae", c, run_conv_ae(split, seed))  # trained per seed: the seed sets its weights and batches
             seeded = TrainConfig(**{**train.to_dict(), "seed": seed})
-            scorers = {"doc_knn": knn, "doc_lof": lof} if protocol == "tutorial" else {"doc_knn": knn}
+            scorers = {"doc_knn": knn, "doc_lof": lof}
             on_fitted = partial(time_explain, split=split, seed=seed) if protocol == "tutorial" and i == 0 else None
             for name, res in run_detector(split, backbone, seeded, scorers, on_fitted).items():
                 add(name, c, res)

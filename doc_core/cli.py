@@ -411,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("benchmark", help="AUC, fit time and scoring speed of DOC and baselines on Fashion-MNIST",
-                       description="Runs raw_knn, conv_ae, pretrained_knn, doc_knn (and doc_lof for the tutorial "
-                                   "protocol) with one fixed configuration; AUC is the mean over --seeds. Two more "
+                       description="Runs raw_knn, conv_ae, pretrained_knn, doc_knn and doc_lof "
+                                   "with one fixed configuration; AUC is the mean over --seeds. Two more "
                                    "protocols: export (edge bundles: AUC against the Keras detector, bundle size, "
                                    "ms/image on one core per quantization) and knn-scaling (exact vs faiss k-NN "
                                    "scoring time against bank size, random vectors).")

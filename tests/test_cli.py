@@ -114,7 +114,9 @@ def test_one_vs_rest_per_class(fake_fmnist):
     small = FashionMNIST(data.train_images, data.train_labels, data.test_images, data.test_labels, "fake")
     res = bench.benchmark("one-vs-rest", (0,), BackboneConfig("tiny", input_size=32, weights=None),
                           TrainConfig(epochs=1, batch_size=16), classes=(0, 5), data=small, log=lambda m: None)
+    assert set(res["methods"]) == {"raw_knn", "conv_ae", "pretrained_knn", "doc_knn", "doc_lof"}
     doc = res["methods"]["doc_knn"]
+    assert set(res["methods"]["doc_lof"]["per_class"]) == set(doc["per_class"])
     assert set(doc["per_class"]) == {"T-shirt/top", "Sandal"}
     assert doc["auc"] == pytest.approx(np.mean(list(doc["per_class"].values())), abs=1e-4)
     assert "per-class AUC" in bench.format_table(res)
