@@ -5,12 +5,16 @@
 * :func:`explorer_sample` picks the images the explorer embeds: all of them, or a seeded, label-stratified sample
   when there are more than the cap.
 * :func:`decode_upload` turns an uploaded file into an image shaped like the run's dataset images.
+* :func:`thumbnail_atlas` packs many thumbnails into one PNG sprite sheet, so the explorer's hover can show any
+  point's image without a round trip to the server.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -178,3 +182,76 @@ def enlarge(image: np.ndarray, px: int) -> np.ndarray:
     f = max(1, int(px) // max(image.shape[:2]))
     out = np.repeat(np.repeat(image, f, axis=0), f, axis=1)
     return out[..., 0] if out.ndim == 3 and out.shape[-1] == 1 else out
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """Thumbnails packed row-major into one PNG: image ``i`` is the ``tile`` x ``tile`` square at column
+    ``i % columns``, row ``i // columns``.
+
+    Attributes
+    ----------
+    png : bytes
+        The PNG file: 8-bit grayscale when every image is gray, else 8-bit RGB.
+    tile : int
+        Side of one thumbnail in pixels.
+    columns : int
+        Thumbnails per row.
+    count : int
+        Number of thumbnails.
+    """
+
+    png: bytes
+    tile: int
+    columns: int
+    count: int
+
+
+def thumbnail_atlas(images: Sequence[np.ndarray] | np.ndarray, max_tile: int = 48) -> Atlas:
+    """Pack images into one sprite sheet (:class:`Atlas`).
+
+    Parameters
+    ----------
+    images : sequence of np.ndarray, uint8, each (h, w), (h, w, 1) or (h, w, 3)
+        The images, in order. Sizes may differ.
+    max_tile : int
+        Largest thumbnail side in pixels. Images no larger than this keep their pixels (28 x 28 Fashion-MNIST
+        stays exact); larger ones shrink (area averaging) to fit, keeping their aspect ratio, centred on black.
+
+    Returns
+    -------
+    Atlas
+        One PNG of ``ceil(n / columns)`` rows of ``columns = ceil(sqrt(n))`` tiles (n = 0 gives a 1 x 1 image).
+    """
+    from PIL import Image
+
+    if max_tile < 1:
+        raise ValueError(f"max_tile must be at least 1, got {max_tile}")
+    imgs = [np.asarray(im) for im in images]
+    for i, im in enumerate(imgs):
+        if im.dtype != np.uint8 or not (im.ndim == 2 or (im.ndim == 3 and im.shape[-1] in (1, 3))):
+            raise ValueError(f"image {i}: expected uint8 (h, w), (h, w, 1) or (h, w, 3), got {im.dtype} {im.shape}")
+    gray = all(im.ndim == 2 or im.shape[-1] == 1 for im in imgs)
+    channels = 1 if gray else 3
+    tile = min(max_tile, max((max(im.shape[:2]) for im in imgs), default=1))
+    n = len(imgs)
+    columns = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / columns))
+    sheet = np.zeros((rows * tile, columns * tile, channels), np.uint8)
+    for i, im in enumerate(imgs):
+        im = im.reshape(im.shape[0], im.shape[1], -1)
+        if im.shape[-1] != channels:  # a gray image among colour ones
+            im = np.repeat(im, 3, axis=-1)
+        h, w = im.shape[:2]
+        if max(h, w) > tile:
+            f = tile / max(h, w)
+            size = (max(1, round(w * f)), max(1, round(h * f)))
+            pil = Image.fromarray(im[..., 0] if channels == 1 else im).resize(size, Image.Resampling.BOX)
+            im = np.asarray(pil).reshape(size[1], size[0], channels)
+            h, w = im.shape[:2]
+        r, c = divmod(i, columns)
+        y, x = r * tile + (tile - h) // 2, c * tile + (tile - w) // 2
+        sheet[y:y + h, x:x + w] = im
+    buf = io.BytesIO()
+    Image.fromarray(sheet[..., 0] if channels == 1 else sheet).save(buf, "PNG")
+    return Atlas(buf.getvalue(), int(tile), int(columns), n)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from doc_core.embedding import FEATURE_SET_LABELS, FEATURE_SETS
 from doc_core.gallery import label_names, score_ranks
-from ui import cached, page, state, status, tiles
+from ui import cached, linked_maps, page, state, status, tiles
 
 PERSIST = dict(persist_state="session")
 MAX_SHOWN = 12  # selected images shown at once
@@ -45,40 +45,38 @@ info = np.column_stack([
 
 st.caption(f"{n_test:,} of {len(scores):,} test images" + (f" and {len(train_idx):,} normal training images"
                                                            if len(train_idx) else "")
-           + f" · threshold {threshold:.4g} · hover a point for its class, label and score; click, box- or "
-             "lasso-select points (the lasso is the default drag) to see those images below.")
+           + f" · threshold {threshold:.4g} · hover a point to see its image and score, ringed in every map; click, "
+             "box- or lasso-select points (the lasso is the default drag) to see those images below, and where they "
+             "lie in the other maps. Double-click clears the selection.")
 
 context = (run.run_id, max_points, with_train)
-
-
-def on_select(key: str) -> None:
-    """The last selection made in any map (its points' rows) becomes the selection shown below."""
-    event = ss.get(key)
-    points = event.get("selection", {}).get("points", []) if event else []
-    rows = [int(p["customdata"][0]) for p in points if p.get("customdata")]
-    ss[state.EX_SELECTED] = (context, list(dict.fromkeys(rows)))
-
-
-cols = st.columns(3, gap="small")
-for col, fs in zip(cols, FEATURE_SETS):
-    with col:
-        st.markdown(f"**{FEATURE_SET_LABELS[fs][:1].upper() + FEATURE_SET_LABELS[fs][1:]}**")
-        with st.spinner(f"t-SNE of {n_points:,} points in the {FEATURE_SET_LABELS[fs]} space (about 10–20 s the "
-                        "first time, then cached)…"):
-            m = cached.explorer_map(run, fs, max_points, with_train)
-        if m["coords"] is None:
-            st.info(f"No map of the {FEATURE_SET_LABELS[fs]}: {m['note']}")
-            continue
-        fig = cached.embedding_figure(run, fs, max_points, with_train, color_by, threshold, roles,
-                                      point_scores, info)
-        key = f"{state.EX_MAP}{fs}"
-        st.plotly_chart(fig, key=key, on_select=lambda key=key: on_select(key),
-                        selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
-        st.caption(f"Features and t-SNE took {status.format_seconds(m['seconds'])} (once per run).")
-
-st.subheader("Selected images", anchor=False)
 picked = ss[state.EX_SELECTED]
 selected = [r for r in picked[1] if 0 <= r < n_points] if picked and picked[0] == context else []
+
+
+def on_select() -> None:
+    """The last selection made in any map (its points' rows) becomes the selection shown below."""
+    ss[state.EX_SELECTED] = (context, linked_maps.selected_rows(ss.get(state.EX_MAPS)))
+
+
+figures, titles, notes = [], [], []
+for fs in FEATURE_SETS:
+    name = FEATURE_SET_LABELS[fs]
+    with st.spinner(f"t-SNE of {n_points:,} points in the {name} space (about 10–20 s the first time, then "
+                    "cached)…"):
+        m = cached.explorer_map(run, fs, max_points, with_train)
+    if m["coords"] is None:
+        st.info(f"No map of the {name}: {m['note']}")
+        continue
+    figures.append(cached.embedding_figure(run, fs, max_points, with_train, color_by, threshold, roles,
+                                           point_scores, info))
+    titles.append(name[:1].upper() + name[1:])
+    notes.append(f"Features and t-SNE took {status.format_seconds(m['seconds'])} (once per run).")
+hover = [[str(info[r, 1]), f"score {point_scores[r]:.4g} · {info[r, 2]}"] for r in range(n_points)]
+linked_maps.linked_maps(figures, titles, notes, hover, cached.explorer_thumbnails(run, max_points, with_train),
+                        selected, key=state.EX_MAPS, on_change=on_select)
+
+st.subheader("Selected images", anchor=False)
 if not selected:
     st.caption("Nothing selected yet: click a point, or drag a lasso or box around some points in any map.")
     st.stop()

@@ -4,7 +4,9 @@ quick."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import re
 import time
 
@@ -15,6 +17,8 @@ from PIL import Image
 from test_app import (ROOT, TIMEOUT, assert_clean, empty_runs_dir, fashion, open_app, runs_dir,  # noqa: F401
                       texts, tiny_run_dir)
 from doc_core import runs
+from doc_core.datasets import DatasetSpec, load_dataset
+from doc_core.gallery import explorer_sample
 from streamlit.testing.v1 import AppTest
 from ui import nav, state
 
@@ -39,19 +43,46 @@ def test_new_pages_without_a_run(empty_runs_dir, page):  # noqa: F811
     assert "No run yet" in texts(at) and not at.get("plotly_chart")
 
 
-def test_explorer_shows_three_maps_and_a_selection(runs_dir):  # noqa: F811
+def map_args(at: AppTest) -> dict:
+    """The arguments the page gave the linked-maps component (what the browser draws)."""
+    (maps,) = at.get("component_instance")
+    assert maps.proto.component_name == "ui.linked_maps.linked_maps"
+    return json.loads(maps.proto.json_args)
+
+
+def test_explorer_shows_three_linked_maps_with_thumbnails(runs_dir, fashion):  # noqa: F811
     at = open_with(EXPLORER, **{state.EX_POINTS: 500})
     assert_clean(at)
-    charts = at.get("plotly_chart")
-    assert len(charts) == 3  # raw pixels, pretrained (tiny: its seeded initialisation), DOC-trained
-    assert "took" in texts(at) and "Nothing selected yet" in texts(at)
-    spec = charts[0].proto.spec
+    args = map_args(at)
+    # raw pixels, pretrained (tiny: its seeded initialisation), DOC-trained
+    assert args["titles"] == ["Raw pixels", "Pretrained backbone (before DOC)", "DOC-trained backbone"]
+    assert all("Features and t-SNE took" in n for n in args["notes"]) and "Nothing selected yet" in texts(at)
+    spec = args["figures"][0]
     assert '"test anomaly (' in spec and "#D55E00" in spec and "#0072B2" in spec
+    for fig in map(json.loads, args["figures"]):  # every image once per map, by its row
+        assert sorted(r for t in fig["data"] for r in t["customdata"]) == list(range(500))
+    # hover text and the thumbnail of every row
+    assert len(args["hover"]) == 500 and args["hover"][0][1].startswith("score ")
+    atlas = args["atlas"]
+    assert atlas["count"] == 500 and atlas["src"].startswith("data:image/png;base64,")
+    sheet = np.asarray(Image.open(io.BytesIO(base64.b64decode(atlas["src"].split(",", 1)[1]))))
+    t, cols = atlas["tile"], atlas["columns"]
+    assert sheet.shape[:2] == (-(-500 // cols) * t, cols * t)
+    run = runs.list_runs(runs_dir)[0]
+    split, _ = load_dataset(DatasetSpec.from_dict(run.dataset), fashion)
+    shown = explorer_sample(split.test_labels, 500, seed=0)  # the page's sample of the 2,000 test images
+    for row in (0, 1, 499):
+        r, c = divmod(row, cols)
+        np.testing.assert_array_equal(sheet[r * t:(r + 1) * t, c * t:(c + 1) * t],
+                                      split.test_images[shown[row]][..., 0])
     # colour by score, with the normal training images
     at.get("button_group")[0].set_value(state.COLOR_SCORE).run()
     at.checkbox(key=state.EX_TRAIN).check().run()
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 3 and "normal training images" in texts(at)
+    args = map_args(at)
+    assert len(args["figures"]) == 3 and "normal training images" in texts(at)
+    assert len(args["hover"]) == 500 and args["atlas"]["count"] == 500
+    assert sum(h[0].startswith("normal training #") for h in args["hover"]) == 125  # a quarter of the points
 
 
 def test_explorer_selection_shows_images_neighbours_and_gradcam(runs_dir, monkeypatch):  # noqa: F811
@@ -148,5 +179,5 @@ def test_explorer_without_pretrained_weights_shows_a_note_and_two_maps(runs_dir,
     monkeypatch.setattr(embedding, "pretrained_backbone", missing)
     at = open_with(EXPLORER, **{state.EX_POINTS: 500})
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 2
+    assert map_args(at)["titles"] == ["Raw pixels", "DOC-trained backbone"]
     assert any("No map of the pretrained backbone" in i.value and "/nowhere" in i.value for i in at.info)

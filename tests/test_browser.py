@@ -8,6 +8,7 @@ artifacts/screenshots/ (ignored by git) to be looked at.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     p = context.new_page()
     p.set_default_timeout(60_000)
+    p.js_errors = []  # uncaught script errors in the page or its component frames, checked by check_clean
+    p.on("pageerror", lambda e: p.js_errors.append(f"{e}\n{(e.stack or '')[:500]}"))
     yield p
     context.close()
 
@@ -80,8 +83,29 @@ def charts(page, n: int) -> int:
     return page.locator('[data-testid="stPlotlyChart"]').count()
 
 
+MAPS_IFRAME = 'iframe[title="ui.linked_maps.linked_maps"]'
+# page-side helpers run inside the explorer's maps frame (ui/frontend/linked_maps.html)
+POINT_XY = """([m, i]) => { const gd = document.querySelectorAll('.js-plotly-plot')[m], fl = gd._fullLayout;
+  const r = gd.getBoundingClientRect(), t = gd.data[0];
+  return [r.left + fl.xaxis._offset + fl.xaxis.l2p(t.x[i]), r.top + fl.yaxis._offset + fl.yaxis.l2p(t.y[i])]; }"""
+THUMB_INK = """() => { const c = document.getElementById('thumb'), d = c.getContext('2d')
+  .getImageData(0, 0, c.width, c.height).data; let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s; }"""
+RINGS = "() => [...document.querySelectorAll('.js-plotly-plot')].map((g) => g.data[g.data.length - 1].x.length)"
+SELECTED_PER_MAP = """() => [...document.querySelectorAll('.js-plotly-plot')].map((g) => g.data.slice(0, -1)
+  .reduce((n, t) => n + (t.selectedpoints ? t.selectedpoints.length : 0), 0))"""
+
+
+def maps_frame(page):
+    """The explorer's linked maps (a component iframe), once all three are drawn."""
+    page.locator(MAPS_IFRAME).wait_for()
+    frame = next(f for f in page.frames if "linked_maps" in f.url)
+    frame.locator(".js-plotly-plot").nth(2).wait_for()
+    return frame
+
+
 def check_clean(page, where: str) -> None:
-    """No exception box, no error alert, no traceback text anywhere on the page."""
+    """No exception box, no error alert, no traceback text anywhere on the page, no uncaught script error."""
+    assert not getattr(page, "js_errors", []), f"{where}: script errors: {page.js_errors}"
     assert page.locator('[data-testid="stException"]').count() == 0, f"{where}: exception shown"
     errors = page.locator('[data-testid="stAlertContentError"]')
     assert errors.count() == 0, f"{where}: error shown: {errors.all_inner_texts()}"
@@ -153,20 +177,36 @@ def explore_rank_and_score(page, tmp_path: Path) -> None:
     t0 = time.monotonic()
     go(page, "Embedding explorer")
     check_clean(page, "Explorer")
-    assert charts(page, 3) == 3
+    frame = maps_frame(page)
     print(f"explorer, first visit (three t-SNE maps of 2,000 points): {time.monotonic() - t0:.1f} s; "
-          + "; ".join(page.get_by_text("Features and t-SNE took").all_inner_texts()))
-    # a lasso around the middle of the DOC map
-    box = page.locator('[data-testid="stPlotlyChart"]').nth(2).locator(".nsewdrag").first.bounding_box()
+          + "; ".join(frame.locator(".note").all_inner_texts()))
+    # hovering a point of the DOC map shows its thumbnail and score, and rings that image in all three maps
+    frame_box = page.locator(MAPS_IFRAME).bounding_box()
+    x, y = frame.evaluate(POINT_XY, [2, 0])
+    page.mouse.move(frame_box["x"] + x - 4, frame_box["y"] + y - 4)
+    page.mouse.move(frame_box["x"] + x, frame_box["y"] + y, steps=4)
+    frame.locator("#tip").wait_for(state="visible", timeout=5_000)
+    assert re.search(r"test #\d+\nscore [\d.e-]+ · rank [\d,]+ of 2,000", frame.locator("#tiptext").inner_text())
+    assert frame.evaluate(THUMB_INK) > 0  # the thumbnail was drawn
+    assert frame.evaluate(RINGS) == [1, 1, 1]
+    shot(page, "09a-explorer-hover")
+    # a click on a point selects that one image
+    page.mouse.click(frame_box["x"] + x, frame_box["y"] + y)
+    page.get_by_text(re.compile(r"^1 selected")).wait_for(timeout=30_000)
+    wait_idle(page, 0.5)
+    # a lasso around the middle of the DOC map selects those images, and the same images in the other two maps
+    box = frame.locator(".js-plotly-plot").nth(2).locator(".nsewdrag").first.bounding_box()
     cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) / 4
     page.mouse.move(cx - r, cy - r)
     page.mouse.down()
     for x, y in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
         page.mouse.move(x, y, steps=8)
     page.mouse.up()
+    page.get_by_text(re.compile(r"^[\d,]+ selected")).wait_for(timeout=30_000)
     wait_idle(page, 1.0)
     check_clean(page, "Explorer, selected")
-    assert page.get_by_text("selected", exact=False).first.is_visible()
+    mirrored = frame.evaluate(SELECTED_PER_MAP)
+    assert mirrored[0] == mirrored[1] == mirrored[2] > 1, mirrored
     page.get_by_text("Grad-CAM heatmaps").first.click()
     wait_idle(page, 1.0)
     check_clean(page, "Explorer, Grad-CAM")
@@ -174,7 +214,7 @@ def explore_rank_and_score(page, tmp_path: Path) -> None:
     segment(page, "Anomaly score")
     page.get_by_text("Also show normal training images (open circles)").click()
     wait_idle(page, 1.0)
-    assert charts(page, 3) == 3
+    frame = maps_frame(page)
     check_clean(page, "Explorer, coloured by score, with training images")
     shot(page, "09b-explorer-by-score")
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from doc_core.data import DataError
-from doc_core.gallery import (decode_upload, explorer_sample, label_names, n_pages, page_of, rank, score_ranks)
+from doc_core.gallery import (decode_upload, explorer_sample, label_names, n_pages, page_of, rank, score_ranks,
+                              thumbnail_atlas)
 
 SCORES = np.array([0.1, 0.9, 0.5, 0.3, 0.8, 0.2])
 LABELS = np.array([0, 1, 1, 0, 0, -1])
@@ -101,3 +102,39 @@ def test_embedding_map_colours():
     scale = trace.marker.colorscale
     assert scale[0][1] == theme.NORMAL and scale[-1][1] == theme.ANOMALY
     assert trace.marker.cmin == pytest.approx(0.1) and scale[1][0] == pytest.approx((0.4 - 0.1) / (trace.marker.cmax - 0.1))
+
+
+def _tiles(atlas):
+    sheet = np.asarray(Image.open(io.BytesIO(atlas.png)))
+    t, cols = atlas.tile, atlas.columns
+    return [sheet[(i // cols) * t:(i // cols + 1) * t, (i % cols) * t:(i % cols + 1) * t] for i in range(atlas.count)]
+
+
+def test_thumbnail_atlas_keeps_small_images_exact_and_in_order():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 28, 28, 1), dtype=np.uint8)
+    atlas = thumbnail_atlas(images)
+    assert (atlas.tile, atlas.columns, atlas.count) == (28, 4, 10)
+    sheet = np.asarray(Image.open(io.BytesIO(atlas.png)))
+    assert sheet.shape == (3 * 28, 4 * 28)  # gray, 3 rows of 4
+    for i, t in enumerate(_tiles(atlas)):
+        np.testing.assert_array_equal(t, images[i, ..., 0])
+
+
+def test_thumbnail_atlas_shrinks_large_images_and_mixes_gray_with_colour():
+    wide = np.zeros((100, 200, 3), np.uint8)
+    wide[..., 0] = 255  # red, twice as wide as tall
+    gray = np.full((20, 20), 128, np.uint8)
+    atlas = thumbnail_atlas([wide, gray], max_tile=40)
+    assert atlas.tile == 40 and atlas.columns == 2
+    big, small = _tiles(atlas)
+    assert big.shape == (40, 40, 3)
+    assert (big[10:30, :, 0] == 255).all() and (big[:10] == 0).all() and (big[30:] == 0).all()  # 40x20, centred
+    assert (small[10:30, 10:30] == 128).all() and (small[:10] == 0).all()  # 20x20 in the middle, as RGB
+
+
+def test_thumbnail_atlas_rejects_bad_images_and_handles_none():
+    with pytest.raises(ValueError, match="image 1"):
+        thumbnail_atlas([np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32)])
+    empty = thumbnail_atlas([])
+    assert empty.count == 0 and Image.open(io.BytesIO(empty.png)).size == (1, 1)

@@ -374,17 +374,37 @@ def score_images(run: runs.RunSummary, scorer: ScorerConfig, images: np.ndarray)
 
 @st.cache_data(show_spinner=False, max_entries=24)
 def _embedding_figure(run_id: str, created: str, where: str, feature_set: str, max_points: int, with_train: bool,
-                      color_by: str, threshold: float, _roles, _scores, _info):
+                      color_by: str, threshold: float, _roles, _scores, _info) -> str:
+    from .linked_maps import figure_json
+
     m = _explorer_map(run_id, created, where, feature_set, max_points, with_train)
-    return charts.embedding_map(m["coords"], _roles, _scores, _info, color_by, threshold)
+    return figure_json(charts.embedding_map(m["coords"], _roles, _scores, _info, color_by, threshold))
 
 
 def embedding_figure(run: runs.RunSummary, feature_set: str, max_points: int, with_train: bool, color_by: str,
-                     threshold: float, roles: np.ndarray, scores: np.ndarray, info: np.ndarray):
-    """The explorer's map figure, ``color_by`` "role" or "score" (built once per run, settings and threshold; the
-    arrays follow from those)."""
+                     threshold: float, roles: np.ndarray, scores: np.ndarray, info: np.ndarray) -> str:
+    """The explorer's map figure as the linked maps draw it (:func:`ui.linked_maps.figure_json`), ``color_by``
+    "role" or "score" (built once per run, settings and threshold; the arrays follow from those)."""
     return _embedding_figure(*_key(run), feature_set, max_points, with_train, color_by, float(threshold), roles,
                              scores, info)
+
+
+def explorer_thumbnails(run: runs.RunSummary, max_points: int, with_train: bool) -> dict:
+    """The thumbnails of the explorer's rows (:func:`explorer_rows`, test rows first) as one sprite sheet, in the
+    form :func:`ui.linked_maps.linked_maps` takes."""
+    return _explorer_thumbnails(*_key(run), int(max_points), bool(with_train))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _explorer_thumbnails(run_id: str, created: str, where: str, max_points: int, with_train: bool) -> dict:
+    from doc_core.gallery import thumbnail_atlas
+
+    from .linked_maps import atlas_arg
+
+    data = run_split(runs.get_run(run_id, where))
+    test_idx, train_idx = _explorer_rows(run_id, created, where, max_points, with_train)
+    images = [data.test_images[i] for i in test_idx] + [data.train_normal[i] for i in train_idx]
+    return atlas_arg(thumbnail_atlas(images))
 
 
 # ---------------------------------------------------------------------------------------------- method comparison

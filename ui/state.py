@@ -88,7 +88,7 @@ EX_TRAIN = "ex_train"          # bool: also embed a sample of the normal trainin
 EX_COLOR = "ex_color"
 EX_CAM = "ex_cam"              # bool: Grad-CAM over the selected images
 EX_OPACITY = "ex_opacity"
-EX_MAP = "ex_map_"             # prefix: one selectable chart per feature set
+EX_MAPS = "ex_maps"            # the linked maps' value: the last selection made in any of them
 EX_SELECTED = "ex_selected"    # ((run id, points, with training), [row, ...]) | None: the last selection in any map
 
 COLOR_ROLE = "True label / role"

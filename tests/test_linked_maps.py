@@ -1,0 +1,56 @@
+"""The explorer's linked-maps component outside a browser: the folder Streamlit serves it from, the figure and
+thumbnail payloads it is given, and how its value becomes the selected rows. (The browser test drives it for real.)"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from doc_core.gallery import thumbnail_atlas
+from ui import charts, linked_maps
+
+
+def test_the_component_folder_has_the_html_and_the_installed_plotly_js():
+    root = linked_maps._component_dir()
+    assert (root / "index.html").read_bytes() == linked_maps._HTML.read_bytes()
+    js = (root / "plotly.min.js").read_bytes()
+    assert js == linked_maps._PLOTLY_JS.read_bytes() and len(js) > 1_000_000
+    assert linked_maps._component_dir() == root  # built once, then reused
+    assert 'src="plotly.min.js"' in linked_maps._HTML.read_text()  # served from that folder, never from a CDN
+
+
+def test_figure_json_keeps_only_each_points_row_and_drops_the_template():
+    coords = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    roles = np.array(["test normal", "test anomaly", "test normal"])
+    info = np.array([[0, "a", "rank 3"], [1, "b", "rank 1"], [2, "c", "rank 2"]], dtype=object)
+    fig = charts.embedding_map(coords, roles, np.array([0.1, 0.9, 0.2]), info, "role", 0.5)
+    spec = json.loads(linked_maps.figure_json(fig))
+    assert "template" not in spec["layout"]
+    by_row = {}
+    for trace in spec["data"]:
+        xs = trace["x"]
+        if isinstance(xs, dict):  # plotly.py's base64 typed array, which the component decodes
+            xs = np.frombuffer(base64.b64decode(xs["bdata"]), dtype=np.dtype(xs["dtype"])).tolist()
+        by_row.update(zip(trace["customdata"], xs))
+    assert by_row == {0: 0.0, 1: 2.0, 2: 4.0}
+
+
+def test_atlas_arg_is_a_png_data_uri_with_its_grid():
+    images = np.arange(5 * 4 * 4, dtype=np.uint8).reshape(5, 4, 4, 1)
+    arg = linked_maps.atlas_arg(thumbnail_atlas(images))
+    assert (arg["tile"], arg["columns"], arg["count"]) == (4, 3, 5)
+    head, data = arg["src"].split(",", 1)
+    assert head == "data:image/png;base64"
+    assert Image.open(io.BytesIO(base64.b64decode(data))).size == (12, 8)
+
+
+def test_selected_rows_reads_the_components_value_defensively():
+    assert linked_maps.selected_rows({"rows": [5, 3, 5, 7], "source": 2, "seq": 4}) == [5, 3, 7]
+    assert linked_maps.selected_rows({"rows": [], "source": 0, "seq": 5}) == []
+    for bad in (None, {}, {"rows": "1,2"}, [1, 2], {"rows": [None, "x"]}):
+        assert linked_maps.selected_rows(bad) == []
+
