@@ -58,6 +58,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--scorer", choices=("knn", "lof"), default="knn", help="k-NN distance (default) or LOF")
     s.add_argument("--k", type=int, default=None, help="neighbours (default 5 for knn, 20 for lof)")
     s.add_argument("--max-bank-size", type=int, default=None, help="subsample the normal feature bank to this size")
+    _add_backend_arg(s, "exact")
+
+
+def _add_backend_arg(p, default: str | None) -> None:
+    from .scoring import KNN_BACKENDS
+
+    p.add_argument("--knn-backend", choices=KNN_BACKENDS, default=default,
+                   help="k-NN search: exact (numpy), faiss (exact flat index, faster on large banks) or faiss-ivf "
+                        "(approximate, for very large banks); needs faiss-cpu. "
+                        + ("Saved with the detector (default exact)" if default else
+                           "Default: the one saved with the detector; the threshold is kept"))
+
+
+def _with_backend(det, backend: str | None):
+    """The detector searching with ``backend`` (its saved threshold kept), or itself when None."""
+    from dataclasses import replace
+
+    if backend is None or backend == det.scorer.backend:
+        return det
+    return det.with_scorer(replace(det.scorer, backend=backend), threshold=det.threshold_)
 
 
 def _configs(args):
@@ -70,7 +90,7 @@ def _configs(args):
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr, "lam": args.lam,
                  "optimizer": args.optimizer, "weight_decay": args.weight_decay, "seed": args.seed}
     tc = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-    return bb, tc, ScorerConfig(args.scorer, args.k, args.max_bank_size)
+    return bb, tc, ScorerConfig(args.scorer, args.k, args.max_bank_size, args.knn_backend)
 
 
 def _load_split(args):
@@ -150,7 +170,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .detector import DOCDetector
 
-    det = DOCDetector.load(args.detector)
+    det = _with_backend(DOCDetector.load(args.detector), args.knn_backend)
     split = _load_split(args)
     if not len(split.test_images):
         print("error: the dataset has no test images", file=sys.stderr)
@@ -167,7 +187,7 @@ def cmd_score(args) -> int:
     from .data import read_images
     from .detector import DOCDetector
 
-    det = DOCDetector.load(args.detector)
+    det = _with_backend(DOCDetector.load(args.detector), args.knn_backend)
     images, ok, skipped = read_images(args.images, size=det.backbone.input_size)
     scores = det.decision_function(images) if len(images) else np.zeros(0)
     out = {"threshold": float(det.threshold_),
@@ -352,12 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", required=True, help="a folder written by `train` (or a dashboard run's detector/)")
     _add_data_args(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _add_backend_arg(p, None)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="score image files with a saved detector (JSON out)")
     p.add_argument("--detector", required=True, help="a folder written by `train`")
     p.add_argument("images", nargs="+", help="image files (png, jpg, ...); unreadable ones are listed as skipped")
     p.add_argument("--out", default=None, help="write the JSON here as well as to stdout")
+    _add_backend_arg(p, None)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("explain", help="Grad-CAM heatmaps of the anomaly score over image files (PNG + JSON out)",

@@ -16,7 +16,7 @@ import numpy as np
 
 from .backbones import Backbone, BackboneConfig
 from .metrics import threshold_percentile
-from .scoring import SCORERS, make_scorer
+from .scoring import KNN_BACKENDS, SCORERS, make_scorer
 from .training import DOCTrainer, StepRecord, TrainConfig
 
 FORMAT_VERSION = 1
@@ -30,18 +30,22 @@ class DetectorFormatError(ValueError):
 
 @dataclass(frozen=True)
 class ScorerConfig:
-    """Test-time scorer: ``name`` in {"knn", "lof"}, ``k`` neighbours (None = the scorer's default), bank size cap."""
+    """Test-time scorer: ``name`` in {"knn", "lof"}, ``k`` neighbours (None = the scorer's default), bank size cap,
+    and the k-NN search ``backend`` ("exact" numpy, "faiss" exact flat index, "faiss-ivf" approximate; see
+    :class:`doc_core.scoring.KNNScorer`). The backend is saved with the detector and rebuilt on load."""
 
     name: str = "knn"
     k: int | None = None
     max_bank_size: int | None = None
+    backend: str = "exact"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "k": self.k, "max_bank_size": self.max_bank_size}
+        return {"name": self.name, "k": self.k, "max_bank_size": self.max_bank_size, "backend": self.backend}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScorerConfig":
-        return cls(name=str(d.get("name", "knn")), k=d.get("k"), max_bank_size=d.get("max_bank_size"))
+        return cls(name=str(d.get("name", "knn")), k=d.get("k"), max_bank_size=d.get("max_bank_size"),
+                   backend=str(d.get("backend", "exact")))  # files written before backends existed: exact
 
 
 class DOCDetector:
@@ -100,6 +104,7 @@ class DOCDetector:
         """
         if self.scorer.name not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer.name!r}; choose one of {', '.join(SCORERS)}")
+        self._check_backend()
         t0 = time.perf_counter()
         self.backbone_ = Backbone(self.backbone)
         n_classes = int(np.max(reference_labels)) + 1 if len(reference_labels) else 0
@@ -137,19 +142,36 @@ class DOCDetector:
         if trainer is not None:
             trainer.stop()
 
+    def _check_backend(self) -> None:
+        """Fail before any training when the scorer's search backend is unknown, unsupported or not installed."""
+        if self.scorer.backend not in KNN_BACKENDS:
+            raise ValueError(f"unknown k-NN backend {self.scorer.backend!r}; choose one of {', '.join(KNN_BACKENDS)}")
+        if self.scorer.backend != "exact":
+            if self.scorer.name != "knn":
+                raise ValueError(f"the {self.scorer.name!r} scorer has no {self.scorer.backend!r} backend (only the "
+                                 "k-NN scorer does)")
+            from .faiss_search import import_faiss
+
+            import_faiss()  # ImportError with the install command when faiss is missing
+
     def _fit_bank(self, bank: np.ndarray) -> None:
         self.bank_ = np.asarray(bank, np.float32)
-        self.scorer_ = make_scorer(self.scorer.name, self.scorer.k, self.scorer.max_bank_size).fit(self.bank_)
+        self.scorer_ = make_scorer(self.scorer.name, self.scorer.k, self.scorer.max_bank_size,
+                                   backend=self.scorer.backend).fit(self.bank_)
         self.train_scores_ = self.scorer_.training_scores()
         self.threshold_ = threshold_percentile(self.train_scores_, self.threshold_percentile)
 
-    def with_scorer(self, scorer: ScorerConfig) -> "DOCDetector":
-        """A copy sharing the fine-tuned backbone but scoring with another scorer (no retraining)."""
+    def with_scorer(self, scorer: ScorerConfig, threshold: float | None = None) -> "DOCDetector":
+        """A copy sharing the fine-tuned backbone but scoring with another scorer (no retraining); its threshold is
+        ``threshold``, or the new scorer's percentile threshold when None."""
         self._check_fitted()
         other = DOCDetector(self.backbone, self.train, scorer, self.threshold_percentile)
         other.backbone_, other.history_ = self.backbone_, self.history_
         other.reference_names_, other.fit_seconds_ = self.reference_names_, getattr(self, "fit_seconds_", 0.0)
+        other.metadata_ = dict(getattr(self, "metadata_", {}))
         other._fit_bank(self.bank_)
+        if threshold is not None:
+            other.threshold_ = float(threshold)
         return other
 
     # ------------------------------------------------------------------------------------------------ inference

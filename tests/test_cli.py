@@ -81,6 +81,15 @@ def test_train_evaluate_score(tmp_path, fake_fmnist, capsys):
     assert [r["path"] for r in scored["results"]] == [str(img)]
     assert scored["results"][0]["anomalous"] == (scored["results"][0]["score"] > scored["threshold"])
     assert scored["skipped"][0]["path"] == str(bad)
+    capsys.readouterr()
+    # the same scores and threshold with faiss search, chosen at scoring time or saved at training time
+    pytest.importorskip("faiss", reason="faiss-cpu is not installed")
+    assert main(["score", "--detector", str(out), str(img), "--knn-backend", "faiss"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert fast["threshold"] == scored["threshold"]
+    assert fast["results"][0]["score"] == pytest.approx(scored["results"][0]["score"], rel=1e-4)
+    assert main(["train", *args, *TINY, "--knn-backend", "faiss", "--out", str(tmp_path / "fast")]) == 0
+    assert json.loads((tmp_path / "fast" / "detector.json").read_text())["config"]["scorer"]["backend"] == "faiss"
 
 
 def test_clear_error_for_a_broken_detector(tmp_path, capsys):

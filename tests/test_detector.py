@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,43 @@ def test_with_scorer_lof_without_retraining(problem, trained):
     np.testing.assert_array_equal(back.decision_function(test), s_knn)
     with pytest.raises(ValueError, match="unknown scorer"):
         trained.with_scorer(ScorerConfig("isolation_forest"))
+
+
+def test_faiss_backend_is_saved_and_rebuilt_on_load(tmp_path, problem, trained):
+    pytest.importorskip("faiss", reason="faiss-cpu is not installed")
+    test = problem[3]
+    fast = trained.with_scorer(ScorerConfig(backend="faiss"), threshold=1.234)
+    assert fast.threshold_ == 1.234 and fast.scorer_.backend == "faiss"
+    np.testing.assert_allclose(fast.decision_function(test), trained.decision_function(test), rtol=1e-4, atol=1e-5)
+    loaded = DOCDetector.load(fast.save(tmp_path / "fast"))
+    assert loaded.scorer == ScorerConfig(backend="faiss") and hasattr(loaded.scorer_, "index_")
+    assert loaded.threshold_ == 1.234
+    np.testing.assert_allclose(loaded.decision_function(test), trained.decision_function(test), rtol=1e-4, atol=1e-5)
+
+
+def test_detectors_saved_before_backends_load_as_exact(saved):
+    doc = json.loads((saved / "detector.json").read_text())
+    del doc["config"]["scorer"]["backend"]
+    (saved / "detector.json").write_text(json.dumps(doc))
+    loaded = DOCDetector.load(saved)
+    assert loaded.scorer.backend == "exact" and not hasattr(loaded.scorer_, "index_")
+
+
+@pytest.mark.parametrize("scorer, match", [(ScorerConfig(backend="annoy"), "unknown k-NN backend 'annoy'"),
+                                           (ScorerConfig("lof", backend="faiss"), "'lof' scorer has no 'faiss'")])
+def test_bad_backend_fails_before_training(problem, scorer, match):
+    det = make_detector(scorer=scorer)
+    with pytest.raises(ValueError, match=match):
+        det.fit(*problem[:3])
+    assert not hasattr(det, "history_")
+
+
+def test_missing_faiss_fails_before_training_with_the_install_command(problem, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    det = make_detector(scorer=ScorerConfig(backend="faiss"))
+    with pytest.raises(ImportError, match="faiss-cpu"):
+        det.fit(*problem[:3])
+    assert not hasattr(det, "history_")
 
 
 def test_unknown_scorer_fails_before_training(problem):
