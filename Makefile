@@ -13,7 +13,7 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 bench: setup
-	.venv/bin/python -m doc_core benchmark --protocol tutorial --json results-tutorial.json
+	.venv/bin/python -m doc_core benchmark --protocol tutorial --json results-tutorial.json --roc-html results-tutorial-roc.html
 
 bench-ovr: setup
-	.venv/bin/python -m doc_core benchmark --protocol one-vs-rest --json results-one-vs-rest.json
+	.venv/bin/python -m doc_core benchmark --protocol one-vs-rest --json results-one-vs-rest.json --roc-html results-one-vs-rest-roc.html

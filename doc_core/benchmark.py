@@ -17,7 +17,7 @@ import numpy as np
 
 from .data import FASHION_MNIST_CLASSES, FashionMNIST, OneClassSplit, SplitConfig, load_fashion_mnist, make_split
 from .detector import DOCDetector, ScorerConfig
-from .metrics import roc_auc
+from .metrics import roc_auc, roc_curve
 from .backbones import BackboneConfig
 from .scoring import KNNScorer
 from .training import TrainConfig
@@ -29,12 +29,26 @@ WRITEUP = {"doc_lof_auc": 0.90, "score_ms_per_image_gpu": 140.0, "gradcam_s_per_
 
 @dataclass
 class MethodResult:
-    """One method on one split: AUC, fitting seconds, scoring milliseconds per image (end to end)."""
+    """One method on one split: AUC, fitting seconds, scoring milliseconds per image (end to end), seconds per
+    training epoch, and its ROC curve thinned for plotting (:func:`thin_roc`)."""
 
     auc: float
     fit_s: float
     score_ms_per_image: float
     epoch_s: float | None = None
+    roc: dict | None = None
+
+
+def thin_roc(labels: np.ndarray, scores: np.ndarray, points: int = 201) -> dict:
+    """The ROC curve at ``points`` evenly spaced false-positive rates, for plots and JSON files.
+
+    ``{"fpr": [...], "tpr": [...]}`` (lists of floats rounded to 4 decimals, ``fpr`` from 0 to 1); ``tpr`` at each
+    ``fpr`` is the best true-positive rate reached at that false-positive rate or lower (the curve's upper step).
+    """
+    curve = roc_curve(labels, scores)
+    grid = np.linspace(0.0, 1.0, points)
+    tpr = np.maximum.accumulate(curve["tpr"])[np.searchsorted(curve["fpr"], grid, side="right") - 1]
+    return {"fpr": np.round(grid, 4).tolist(), "tpr": np.round(tpr, 4).tolist()}
 
 
 def _raw(images: np.ndarray) -> np.ndarray:
@@ -49,7 +63,7 @@ def run_raw_knn(split: OneClassSplit) -> MethodResult:
     t0 = time.perf_counter()
     scores = scorer.score_samples(_raw(split.test_images))
     ms = (time.perf_counter() - t0) * 1000 / len(split.test_images)
-    return MethodResult(roc_auc(split.test_labels, scores), fit_s, ms)
+    return MethodResult(roc_auc(split.test_labels, scores), fit_s, ms, roc=thin_roc(split.test_labels, scores))
 
 
 def run_conv_ae(split: OneClassSplit, seed: int = 0) -> MethodResult:
@@ -64,7 +78,8 @@ def run_conv_ae(split: OneClassSplit, seed: int = 0) -> MethodResult:
     t0 = time.perf_counter()
     scores = ae.score_samples(split.test_images)
     ms = (time.perf_counter() - t0) * 1000 / len(split.test_images)
-    return MethodResult(roc_auc(split.test_labels, scores), fit_s, ms, fit_s / ae.epochs)
+    return MethodResult(roc_auc(split.test_labels, scores), fit_s, ms, fit_s / ae.epochs,
+                        thin_roc(split.test_labels, scores))
 
 
 def _timed_scores(det: DOCDetector, images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -92,7 +107,8 @@ def run_detector(split: OneClassSplit, backbone: BackboneConfig, train: TrainCon
         d = det if sc == first else det.with_scorer(sc)
         extra = time.perf_counter() - t1 if sc != first else 0.0
         scores, ms = _timed_scores(d, split.test_images)
-        out[name] = MethodResult(roc_auc(split.test_labels, scores), fit_s + extra, ms, epoch_s)
+        out[name] = MethodResult(roc_auc(split.test_labels, scores), fit_s + extra, ms, epoch_s,
+                                 thin_roc(split.test_labels, scores))
     if on_fitted is not None:
         on_fitted(det)
     return out
@@ -139,6 +155,8 @@ def _summarise(results: list[MethodResult]) -> dict:
     epochs = [r.epoch_s for r in results if r.epoch_s is not None]
     if epochs:
         out["train_epoch_s"] = float(np.mean(epochs))
+    if results and results[0].roc is not None:
+        out["roc"] = results[0].roc  # the first seed's curve
     return out
 
 
@@ -157,7 +175,8 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
 
     ``{"protocol": ..., "methods": {NAME: {"auc", "auc_std", "aucs", "fit_s", "score_ms_per_image", ...}}, ...}``;
     for one-vs-rest each method also has ``per_class`` (mean AUC per normal class) and the top-level AUC is the mean
-    over classes of the per-class means. Methods: ``raw_knn`` (pixels), ``conv_ae`` (convolutional autoencoder,
+    over classes of the per-class means. ROC curves of the first seed (:func:`thin_roc`) are kept as ``roc``
+    (tutorial) or ``per_class_roc`` (one-vs-rest); :func:`doc_core.report.roc_figure` draws them. Methods: ``raw_knn`` (pixels), ``conv_ae`` (convolutional autoencoder,
     reconstruction error, trained per seed; ``train_epoch_s`` is its fit time per epoch), ``pretrained_knn``,
     ``doc_knn`` and ``doc_lof``. The tutorial protocol also times the explorer's tools on the first seed's
     ``doc_knn`` detector (see :func:`measure_explain`): top-level ``gradcam_ms_per_image``, ``tsne_s`` (t-SNE of the
@@ -211,6 +230,7 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
                    if all("train_epoch_s" in s for s in summ.values()) else {}),
                 "per_class": {FASHION_MNIST_CLASSES[c]: round(s["auc"], 5) for c, s in summ.items()},
                 "per_class_std": {FASHION_MNIST_CLASSES[c]: round(s["auc_std"], 5) for c, s in summ.items()},
+                "per_class_roc": {FASHION_MNIST_CLASSES[c]: s["roc"] for c, s in summ.items() if "roc" in s},
             }
     return {"protocol": protocol, "methods": methods, "seeds": list(seeds),
             "config": {"backbone": backbone.resolved().to_dict(), "train": train.to_dict()}, **explain,

@@ -354,6 +354,10 @@ def cmd_benchmark(args) -> int:
                     log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(res))
     _write_json(res, args.json)
+    if args.roc_html:
+        from .report import write_roc_html
+
+        print(f"ROC curves: {write_roc_html(res, args.roc_html)}", file=sys.stderr)
     return 0
 
 
@@ -447,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over (default 0 1 2)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="one-vs-rest: only these normal classes")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--roc-html", default=None,
+                   help="tutorial / one-vs-rest: also write the ROC curves of every method (one chart; one per "
+                        "normal class for one-vs-rest) to this self-contained HTML file")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files")
     e = p.add_argument_group("export protocol")
     e.add_argument("--detector", default=None, help="export: a saved detector or run folder (default: train one)")

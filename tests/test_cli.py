@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from doc_core import benchmark as bench
 from doc_core.cli import build_parser, main
 from doc_core.data import FASHION_MNIST_FILES, FashionMNIST
+from doc_core.report import roc_figure
 
 TINY = ["--backbone", "tiny", "--input-size", "32", "--weights", "none", "--epochs", "1", "--batch-size", "16"]
 
@@ -99,14 +101,20 @@ def test_clear_error_for_a_broken_detector(tmp_path, capsys):
 
 
 def test_benchmark_json_schema(tmp_path, fake_fmnist, capsys):
-    path = tmp_path / "r.json"
+    path, html = tmp_path / "r.json", tmp_path / "plots" / "roc.html"
     assert main(["benchmark", "--protocol", "tutorial", "--seeds", "0", "1", "--data-dir", str(fake_fmnist),
-                 "--json", str(path), *TINY]) == 0
+                 "--json", str(path), "--roc-html", str(html), *TINY]) == 0
     res = json.loads(path.read_text())
     assert res["protocol"] == "tutorial"
     assert set(res["methods"]) == {"raw_knn", "conv_ae", "pretrained_knn", "doc_knn", "doc_lof"}
     for m in res["methods"].values():
         assert 0.0 <= m["auc"] <= 1.0 and m["fit_s"] >= 0 and m["score_ms_per_image"] > 0
+        fpr, tpr = np.array(m["roc"]["fpr"]), np.array(m["roc"]["tpr"])
+        assert len(fpr) == 201 and fpr[0] == 0 and fpr[-1] == 1 and np.all(np.diff(tpr) >= 0) and tpr[-1] == 1
+    page = html.read_text()  # one self-contained chart: plotly.js inside, every method in the legend
+    assert "plotly.js v" in page and not re.search(r"<script[^>]*src=", page)
+    for m in res["methods"].values():
+        assert f"AUC {m['auc']:.4f}" in page
     assert len(res["methods"]["doc_knn"]["aucs"]) == 2
     assert res["gradcam_ms_per_image"] > 0 and res["tsne_s"] > 0
     assert res["explain_timing"]["tsne_points"] == 20 and res["explain_timing"]["detector_seed"] == 0
@@ -124,6 +132,10 @@ def test_one_vs_rest_per_class(fake_fmnist):
     res = bench.benchmark("one-vs-rest", (0,), BackboneConfig("tiny", input_size=32, weights=None),
                           TrainConfig(epochs=1, batch_size=16), classes=(0, 5), data=small, log=lambda m: None)
     assert set(res["methods"]) == {"raw_knn", "conv_ae", "pretrained_knn", "doc_knn", "doc_lof"}
+    assert all(set(m["per_class_roc"]) == {"T-shirt/top", "Sandal"} for m in res["methods"].values())
+    fig = roc_figure(res)  # one small chart per normal class, every method on each
+    assert len(fig.data) == 2 * 5 and [a.text for a in fig.layout.annotations] == ["normal: T-shirt/top",
+                                                                                   "normal: Sandal"]
     doc = res["methods"]["doc_knn"]
     assert set(res["methods"]["doc_lof"]["per_class"]) == set(doc["per_class"])
     assert set(doc["per_class"]) == {"T-shirt/top", "Sandal"}
