@@ -15,9 +15,11 @@ Scores are higher for more anomalous images everywhere."""
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (Fashion-MNIST by default; --folder for your own images)")
-    g.add_argument("--protocol", choices=("tutorial", "one-vs-rest"), default="tutorial",
+    g.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "one-vs-rest-disjoint"), default="tutorial",
                    help="tutorial: normal Sneaker vs Ankle boot, 6,000 reference images of classes 0-6 and 8 "
-                        "(the Keras write-up); one-vs-rest: normal = --normal-class, test = the whole test set")
+                        "(the Keras write-up); one-vs-rest: normal = --normal-class, test = the whole test set, "
+                        "reference = the other classes; one-vs-rest-disjoint: the other classes alternate between "
+                        "reference and anomaly classes (the test set holds the normal and the anomaly classes)")
     g.add_argument("--normal-class", type=int, default=7, help="normal class for one-vs-rest (0-9; default 7)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the reference draw (default 0)")
     g.add_argument("--n-normal", type=int, default=None, help="use a random subset of this many normal training images")
@@ -94,7 +96,7 @@ def _configs(args):
 
 
 def _load_split(args):
-    from .data import SplitConfig, load_fashion_mnist, load_folder_split, make_split
+    from .data import ONE_VS_REST_SPLITS, SplitConfig, load_fashion_mnist, load_folder_split, make_split
 
     if args.folder:
         split, skipped = load_folder_split(args.folder, image_size=args.image_size)
@@ -102,7 +104,7 @@ def _load_split(args):
             print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
         return split
     cfg = (SplitConfig.tutorial(args.split_seed) if args.protocol == "tutorial"
-           else SplitConfig.one_vs_rest(args.normal_class, seed=args.split_seed))
+           else ONE_VS_REST_SPLITS[args.protocol](args.normal_class, seed=args.split_seed))
     cfg = SplitConfig.from_dict({**cfg.to_dict(), "n_normal": args.n_normal, "n_reference": args.n_reference})
     return make_split(cfg, load_fashion_mnist(args.data_dir))
 
@@ -442,9 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "protocols: export (edge bundles: AUC against the Keras detector, bundle size, "
                                    "ms/image on one core per quantization) and knn-scaling (exact vs faiss k-NN "
                                    "scoring time against bank size, random vectors).")
-    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "export", "knn-scaling"), default="tutorial",
+    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "one-vs-rest-disjoint", "export", "knn-scaling"),
+                   default="tutorial",
                    help="tutorial: Sneaker vs Ankle boot (the Keras write-up); one-vs-rest: each class in turn is "
-                        "normal and the whole test set is scored; export: the tutorial detector (--detector, or one "
+                        "normal and the whole test set is scored (reference = the other classes); "
+                        "one-vs-rest-disjoint: the same with reference and anomaly classes disjoint (the anomalies "
+                        "are unseen in training); export: the tutorial detector (--detector, or one "
                         "trained with the first seed) exported with every quantization (and as ONNX when tf2onnx and "
                         "onnxruntime are installed) and scored by its bundle; knn-scaling: exact vs faiss search "
                         "time for --bank-sizes (default tutorial)")

@@ -181,6 +181,17 @@ class SplitConfig:
         return cls(normal_classes=(normal_class,), anomaly_classes=None, reference_classes=None,
                    n_reference=n_reference, seed=seed)
 
+    @classmethod
+    def one_vs_rest_disjoint(cls, normal_class: int, seed: int = 0, n_reference: int = 6000) -> "SplitConfig":
+        """Normal = one class; the other nine alternate between reference and anomaly classes (sorted, the 1st, 3rd,
+        5th, 7th and 9th are reference classes, the 2nd, 4th, 6th and 8th anomalies), so the scored anomalies are
+        classes DOC never sees in training. The test set is the normal class and those four classes."""
+        if not 0 <= int(normal_class) <= 9:
+            raise ValueError(f"normal_class must be 0-9, got {normal_class}")
+        others = [k for k in range(10) if k != int(normal_class)]
+        return cls(normal_classes=(int(normal_class),), anomaly_classes=tuple(others[1::2]),
+                   reference_classes=tuple(others[0::2]), n_reference=n_reference, seed=seed)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -190,6 +201,10 @@ class SplitConfig:
         return cls(normal_classes=tup(d["normal_classes"]), anomaly_classes=tup(d.get("anomaly_classes")),
                    reference_classes=tup(d.get("reference_classes")), n_normal=d.get("n_normal"),
                    n_reference=int(d.get("n_reference", 6000)), seed=int(d.get("seed", 0)))
+
+
+# the one-vs-rest split of each benchmark protocol (``python -m doc_core ... --protocol NAME``), by name
+ONE_VS_REST_SPLITS = {"one-vs-rest": SplitConfig.one_vs_rest, "one-vs-rest-disjoint": SplitConfig.one_vs_rest_disjoint}
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def _fake_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def fake_fmnist(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     folder = tmp_path_factory.mktemp("fmnist")
-    ytr = np.repeat(np.arange(10), 800)
+    ytr = np.repeat(np.arange(10), 1200)  # 5 reference classes (one-vs-rest-disjoint) hold 6,000 images
     yte = np.repeat(np.arange(10), 10)
     arrays = {"train_images": _fake_images(ytr, rng), "train_labels": ytr, "test_images": _fake_images(yte, rng),
               "test_labels": yte}
@@ -122,14 +122,15 @@ def test_benchmark_json_schema(tmp_path, fake_fmnist, capsys):
     assert "doc_knn" in out and "Grad-CAM" in out and "t-SNE of 20 points" in out
 
 
-def test_one_vs_rest_per_class(fake_fmnist):
+@pytest.mark.parametrize("protocol", ["one-vs-rest", "one-vs-rest-disjoint"])
+def test_one_vs_rest_per_class(fake_fmnist, protocol):
     from doc_core.backbones import BackboneConfig
     from doc_core.data import load_fashion_mnist
     from doc_core.training import TrainConfig
 
     data = load_fashion_mnist(fake_fmnist)
     small = FashionMNIST(data.train_images, data.train_labels, data.test_images, data.test_labels, "fake")
-    res = bench.benchmark("one-vs-rest", (0,), BackboneConfig("tiny", input_size=32, weights=None),
+    res = bench.benchmark(protocol, (0,), BackboneConfig("tiny", input_size=32, weights=None),
                           TrainConfig(epochs=1, batch_size=16), classes=(0, 5), data=small, log=lambda m: None)
     assert set(res["methods"]) == {"raw_knn", "conv_ae", "pretrained_knn", "doc_knn", "doc_lof"}
     assert all(set(m["per_class_roc"]) == {"T-shirt/top", "Sandal"} for m in res["methods"].values())
@@ -140,4 +141,4 @@ def test_one_vs_rest_per_class(fake_fmnist):
     assert set(res["methods"]["doc_lof"]["per_class"]) == set(doc["per_class"])
     assert set(doc["per_class"]) == {"T-shirt/top", "Sandal"}
     assert doc["auc"] == pytest.approx(np.mean(list(doc["per_class"].values())), abs=1e-4)
-    assert "per-class AUC" in bench.format_table(res)
+    assert "per-class AUC" in bench.format_table(res) and res["protocol"] == protocol

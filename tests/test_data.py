@@ -195,6 +195,19 @@ def test_one_vs_rest_semantics(fake_fashion):
     assert not np.any(split.reference[:, 0, 0, 0] == 3) and len(split.reference) == 90
 
 
+def test_one_vs_rest_disjoint_keeps_anomaly_classes_out_of_training(fake_fashion):
+    split = make_split(SplitConfig.one_vs_rest_disjoint(3, n_reference=90), fake_fashion)
+    ref_classes = set(np.unique(split.reference[:, 0, 0, 0]).tolist())
+    test_classes = split.test_images[:, 0, 0, 0]
+    anomaly_classes = set(np.unique(test_classes[split.test_labels == 1]).tolist())
+    assert ref_classes == {0, 2, 5, 7, 9} and anomaly_classes == {1, 4, 6, 8}  # others 0,1,2,4,...,9 alternate
+    assert not ref_classes & anomaly_classes and len(split.test_images) == 50  # 10 normal + 4 x 10 anomalies
+    np.testing.assert_array_equal(split.test_labels, (test_classes != 3).astype(int))
+    assert data.ONE_VS_REST_SPLITS["one-vs-rest-disjoint"](3) == SplitConfig.one_vs_rest_disjoint(3)
+    with pytest.raises(ValueError, match="0-9"):
+        SplitConfig.one_vs_rest_disjoint(10)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"normal_classes": ()}, "normal class"),
     ({"normal_classes": (10,)}, "0-9"),
