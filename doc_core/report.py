@@ -60,7 +60,8 @@ def roc_figure(result: dict) -> go.Figure:
         return fig
     cols = 5
     rows = math.ceil(len(classes) / cols)
-    titles = [f"normal: {c}" for c in classes]
+    doc = methods.get("doc_knn", {}).get("per_class", {})
+    titles = [f"normal: {c}" + (f" · DOC k-NN {doc[c]:.3f}" if c in doc else "") for c in classes]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.03, vertical_spacing=0.1)
     for i, c in enumerate(classes):
         row, col = divmod(i, cols)

@@ -135,8 +135,9 @@ def test_one_vs_rest_per_class(fake_fmnist, protocol):
     assert set(res["methods"]) == {"raw_knn", "conv_ae", "pretrained_knn", "doc_knn", "doc_lof"}
     assert all(set(m["per_class_roc"]) == {"T-shirt/top", "Sandal"} for m in res["methods"].values())
     fig = roc_figure(res)  # one small chart per normal class, every method on each
-    assert len(fig.data) == 2 * 5 and [a.text for a in fig.layout.annotations] == ["normal: T-shirt/top",
-                                                                                   "normal: Sandal"]
+    assert len(fig.data) == 2 * 5
+    assert [a.text for a in fig.layout.annotations] == [
+        f"normal: {c} · DOC k-NN {res['methods']['doc_knn']['per_class'][c]:.3f}" for c in ("T-shirt/top", "Sandal")]
     doc = res["methods"]["doc_knn"]
     assert set(res["methods"]["doc_lof"]["per_class"]) == set(doc["per_class"])
     assert set(doc["per_class"]) == {"T-shirt/top", "Sandal"}
