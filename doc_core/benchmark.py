@@ -43,6 +43,12 @@ class MethodResult:
     epoch_s: float | None = None
     roc: dict | None = None
 
+    @classmethod
+    def of(cls, labels: np.ndarray, scores: np.ndarray, fit_s: float, ms: float,
+           epoch_s: float | None = None) -> "MethodResult":
+        """The result of test ``scores`` (higher = more anomalous) against 0/1 ``labels``."""
+        return cls(roc_auc(labels, scores), fit_s, ms, epoch_s, thin_roc(labels, scores))
+
 
 def thin_roc(labels: np.ndarray, scores: np.ndarray, points: int = 201) -> dict:
     """The ROC curve at ``points`` evenly spaced false-positive rates, for plots and JSON files.
@@ -68,7 +74,7 @@ def run_raw_knn(split: OneClassSplit) -> MethodResult:
     t0 = time.perf_counter()
     scores = scorer.score_samples(_raw(split.test_images))
     ms = (time.perf_counter() - t0) * 1000 / len(split.test_images)
-    return MethodResult(roc_auc(split.test_labels, scores), fit_s, ms, roc=thin_roc(split.test_labels, scores))
+    return MethodResult.of(split.test_labels, scores, fit_s, ms)
 
 
 def run_conv_ae(split: OneClassSplit, seed: int = 0) -> MethodResult:
@@ -83,8 +89,7 @@ def run_conv_ae(split: OneClassSplit, seed: int = 0) -> MethodResult:
     t0 = time.perf_counter()
     scores = ae.score_samples(split.test_images)
     ms = (time.perf_counter() - t0) * 1000 / len(split.test_images)
-    return MethodResult(roc_auc(split.test_labels, scores), fit_s, ms, fit_s / ae.epochs,
-                        thin_roc(split.test_labels, scores))
+    return MethodResult.of(split.test_labels, scores, fit_s, ms, fit_s / ae.epochs)
 
 
 def _timed_scores(det: DOCDetector, images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -112,8 +117,7 @@ def run_detector(split: OneClassSplit, backbone: BackboneConfig, train: TrainCon
         d = det if sc == first else det.with_scorer(sc)
         extra = time.perf_counter() - t1 if sc != first else 0.0
         scores, ms = _timed_scores(d, split.test_images)
-        out[name] = MethodResult(roc_auc(split.test_labels, scores), fit_s + extra, ms, epoch_s,
-                                 thin_roc(split.test_labels, scores))
+        out[name] = MethodResult.of(split.test_labels, scores, fit_s + extra, ms, epoch_s)
     if on_fitted is not None:
         on_fitted(det)
     return out
@@ -181,11 +185,12 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
     ``{"protocol": ..., "methods": {NAME: {"auc", "auc_std", "aucs", "fit_s", "score_ms_per_image", ...}}, ...}``;
     for one-vs-rest each method also has ``per_class`` (mean AUC per normal class) and the top-level AUC is the mean
     over classes of the per-class means. ROC curves of the first seed (:func:`thin_roc`) are kept as ``roc``
-    (tutorial) or ``per_class_roc`` (one-vs-rest); :func:`doc_core.report.roc_figure` draws them. Methods: ``raw_knn`` (pixels), ``conv_ae`` (convolutional autoencoder,
-    reconstruction error, trained per seed; ``train_epoch_s`` is its fit time per epoch), ``pretrained_knn``,
-    ``doc_knn`` and ``doc_lof``. The tutorial protocol also times the explorer's tools on the first seed's
-    ``doc_knn`` detector (see :func:`measure_explain`): top-level ``gradcam_ms_per_image``, ``tsne_s`` (t-SNE of the
-    2,000 test images' features) and ``explain_timing`` (what was measured, and the load average).
+    (tutorial) or ``per_class_roc`` (one-vs-rest); :func:`doc_core.report.roc_figure` draws them. Methods:
+    ``raw_knn`` (pixels), ``conv_ae`` (convolutional autoencoder, reconstruction error, trained per seed;
+    ``train_epoch_s`` is its fit time per epoch), ``pretrained_knn``, ``doc_knn`` and ``doc_lof``. The tutorial
+    protocol also times the explorer's tools on the first seed's ``doc_knn`` detector (see :func:`measure_explain`):
+    top-level ``gradcam_ms_per_image``, ``tsne_s`` (t-SNE of the 2,000 test images' features) and ``explain_timing``
+    (what was measured, and the load average).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -206,7 +211,7 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
     split_classes = (7,) if protocol == "tutorial" else classes
     for c in split_classes:
         for i, seed in enumerate(seeds):
-            cfg = SplitConfig.tutorial(seed) if protocol == "tutorial" else ONE_VS_REST_SPLITS[protocol](c, seed=seed)
+            cfg = SplitConfig.tutorial(seed) if protocol == "tutorial" else ONE_VS_REST_SPLITS[protocol](c, seed)
             split = make_split(cfg, data)
             label = f"class {c} ({FASHION_MNIST_CLASSES[c]}) seed {seed}"
             if i == 0:  # the baselines do not depend on the seed: the normal set and the test set are fixed
