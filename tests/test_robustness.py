@@ -27,8 +27,9 @@ from doc_core import datasets, runs
 from doc_core.backbones import BackboneConfig
 from doc_core.data import MAX_IMAGE_PIXELS, DataError, load_folder_split, read_image, read_images
 from doc_core.datasets import UploadArea, clean_stale_uploads, extract_zip
-from doc_core.detector import DetectorFormatError, DOCDetector, ScorerConfig
+from doc_core.detector import DetectorFormatError, DOCDetector
 from doc_core.training import TrainConfig
+from test_runs import _images, _save, fitted  # noqa: F401 - the runs tests' synthetic images and tiny detector
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,29 +299,6 @@ def test_upload_folders_left_by_a_killed_server_are_removed(tmp_path):
 # ------------------------------------------------------------------------------------------------ 3. untrusted runs
 
 
-def _images(rng: np.random.Generator, n: int, level: int) -> np.ndarray:
-    base = rng.integers(0, 40, size=(n, SIZE, SIZE, 1))
-    base[:, 8:24, 8:24] += level
-    return np.clip(base, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def fitted():
-    rng = np.random.default_rng(0)
-    det = DOCDetector(BackboneConfig(name="tiny", input_size=SIZE), TrainConfig(epochs=1, batch_size=8),
-                      ScorerConfig("knn", k=2))
-    det.fit(_images(rng, 24, 60), np.concatenate([_images(rng, 12, 120), _images(rng, 12, 200)]),
-            np.repeat([0, 1], 12), ("mid", "bright"))
-    test = np.concatenate([_images(rng, 6, 60), _images(rng, 6, 215)])
-    feats = det.embed(test)
-    return det, feats, det.score_features(feats), np.repeat([0, 1], 6), ["n"] * 6 + ["a"] * 6
-
-
-def _save(fitted, runs_dir, **kw):
-    det, feats, scores, labels, classes = fitted
-    return runs.save_run(det, scores, labels, classes, feats, runs_dir=runs_dir, **kw)
-
-
 class _Exploit:
     """Unpickling this would create the marker file: proof that code from the folder ran."""
 
@@ -348,7 +326,7 @@ def test_pickles_in_a_run_folder_are_never_executed(fitted, tmp_path):
     assert not marker.exists()
     # the other run is untouched and still loads
     assert [r.run_id for r in runs.list_runs(tmp_path / "runs")] and runs.load_detector("good", tmp_path / "runs")
-    assert len(runs.load_scores(good.run_id, tmp_path / "runs").scores) == 12
+    assert len(runs.load_scores(good.run_id, tmp_path / "runs").scores) == len(fitted[2])  # every test score
 
 
 def test_no_code_path_can_unpickle_or_load_a_full_keras_model():
