@@ -16,7 +16,7 @@ import numpy as np
 
 from .backbones import Backbone, BackboneConfig
 from .metrics import threshold_percentile
-from .scoring import KNN_BACKENDS, SCORERS, make_scorer
+from .scoring import SCORERS, check_backend, make_scorer
 from .training import DOCTrainer, StepRecord, TrainConfig
 
 FORMAT_VERSION = 1
@@ -104,7 +104,7 @@ class DOCDetector:
         """
         if self.scorer.name not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer.name!r}; choose one of {', '.join(SCORERS)}")
-        self._check_backend()
+        check_backend(self.scorer.name, self.scorer.backend, installed=True)  # before any training
         t0 = time.perf_counter()
         self.backbone_ = Backbone(self.backbone)
         n_classes = int(np.max(reference_labels)) + 1 if len(reference_labels) else 0
@@ -141,18 +141,6 @@ class DOCDetector:
         trainer = getattr(self, "_trainer", None)
         if trainer is not None:
             trainer.stop()
-
-    def _check_backend(self) -> None:
-        """Fail before any training when the scorer's search backend is unknown, unsupported or not installed."""
-        if self.scorer.backend not in KNN_BACKENDS:
-            raise ValueError(f"unknown k-NN backend {self.scorer.backend!r}; choose one of {', '.join(KNN_BACKENDS)}")
-        if self.scorer.backend != "exact":
-            if self.scorer.name != "knn":
-                raise ValueError(f"the {self.scorer.name!r} scorer has no {self.scorer.backend!r} backend (only the "
-                                 "k-NN scorer does)")
-            from .faiss_search import import_faiss
-
-            import_faiss()  # ImportError with the install command when faiss is missing
 
     def _fit_bank(self, bank: np.ndarray) -> None:
         self.bank_ = np.asarray(bank, np.float32)

@@ -120,8 +120,7 @@ class KNNScorer:
         bank = _as_features(bank, "bank")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
-        if self.backend not in KNN_BACKENDS:
-            raise ValueError(f"unknown k-NN backend {self.backend!r}; choose one of {', '.join(KNN_BACKENDS)}")
+        check_backend("knn", self.backend)
         self.bank_ = subsample_bank(bank, self.max_bank_size, self.seed)
         if len(self.bank_) < self.k:
             raise ValueError(f"k={self.k} needs at least {self.k} bank vectors, got {len(self.bank_)}")
@@ -185,13 +184,26 @@ class LOFScorer:
         return knn_distances(_as_features(features, "features"), self.bank_, min(n, len(self.bank_)))
 
 
+def check_backend(name: str, backend: str, installed: bool = False) -> None:
+    """Raise ValueError unless scorer ``name`` can search with ``backend`` (only "knn" has the faiss backends); with
+    ``installed``, also ImportError (with the install command) when a faiss backend's package is missing."""
+    if backend not in KNN_BACKENDS:
+        raise ValueError(f"unknown k-NN backend {backend!r}; choose one of {', '.join(KNN_BACKENDS)}")
+    if backend != "exact" and name != "knn":
+        raise ValueError(f"the {name!r} scorer has no {backend!r} backend (LOF always searches exactly; only the "
+                         "k-NN scorer has the faiss backends)")
+    if backend != "exact" and installed:
+        from .faiss_search import import_faiss
+
+        import_faiss()
+
+
 def make_scorer(name: str, k: int | None = None, max_bank_size: int | None = None, seed: int = 0,
                 backend: str = "exact") -> KNNScorer | LOFScorer:
     """Scorer by name: ``"knn"`` (default k 5; ``backend`` as in :class:`KNNScorer`) or ``"lof"`` (default k 20)."""
     if name == "knn":
         return KNNScorer(k=5 if k is None else k, max_bank_size=max_bank_size, seed=seed, backend=backend)
-    if name == "lof" and backend != "exact":
-        raise ValueError(f"the LOF scorer has no {backend!r} backend (only the k-NN scorer does)")
     if name == "lof":
+        check_backend(name, backend)
         return LOFScorer(k=20 if k is None else k, max_bank_size=max_bank_size, seed=seed)
     raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join(SCORERS)}")
