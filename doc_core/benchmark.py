@@ -3,19 +3,24 @@
 One-vs-rest comes in two forms: ``one-vs-rest`` (the reference set is drawn from the other nine classes, which are
 also the scored anomalies: a form of outlier exposure) and ``one-vs-rest-disjoint`` (reference and anomaly classes
 are disjoint, :meth:`doc_core.data.SplitConfig.one_vs_rest_disjoint`, so the anomalies are unseen in training).
+``validation`` re-derives the defaults on a split cut from the training set only (:mod:`doc_core.validation`).
 
 Every method runs with one fixed default configuration for every class and protocol; nothing is tuned on test labels.
-AUCs are averaged over seeds (the seed changes the reference draw, the head's initialisation and the batch order).
+AUCs are averaged over seeds (the seed changes the reference draw, the head's initialisation and the batch order);
+their std is the sample standard deviation (ddof=1; None for a single seed), and every seed's value is kept.
+Every result records the machine and the code it ran on (:func:`machine_info`: git commit and whether the working
+tree had uncommitted changes).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -27,7 +32,10 @@ from .backbones import BackboneConfig
 from .scoring import KNNScorer
 from .training import TrainConfig
 
-PROTOCOLS = ("tutorial", "one-vs-rest", "one-vs-rest-disjoint")
+if TYPE_CHECKING:
+    from .validation import ValidationConfig
+
+PROTOCOLS = ("tutorial", "one-vs-rest", "one-vs-rest-disjoint", "validation")
 # The Keras write-up's published numbers, for the README's comparison.
 WRITEUP = {"doc_lof_auc": 0.90, "score_ms_per_image_gpu": 140.0, "gradcam_s_per_image_gpu": 5.0}
 
@@ -35,13 +43,14 @@ WRITEUP = {"doc_lof_auc": 0.90, "score_ms_per_image_gpu": 140.0, "gradcam_s_per_
 @dataclass
 class MethodResult:
     """One method on one split: AUC, fitting seconds, scoring milliseconds per image (end to end), seconds per
-    training epoch, and its ROC curve thinned for plotting (:func:`thin_roc`)."""
+    training epoch, its ROC curve thinned for plotting (:func:`thin_roc`) and the seed it ran with."""
 
     auc: float
     fit_s: float
     score_ms_per_image: float
     epoch_s: float | None = None
     roc: dict | None = None
+    seed: int | None = None
 
     @classmethod
     def of(cls, labels: np.ndarray, scores: np.ndarray, fit_s: float, ms: float,
@@ -156,11 +165,19 @@ def measure_explain(det: DOCDetector, images: np.ndarray, n_gradcam: int = 256, 
                                "load_average_1m": load}}
 
 
+def sample_std(values: list[float]) -> float | None:
+    """Sample standard deviation (ddof=1) of per-seed values; None for fewer than two."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
 def _summarise(results: list[MethodResult]) -> dict:
     aucs = [r.auc for r in results]
-    out = {"auc": float(np.mean(aucs)), "auc_std": float(np.std(aucs)), "aucs": [round(a, 5) for a in aucs],
+    out = {"auc": float(np.mean(aucs)), "auc_std": sample_std(aucs), "aucs": [round(a, 5) for a in aucs],
            "fit_s": float(np.mean([r.fit_s for r in results])),
-           "score_ms_per_image": float(np.mean([r.score_ms_per_image for r in results]))}
+           "score_ms_per_image": float(np.mean([r.score_ms_per_image for r in results])),
+           "per_seed": [{"seed": r.seed, "auc": round(r.auc, 5), "fit_s": round(r.fit_s, 3),
+                         "score_ms_per_image": round(r.score_ms_per_image, 4),
+                         "train_epoch_s": None if r.epoch_s is None else round(r.epoch_s, 3)} for r in results]}
     epochs = [r.epoch_s for r in results if r.epoch_s is not None]
     if epochs:
         out["train_epoch_s"] = float(np.mean(epochs))
@@ -169,17 +186,43 @@ def _summarise(results: list[MethodResult]) -> dict:
     return out
 
 
+def code_version(repo: str | os.PathLike | None = None) -> dict:
+    """The git commit the code runs from and whether tracked files differ from it.
+
+    Returns
+    -------
+    dict
+        ``{"commit": 40 hex digits or None, "dirty": bool or None}``: None when ``repo`` (default: the folder above
+        the ``doc_core`` package) is not a git checkout or git is missing. ``dirty`` counts changes to tracked files
+        (staged or not), not untracked files such as the result being written.
+    """
+    where = str(repo) if repo is not None else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit.strip() if commit else None, "dirty": None if status is None else bool(status.strip())}
+
+
 def machine_info() -> dict:
+    """The machine (CPUs, platform, Python, TensorFlow, GPUs) and the code (``git``: :func:`code_version`)."""
     import tensorflow as tf
 
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "gpus": len(tf.config.list_physical_devices("GPU"))}
+            "tensorflow": tf.__version__, "gpus": len(tf.config.list_physical_devices("GPU")),
+            "git": code_version()}
 
 
 def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
               backbone: BackboneConfig = BackboneConfig(), train: TrainConfig = TrainConfig(),
               classes: tuple[int, ...] = tuple(range(10)), data: FashionMNIST | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, validation: "ValidationConfig | None" = None) -> dict:
     """Run a protocol and return the results as a JSON-serialisable dict.
 
     ``{"protocol": ..., "methods": {NAME: {"auc", "auc_std", "aucs", "fit_s", "score_ms_per_image", ...}}, ...}``;
@@ -190,11 +233,23 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
     ``train_epoch_s`` is its fit time per epoch), ``pretrained_knn``, ``doc_knn`` and ``doc_lof``. The tutorial
     protocol also times the explorer's tools on the first seed's ``doc_knn`` detector (see :func:`measure_explain`):
     top-level ``gradcam_ms_per_image``, ``tsne_s`` (t-SNE of the 2,000 test images' features) and ``explain_timing``
-    (what was measured, and the load average).
+    (what was measured, and the load average). ``auc_std`` is the sample std over seeds (None for one seed) and
+    ``per_seed`` lists each seed's AUC and timings. ``machine`` includes the git commit (:func:`machine_info`).
+
+    ``protocol="validation"`` runs :func:`doc_core.validation.select_defaults` instead (the selection of the
+    defaults on a split of the training set; ``backbone`` and ``train`` are its starting point, ``validation`` its
+    split and search settings (default :class:`~doc_core.validation.ValidationConfig` with the first of ``seeds`` as
+    its seed), ``classes`` is unused) and returns its result with ``machine`` added.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     data = data if data is not None else load_fashion_mnist()
+    machine = machine_info()  # before the run: the commit and tree state of the code that runs
+    if protocol == "validation":
+        from .validation import ValidationConfig, select_defaults
+
+        res = select_defaults(data, backbone, train, validation or ValidationConfig(seed=seeds[0]), log=log)
+        return {**res, "machine": machine}
     knn, lof = ScorerConfig("knn"), ScorerConfig("lof")
     pre_train = TrainConfig(**{**train.to_dict(), "epochs": 0})
     t_start = time.perf_counter()
@@ -205,7 +260,8 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
         explain.update(measure_explain(det, split.test_images, seed=0))
         explain["explain_timing"]["detector_seed"] = seed
 
-    def add(name: str, cls: int, res: MethodResult) -> None:
+    def add(name: str, cls: int, res: MethodResult, seed: int) -> None:
+        res.seed = seed
         per.setdefault(name, {}).setdefault(cls, []).append(res)
 
     split_classes = (7,) if protocol == "tutorial" else classes
@@ -215,14 +271,14 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
             split = make_split(cfg, data)
             label = f"class {c} ({FASHION_MNIST_CLASSES[c]}) seed {seed}"
             if i == 0:  # the baselines do not depend on the seed: the normal set and the test set are fixed
-                add("raw_knn", c, run_raw_knn(split))
-                add("pretrained_knn", c, run_detector(split, backbone, pre_train, {"knn": knn})["knn"])
-            add("conv_ae", c, run_conv_ae(split, seed))  # trained per seed: the seed sets its weights and batches
+                add("raw_knn", c, run_raw_knn(split), seed)
+                add("pretrained_knn", c, run_detector(split, backbone, pre_train, {"knn": knn})["knn"], seed)
+            add("conv_ae", c, run_conv_ae(split, seed), seed)  # trained per seed: the seed sets its weights and batches
             seeded = TrainConfig(**{**train.to_dict(), "seed": seed})
             scorers = {"doc_knn": knn, "doc_lof": lof}
             on_fitted = partial(time_explain, split=split, seed=seed) if protocol == "tutorial" and i == 0 else None
             for name, res in run_detector(split, backbone, seeded, scorers, on_fitted).items():
-                add(name, c, res)
+                add(name, c, res, seed)
             log(f"{label}: " + ", ".join(f"{n} {v[c][-1].auc:.4f}" for n, v in per.items() if c in v)
                 + f"  [{time.perf_counter() - t_start:.0f} s]")
     methods = {}
@@ -233,27 +289,39 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
             summ = {c: _summarise(r) for c, r in by_class.items()}
             methods[name] = {
                 "auc": float(np.mean([s["auc"] for s in summ.values()])),
-                "auc_std": float(np.mean([s["auc_std"] for s in summ.values()])),
+                "auc_std": _mean_or_none([s["auc_std"] for s in summ.values()]),
                 "fit_s": float(np.mean([s["fit_s"] for s in summ.values()])),
                 "score_ms_per_image": float(np.mean([s["score_ms_per_image"] for s in summ.values()])),
                 **({"train_epoch_s": float(np.mean([s["train_epoch_s"] for s in summ.values()]))}
                    if all("train_epoch_s" in s for s in summ.values()) else {}),
                 "per_class": {FASHION_MNIST_CLASSES[c]: round(s["auc"], 5) for c, s in summ.items()},
-                "per_class_std": {FASHION_MNIST_CLASSES[c]: round(s["auc_std"], 5) for c, s in summ.items()},
+                "per_class_std": {FASHION_MNIST_CLASSES[c]: None if s["auc_std"] is None else round(s["auc_std"], 5)
+                                  for c, s in summ.items()},
+                "per_class_per_seed": {FASHION_MNIST_CLASSES[c]: s["per_seed"] for c, s in summ.items()},
                 "per_class_roc": {FASHION_MNIST_CLASSES[c]: s["roc"] for c, s in summ.items() if "roc" in s},
             }
     return {"protocol": protocol, "methods": methods, "seeds": list(seeds),
             "config": {"backbone": backbone.resolved().to_dict(), "train": train.to_dict()}, **explain,
-            "total_s": time.perf_counter() - t_start, "machine": machine_info()}
+            "total_s": time.perf_counter() - t_start, "machine": machine}
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    """Mean of per-class stds; None when any is None (a single seed has no std)."""
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def format_table(result: dict) -> str:
     """A plain-text table of a :func:`benchmark` result."""
+    if result.get("protocol") == "validation":
+        from .validation import format_validation_table
+
+        return format_validation_table(result)
     lines = [f"protocol: {result['protocol']}  seeds: {result['seeds']}",
              f"{'method':<16}{'AUC':>8}{'± std':>8}{'fit s':>9}{'epoch s':>9}{'score ms/img':>14}"]
     for name, m in result["methods"].items():
         epoch = f"{m['train_epoch_s']:>9.1f}" if "train_epoch_s" in m else f"{'-':>9}"
-        lines.append(f"{name:<16}{m['auc']:>8.4f}{m['auc_std']:>8.4f}{m['fit_s']:>9.1f}{epoch}"
+        std = f"{'-':>8}" if m["auc_std"] is None else f"{m['auc_std']:>8.4f}"
+        lines.append(f"{name:<16}{m['auc']:>8.4f}{std}{m['fit_s']:>9.1f}{epoch}"
                      f"{m['score_ms_per_image']:>14.3f}")
     first = next(iter(result["methods"].values()))
     if "per_class" in first:

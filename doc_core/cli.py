@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "protocols: export (edge bundles: AUC against the Keras detector, bundle size, "
                                    "ms/image on one core per quantization) and knn-scaling (exact vs faiss k-NN "
                                    "scoring time against bank size, random vectors).")
-    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "one-vs-rest-disjoint", "export", "knn-scaling"),
+    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "one-vs-rest-disjoint", "export", "knn-scaling", "validation"),
                    default="tutorial",
                    help="tutorial: Sneaker vs Ankle boot (the Keras write-up); one-vs-rest: each class in turn is "
                         "normal and the whole test set is scored (reference = the other classes); "
