@@ -54,3 +54,28 @@ def descriptiveness_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32))
     )
+
+
+def preservation_loss(features: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
+    """Feature-preservation loss: the descriptiveness term used when no labelled reference set is at hand.
+
+    Keeps the fine-tuned features of a batch close to the features the *pretrained* network gave the same images, so
+    the compactness loss cannot collapse the features into something that no longer describes images:
+
+    ``l_P = 1 / (n k) * sum_i |x_i - a_i|^2``.
+
+    Parameters
+    ----------
+    features : tf.Tensor, shape (n, k), float
+        Features of the batch under the network being trained.
+    anchors : tf.Tensor, shape (n, k), float
+        Features of the same images under the frozen pretrained network (constants, no gradient).
+
+    Returns
+    -------
+    tf.Tensor, shape (), float32
+        The non-negative loss; 0 when the features have not moved.
+    """
+    x = tf.cast(features, tf.float32)
+    a = tf.stop_gradient(tf.cast(anchors, tf.float32))
+    return tf.reduce_mean(tf.square(x - a))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from doc_core.losses import compactness_loss, descriptiveness_loss
+from doc_core.losses import compactness_loss, descriptiveness_loss, preservation_loss
 
 
 def loo_compactness(x: np.ndarray) -> float:
@@ -109,3 +109,23 @@ def test_descriptiveness_is_small_for_confident_correct_logits():
     labels = np.array([0, 1, 2])
     logits = 50.0 * np.eye(3, dtype=np.float32)
     assert float(descriptiveness_loss(tf.constant(labels), tf.constant(logits))) < 1e-6
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (2, 5), (17, 3)])
+def test_preservation_matches_brute_force(n, k):
+    rng = np.random.default_rng(n + k)
+    x, a = rng.normal(size=(n, k)).astype(np.float32), rng.normal(size=(n, k)).astype(np.float32)
+    want = sum(float(np.sum((x[i].astype(np.float64) - a[i]) ** 2)) for i in range(n)) / (n * k)
+    np.testing.assert_allclose(float(preservation_loss(tf.constant(x), tf.constant(a))), want, rtol=1e-5)
+
+
+def test_preservation_is_zero_at_the_anchors_and_its_gradient_pulls_towards_them():
+    a = tf.constant([[1.0, -2.0], [0.5, 3.0]])
+    assert float(preservation_loss(a, a)) == 0.0
+    x = tf.Variable([[2.0, -2.0], [0.5, 1.0]])
+    with tf.GradientTape(persistent=True) as tape:
+        loss = preservation_loss(x, a)
+        anchor_var = tf.Variable(a)
+        loss2 = preservation_loss(x, anchor_var)
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), 2 * (x.numpy() - a.numpy()) / 4, rtol=1e-6)
+    assert tape.gradient(loss2, anchor_var) is None  # anchors are constants
