@@ -100,7 +100,11 @@ class DOCDetector:
         on_prepare : callable, optional
             Called with a message before slow non-step phases (frozen layers, memory bank).
 
-        Stopping the iteration early (or :meth:`stop`) still leaves a usable detector trained for fewer steps.
+        Stopping early still leaves a usable detector trained for fewer steps, with its memory bank and threshold
+        fitted: either call :meth:`stop` (the iteration ends after the current step, then fits the bank), or close
+        the generator after at least one step: ``gen.close()``, or ``break`` out of a ``for`` loop over it (CPython
+        closes a generator as soon as nothing refers to it). Closing embeds the normal images and fits the bank
+        inside ``close()``, so it takes as long as that does.
         """
         if self.scorer.name not in SCORERS:
             raise ValueError(f"unknown scorer {self.scorer.name!r}; choose one of {', '.join(SCORERS)}")
@@ -115,7 +119,10 @@ class DOCDetector:
             try:
                 for rec in self._trainer.steps(normal, reference, reference_labels, on_prepare=on_prepare):
                     self.history_.append(rec)
-                    yield rec
+                    try:
+                        yield rec
+                    except GeneratorExit:  # closed early by the consumer: fit the bank below, then end (no yield)
+                        break
             finally:
                 self._trainer = None
         if on_prepare:

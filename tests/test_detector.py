@@ -311,3 +311,27 @@ def test_fit_steps_stop_and_fit_split(problem):
     seen = []
     det2 = make_detector(epochs=1).fit_split(split, callback=seen.append)
     assert len(seen) == 2 and det2.reference_names_ == ("a", "b", "c") and det2.bank_.shape == (32, 32)
+
+def test_fit_steps_left_early_still_fits_the_bank(problem):
+    """Breaking out of the loop (or closing the generator) after some steps leaves a usable detector."""
+    normal, reference, labels, test, _ = problem
+    det = make_detector(epochs=3)
+    for rec in det.fit_steps(normal, reference, labels):
+        if rec.step == 2:
+            break
+    assert [r.step for r in det.history_] == [1, 2] and rec.steps_total > 2
+    assert det.bank_.shape == (64, 32) and np.isfinite(det.threshold_) and det.fit_seconds_ > 0
+    np.testing.assert_allclose(det.bank_, det.embed(normal), rtol=1e-5, atol=1e-6)  # the 2-step weights' bank
+    assert det.decision_function(test).shape == (len(test),)
+
+    closed = make_detector(epochs=3)
+    gen = closed.fit_steps(normal, reference, labels)
+    next(gen)
+    gen.close()
+    assert len(closed.history_) == 1 and closed.bank_.shape == (64, 32)
+    assert not np.allclose(closed.bank_, det.bank_)  # one step trained less than two
+
+    untouched = make_detector(epochs=3)
+    untouched.fit_steps(normal, reference, labels).close()  # never started: nothing ran
+    with pytest.raises(RuntimeError, match="not fitted"):
+        untouched.decision_function(test)
