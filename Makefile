@@ -2,12 +2,15 @@
 .PHONY: setup app test bench bench-ovr
 
 PORT ?= 8501
+# The dashboard listens on this address only: 127.0.0.1 = this machine; `make app ADDRESS=0.0.0.0` serves on every
+# network interface (see "Limits and safety" in the README first).
+ADDRESS ?= 127.0.0.1
 
 setup:
 	@bash scripts/setup.sh
 
 app: setup
-	.venv/bin/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	.venv/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 test: setup
 	.venv/bin/python -m pytest -q

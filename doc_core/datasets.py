@@ -222,6 +222,74 @@ def find_dataset_root(folder: str | os.PathLike, max_depth: int = 3) -> Path:
     raise DataError("the zip has no folder holding both train/ and reference/.\nExpected layout:\n" + FOLDER_LAYOUT)
 
 
+# --------------------------------------------------------------------------------------------- folders on the server
+
+SERVER_FOLDERS_ENV = "DOC_SERVER_FOLDERS"
+SERVER_FOLDER_REFUSED = ("This folder cannot be used. A dataset folder must exist, be readable by the server and lie "
+                         "inside one of the allowed folders.")
+
+
+def server_folder_roots(value: str | None = None) -> tuple[Path, ...]:
+    """The folders under which the dashboard may read a dataset by its path on the server.
+
+    Parameters
+    ----------
+    value : str, optional
+        Folders separated by ``os.pathsep`` (``:`` on Linux); default ``$DOC_SERVER_FOLDERS``, read now. Each is
+        resolved (symbolic links followed); entries that are empty or not existing folders are dropped.
+
+    Returns
+    -------
+    tuple of Path
+        Empty (the default, no variable set) means the "folder on the server" option is off.
+    """
+    value = os.environ.get(SERVER_FOLDERS_ENV, "") if value is None else value
+    roots = []
+    for entry in value.split(os.pathsep):
+        if not entry.strip():
+            continue
+        try:
+            p = Path(os.path.realpath(Path(entry.strip()).expanduser()))
+            if p.is_dir() and p not in roots:
+                roots.append(p)
+        except (OSError, ValueError):
+            continue
+    return tuple(roots)
+
+
+def resolve_server_folder(text: str, roots: tuple[str | os.PathLike, ...] | list[str | os.PathLike]) -> Path:
+    """The real folder a path typed by a visitor names, if it is a readable folder inside one of ``roots``.
+
+    The path is resolved like ``os.path.realpath`` (``..`` and symbolic links followed, so a link inside a root that
+    points outside it is refused); a relative path is taken relative to the first root.
+
+    Returns
+    -------
+    Path
+        The resolved folder.
+
+    Raises
+    ------
+    DataError
+        With the same message, :data:`SERVER_FOLDER_REFUSED`, whether the path lies outside every root, does not
+        exist, is not a folder or cannot be read (and when ``roots`` is empty), so the answer tells a visitor
+        nothing about which paths exist on the server.
+    """
+    try:
+        real_roots = [Path(os.path.realpath(r)) for r in roots]
+        text = str(text).strip()
+        if not real_roots or not text:
+            raise DataError(SERVER_FOLDER_REFUSED)
+        typed = Path(text)
+        folder = Path(os.path.realpath(typed if typed.is_absolute() else real_roots[0] / typed))
+        inside = any(folder == r or r in folder.parents for r in real_roots)
+        if inside and folder.is_dir() and os.access(folder, os.R_OK | os.X_OK):
+            return folder
+    except (OSError, ValueError):  # e.g. a NUL character or a name too long; DataError is a ValueError
+        pass
+    raise DataError(SERVER_FOLDER_REFUSED)
+
+
 def extract_zip(data: bytes, dest: str | os.PathLike | None = None) -> Path:
     """Extract a zip of images safely and return the dataset root inside it (see :func:`find_dataset_root`).
 

@@ -5,7 +5,8 @@ import streamlit as st
 
 from doc_core.data import FASHION_MNIST_CLASSES, FOLDER_LAYOUT, DataError, SplitConfig
 from doc_core.datasets import DatasetSpec, UploadArea, clean_stale_uploads, describe_zip_limits
-from ui import cached, charts, nav, page, state, theme
+from doc_core.datasets import resolve_server_folder
+from ui import access, cached, charts, nav, page, state, theme
 
 PERSIST = dict(persist_state="session")
 CLASS_INDEX = {name: i for i, name in enumerate(FASHION_MNIST_CLASSES)}
@@ -106,12 +107,30 @@ def unpack_upload(upload) -> str:
 
 
 def folder_settings() -> DatasetSpec | None:
+    roots = access.server_folders()
+    if not roots:
+        st.info("Reading folders on the server is turned off. Whoever runs the server can allow it for chosen "
+                "folders (`DOC_SERVER_FOLDERS`, see the README).", icon=":material/lock:")
+        return None
+    allowed = ", ".join(f"`{r}`" for r in roots)
     c1, c2 = st.columns([3, 1])
-    folder = c1.text_input("Folder on the server", key=state.DS_FOLDER, **PERSIST, placeholder="/data/my_images",
-                           help="A path on the machine that runs this app, laid out as shown below.")
+    folder = c1.text_input("Folder on the server", key=state.DS_FOLDER, **PERSIST,
+                           placeholder=f"{roots[0]}/my_images",
+                           help=f"A folder on the machine that runs this app, laid out as shown below, inside "
+                                f"{allowed} (a relative path is taken inside the first).")
     size = c2.select_slider("Image size (pixels)", [32, 48, 64, 96, 128, 160, 224], key=state.DS_IMAGE_SIZE,
                             **PERSIST)
-    return DatasetSpec.folder(folder.strip(), size) if folder.strip() else None
+    folder = folder.strip()
+    if not folder:
+        return None
+    current = state.dataset()
+    if current.kind == "folder" and folder == current.root:  # the active dataset (from a run or a checked path)
+        return DatasetSpec.folder(current.root, size, label=current.label)
+    try:
+        return DatasetSpec.folder(resolve_server_folder(folder, roots), size)
+    except DataError as exc:
+        st.error(f"{exc}\n\nThe active dataset is still: {current.describe()}.")
+        return None
 
 
 def show_counts(spec: DatasetSpec, split) -> None:
@@ -146,6 +165,9 @@ source = st.segmented_control("Source", state.SOURCES, key=state.DS_SOURCE, requ
 with st.container(border=True):
     if source == state.SOURCE_FASHION:
         wanted = fashion_settings()
+    elif source == state.SOURCE_ZIP and access.read_only():
+        access.read_only_note("Uploading a zip")
+        wanted = None
     elif source == state.SOURCE_ZIP:
         wanted = zip_settings()
     else:

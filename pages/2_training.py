@@ -9,7 +9,7 @@ from doc_core.data import DataError
 from doc_core.detector import ScorerConfig
 from doc_core.jobs import FAILED, TrainingJob, steps_per_epoch
 from doc_core.training import TrainConfig
-from ui import cached, charts, nav, page, state, status, theme
+from ui import access, cached, charts, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
 BACKBONE_LABELS = {"mobilenet_v2": "MobileNetV2 (ImageNet)", "vgg16": "VGG16 (ImageNet)",
@@ -87,6 +87,8 @@ def plan_caption(split, backbone: BackboneConfig, train: TrainConfig) -> None:
 
 def start_training() -> None:
     """Start button: build a job from the settings and the active dataset, and start it in the background."""
+    if access.read_only():  # the button is not drawn then; a second check costs nothing
+        return
     spec = state.dataset()
     backbone, train = settings()
     try:
@@ -170,6 +172,8 @@ def make_active() -> None:
 
 
 def delete_picked() -> None:
+    if access.read_only():
+        return
     run_id = st.session_state[state.TR_PICK_RUN]
     try:
         runs.delete_run(run_id, cached.runs_dir())
@@ -198,6 +202,8 @@ def saved_runs() -> None:
     c2.button("Make active", on_click=make_active, width="stretch",
               disabled=active is not None and st.session_state[state.TR_PICK_RUN] == active.run_id,
               help="Use this run on the ROC and threshold page.")
+    if access.read_only():
+        return
     with c3.popover("Delete…", width="stretch"):
         st.markdown(f"Delete **{by_id[st.session_state[state.TR_PICK_RUN]].name}** and its folder? This cannot be "
                     "undone.")
@@ -224,16 +230,18 @@ st.page_link(nav.DATASET, label="Change the dataset", icon=nav.ICONS[nav.DATASET
 
 job = status.session_job()
 running = job is not None and not job.done
-with st.container(border=True):
-    settings_form(disabled=running)
-    backbone, train = settings()
-    plan_caption(split, backbone, train)
-    b1, b2, _ = st.columns([1, 1, 4])
-    b1.button("Start training", type="primary", on_click=start_training, width="stretch",
-              disabled=running or weights_missing(backbone),
-              icon=":material/play_arrow:")
-    b2.button("Stop", on_click=stop_training, disabled=not running, width="stretch", icon=":material/stop:",
-              help="End training after the current step; the model trained so far is still scored and saved.")
+if access.read_only():
+    access.read_only_note("Training")
+else:
+    with st.container(border=True):
+        settings_form(disabled=running)
+        backbone, train = settings()
+        plan_caption(split, backbone, train)
+        b1, b2, _ = st.columns([1, 1, 4])
+        b1.button("Start training", type="primary", on_click=start_training, width="stretch",
+                  disabled=running or weights_missing(backbone), icon=":material/play_arrow:")
+        b2.button("Stop", on_click=stop_training, disabled=not running, width="stretch", icon=":material/stop:",
+                  help="End training after the current step; the model trained so far is still scored and saved.")
 
 if job is not None:
     st.subheader("This session's training", anchor=False)

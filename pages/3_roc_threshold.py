@@ -7,7 +7,7 @@ import streamlit as st
 from doc_core import metrics, runs
 from doc_core.detector import ScorerConfig
 from doc_core.scoring import make_scorer
-from ui import cached, charts, nav, page, state, theme
+from ui import access, cached, charts, nav, page, state, theme
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -181,7 +181,9 @@ def threshold_section(run: runs.RunSummary, scorer: ScorerConfig, stored: runs.R
                         key="histogram")
 
     c1, c2 = st.columns([1, 1], gap="small", width=520)
-    if c1.button("Save threshold into run", type="primary", icon=":material/save:", width="stretch",
+    if access.read_only():
+        c1.caption(":material/lock: Saving the threshold into the run is turned off (read-only mode).")
+    elif c1.button("Save threshold into run", type="primary", icon=":material/save:", width="stretch",
                  help="Store this threshold, its policy and the scorer in the run's folder (run.json)."):
         try:
             runs.save_threshold(run.run_id, threshold, state.POLICY_CODES[policy], policy_param(policy), scorer,

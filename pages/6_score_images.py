@@ -6,7 +6,7 @@ import streamlit as st
 
 from doc_core.data import DataError
 from doc_core.gallery import decode_upload
-from ui import cached, page, state, tiles
+from ui import access, cached, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -23,6 +23,9 @@ st.caption(f"Images are resized to {shape[0]}×{shape[1]} px{' and made gray' if
            + ("Fashion-MNIST images are light objects on a black background: photos on white look anomalous."
               if run.dataset.get("kind") == "fashion-mnist" else ""))
 
+if access.read_only():
+    access.read_only_note("Uploading images")
+    st.stop()
 files = st.file_uploader("Images (PNG, JPEG, …)", type=None, accept_multiple_files=True, key=state.UP_FILES)
 if not files:
     st.caption("Upload one or more images to score them.")

@@ -261,12 +261,14 @@ def test_bad_split_shows_a_message_and_keeps_the_active_dataset(empty_runs_dir):
     assert at.session_state[state.DATASET] == DatasetSpec.fashion_mnist()
 
 
-def test_missing_folder_shows_the_layout(empty_runs_dir, tmp_path):
+def test_folder_without_the_layout_shows_the_layout(empty_runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOC_SERVER_FOLDERS", str(tmp_path))  # the option is off without an allow-list
+    (tmp_path / "empty").mkdir()
     at = open_app(DATASET)
     at.get("button_group")[0].set_value(state.SOURCE_FOLDER).run()
-    at.text_input(key=state.DS_FOLDER).input(str(tmp_path / "nowhere")).run()
+    at.text_input(key=state.DS_FOLDER).input(str(tmp_path / "empty")).run()
     assert not at.exception
-    assert "is not a folder" in at.error[0].value
+    assert "missing folder" in at.error[0].value and "still" in at.error[0].value
     assert any("reference/" in c.value for c in at.code)
 
 

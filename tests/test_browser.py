@@ -41,8 +41,11 @@ def server(tmp_path_factory):
     except DataError as exc:
         pytest.skip(f"Fashion-MNIST is not installed (scripts/setup.sh installs it): {exc}")
     tmp = tmp_path_factory.mktemp("browser")
-    with running_app(tmp, tmp / "runs") as url:
-        yield url
+    (tmp / "datasets").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOC_SERVER_FOLDERS", str(tmp / "datasets"))  # "Folder on the server" reads only under it
+        with running_app(tmp, tmp / "runs") as url:
+            yield url
 
 
 @pytest.fixture(scope="module")
@@ -265,15 +268,19 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page, tmp_path):
     check_clean(page, "Training, no run")
     assert page.get_by_text("No saved runs yet").is_visible()
 
-    # bad input is a message on the page, never a traceback
+    # bad input is a message on the page, never a traceback; a missing path and an existing folder outside the
+    # allowed one (DOC_SERVER_FOLDERS) get the same answer
     go(page, "Dataset")
     segment(page, "Folder on the server")
-    page.get_by_label("Folder on the server", exact=True).fill("/no/such/folder")
-    page.get_by_label("Folder on the server", exact=True).press("Enter")
-    wait_idle(page)
-    assert page.locator('[data-testid="stException"]').count() == 0
-    message = page.locator('[data-testid="stAlertContentError"]').first.inner_text()
-    assert "/no/such/folder is not a folder" in message and "still" in message
+    messages = []
+    for path in ("/no/such/folder", "/etc"):
+        page.get_by_label("Folder on the server", exact=True).fill(path)
+        page.get_by_label("Folder on the server", exact=True).press("Enter")
+        wait_idle(page)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        messages.append(page.locator('[data-testid="stAlertContentError"]').first.inner_text())
+    message = messages[0]
+    assert messages[1] == message and "cannot be used" in message and "still" in message
     assert "reference/" in page.locator('[data-testid="stCode"]').inner_text()  # the expected layout is shown
     assert "Expected layout" not in message
     shot(page, "03a-dataset-bad-folder")

@@ -11,7 +11,7 @@ import streamlit as st
 
 from doc_core.datasets import DatasetSpec
 
-from . import cached, nav, runtime, state, status, theme
+from . import access, cached, nav, runtime, state, status, theme
 
 
 @st.cache_resource(show_spinner=False)
@@ -54,6 +54,9 @@ def setup(title: str) -> None:
         st.markdown("### DOC Explorer")
         for path in nav.PAGES:
             st.page_link(path, label=nav.TITLES[path], icon=nav.ICONS[path])
+        if access.read_only():
+            st.caption(":material/lock: Read-only demo: training, stopping, deleting runs, uploads and saving "
+                       "thresholds are turned off.")
         st.divider()
     status.render()
     st.title("DOC Explorer" if title == "Home" else title, anchor=False)
