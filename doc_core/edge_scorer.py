@@ -3,11 +3,16 @@
 This file is standalone on purpose: it imports only the Python standard library, ``numpy`` and ``ai_edge_litert``
 (``onnxruntime`` instead for an ONNX bundle; Pillow is used when installed, for JPEG and other formats; without it
 PNG, PGM/PPM and ``.npy`` files are read by the small decoders below). It never imports TensorFlow, Keras or
-``doc_core``. ``doc_core.export`` copies it into every bundle as ``scorer.py``, so on the device::
+``doc_core``. Image files may come from anyone: every reader checks the pixel count from the header before decoding
+(:data:`MAX_PIXELS`, :data:`MAX_SIDE`), decompression is bounded, truncated or corrupt files raise
+:class:`ImageError` (a ``ValueError``), and resizing costs O(input + output).
+
+``doc_core.export`` copies this file into every bundle as ``scorer.py``, so on the device::
 
     pip install numpy ai-edge-litert            # no TensorFlow needed (onnxruntime for model.onnx)
     python scorer.py IMAGE [IMAGE ...]          # JSON out: score, threshold, verdict per image
     python scorer.py --bundle DIR --threads 2 IMAGE ...
+    python scorer.py --max-pixels 4000000 IMAGE # refuse images over 4 MP (default MAX_PIXELS, 50 MP)
 
 or from Python::
 
@@ -27,13 +32,16 @@ Bundle layout (``bundle.json`` describes it; nothing is pickled)::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import struct
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -47,87 +55,256 @@ class BundleError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ image reading
+#
+# Limits for untrusted image files. Every decoder below reads the image size from the file header and refuses an
+# image over these limits before it decodes (or allocates) anything; decompression stops at the size the header
+# declares; every header parser advances or fails, so a truncated file is an ImageError, never a hang.
+
+MAX_PIXELS = 50_000_000
+"""Largest image (width x height) read, about 7,000 x 7,000; larger ones are refused from their header.
+
+The same number as ``doc_core.data.MAX_IMAGE_PIXELS`` (duplicated because this file must run without ``doc_core``;
+``tests/test_edge_scorer.py`` checks that the two agree). Lower it with ``read_image(..., max_pixels=)``,
+``EdgeScorer(..., max_pixels=)`` or ``scorer.py --max-pixels`` on devices with little memory.
+"""
+MAX_SIDE = 65_535
+"""Largest width or height read (the JPEG maximum); also bounds the built-in PNG decoder's time."""
+MAX_PNG_CHUNKS = 200_000
+"""Most chunks a PNG may have for the built-in decoder (libpng writes 8 KiB IDAT chunks: 50,000 for 400 MB)."""
+MAX_NETPBM_HEADER = 65_536
+"""Longest PGM/PPM header (comments included), in bytes."""
+_BLOCK = 1 << 18  # elements handled per numpy call in the row/column loops below (bounds temporary memory)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    return b if pb <= pc else c
+class ImageError(ValueError):
+    """An image file is not readable: not an image, unsupported, truncated, corrupt, or over a size limit."""
 
 
-def _unfilter(raw: bytes, height: int, stride: int, bpp: int) -> np.ndarray:
-    """Undo PNG scanline filters; returns uint8 (height, stride)."""
-    out = np.zeros((height, stride), np.uint8)
+def _check_size(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    """Raise :class:`ImageError` unless 1 <= width, height <= MAX_SIDE and width * height <= max_pixels."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{what} has an empty size ({width}x{height})")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > max_pixels:
+        raise ImageError(f"{what} is {width}x{height} pixels, more than the limit of {max_pixels:,} pixels "
+                         f"(and {MAX_SIDE:,} per side); it was not decoded (downscale it first)")
+
+
+def _as_file(data: bytes | bytearray | memoryview | BinaryIO) -> BinaryIO:
+    return io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+
+
+def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
+    got = f.read(n)
+    if len(got) < n:
+        raise ImageError(f"truncated {what}")
+    return got
+
+
+class _BoundedInflater:
+    """zlib-inflates pieces of a stream into a buffer that may never grow past ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = bytearray()
+        self._z = zlib.decompressobj()
+
+    def feed(self, data: bytes) -> None:
+        while data and not self._z.eof:
+            room = self.size - len(self.buf)
+            try:
+                out = self._z.decompress(data, min(room + 1, 1 << 22))
+            except zlib.error as exc:
+                raise ImageError(f"corrupt PNG image data ({exc})") from exc
+            if len(out) > room:
+                raise ImageError(f"PNG image data inflates beyond the {self.size:,} bytes its header declares")
+            self.buf += out
+            if not out and len(self._z.unconsumed_tail) >= len(data):
+                break  # no progress (cannot happen with zlib, but never loop on it)
+            data = self._z.unconsumed_tail
+
+
+def _unfilter_rows(raw: np.ndarray, bpp: int) -> np.ndarray:
+    """Undo PNG scanline filters, with numpy only; raw uint8 (h, 1 + stride) -> uint8 (h, stride).
+
+    Images whose rows use only the None, Sub and Up filters are undone with a few numpy calls per block of rows.
+    Average and Paeth depend on the pixel to the left, above and above-left, so they go along anti-diagonals
+    (the pixels with x + y = t for t = 0, 1, ...): width + height - 1 numpy steps, each over a whole diagonal.
+    """
+    ftypes = raw[:, 0]
+    if len(ftypes) and int(ftypes.max()) > 4:
+        raise ImageError(f"bad PNG filter type {int(ftypes.max())}")
+    if np.isin(ftypes, (3, 4)).any():
+        return _unfilter_diagonals(raw, bpp)
+    h, stride = raw.shape[0], raw.shape[1] - 1
+    out = np.empty((h, stride), np.uint8)
     prev = np.zeros(stride, np.uint8)
-    pos = 0
-    for y in range(height):
-        ftype = raw[pos]
-        line = np.frombuffer(raw, np.uint8, stride, pos + 1).copy()
-        pos += 1 + stride
-        if ftype == 1:  # Sub: cumulative sum per byte lane, mod 256
-            for lane in range(bpp):
-                line[lane::bpp] = np.cumsum(line[lane::bpp], dtype=np.uint64).astype(np.uint8)
-        elif ftype == 2:  # Up
-            line = (line.astype(np.uint16) + prev).astype(np.uint8)
-        elif ftype in (3, 4):  # Average, Paeth: sequential along the row
-            cur = bytearray(line.tobytes())
-            up = prev.tobytes()
-            for i in range(stride):
-                left = cur[i - bpp] if i >= bpp else 0
-                if ftype == 3:
-                    cur[i] = (cur[i] + ((left + up[i]) >> 1)) & 0xFF
-                else:
-                    upleft = up[i - bpp] if i >= bpp else 0
-                    cur[i] = (cur[i] + _paeth(left, up[i], upleft)) & 0xFF
-            line = np.frombuffer(bytes(cur), np.uint8)
-        elif ftype != 0:
-            raise ValueError(f"bad PNG filter type {ftype}")
-        out[y] = line
-        prev = line
+    rows_per_block = max(1, _BLOCK // max(stride, 1))
+    for y0 in range(0, h, rows_per_block):
+        ft, data = ftypes[y0:y0 + rows_per_block], raw[y0:y0 + rows_per_block, 1:]
+        blk = out[y0:y0 + len(ft)]
+        blk[...] = data
+        sub = np.flatnonzero(ft == 1)
+        if len(sub):  # Sub: running sum along each byte lane of the row, mod 256
+            rows = blk[sub].reshape(len(sub), -1, bpp)
+            blk[sub] = np.cumsum(rows, axis=1, dtype=np.uint8).reshape(len(sub), stride)
+        up = ft == 2
+        if up.any():  # Up: running sum down the column since the last row that is not Up (or the previous block)
+            csum = np.cumsum(np.where(up[:, None], data, 0), axis=0, dtype=np.uint8)
+            ext_vals = np.concatenate([prev[None], blk])  # row 0: the row above this block
+            ext_csum = np.concatenate([np.zeros((1, stride), np.uint8), csum])
+            anchor = np.maximum.accumulate(np.where(np.concatenate([[False], up]), 0, np.arange(len(ft) + 1)))
+            rows = np.flatnonzero(up) + 1
+            blk[rows - 1] = ext_vals[anchor[rows]] + ext_csum[rows] - ext_csum[anchor[rows]]
+        prev = blk[-1]
     return out
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """Decode a non-interlaced 8- or 16-bit PNG (gray, RGB, palette, with or without alpha) to uint8 (h, w, c).
+def _unfilter_diagonals(raw: np.ndarray, bpp: int) -> np.ndarray:
+    h, stride = raw.shape[0], raw.shape[1] - 1
+    wp = stride // bpp  # pixels per row (bytes per row when the bit depth is below 8)
+    ftypes = raw[:, 0]
+    # rows of each filter type before row y, to see which types a diagonal meets with five look-ups
+    before = [[0] + np.cumsum(ftypes == k).tolist() for k in range(5)]
+    # padded output: pixel (y, x) at flat pixel index (y + 1) * (wp + 1) + x + 1; row 0 and column 0 stay zero
+    pad = np.zeros(((h + 1) * (wp + 1), bpp), np.uint8)
+    flat = raw.reshape(-1)
+    row_step = stride + 1 - bpp  # bytes from pixel (y, x) to (y + 1, x - 1) in raw
+    for t in range(wp + h - 1):
+        y0, y1 = max(0, t - wp + 1), min(h - 1, t)
+        n = y1 - y0 + 1
+        start = (y0 + 1) * (wp + 1) + (t - y0) + 1  # pixel (y0, t - y0); the next is (y0 + 1, t - y0 - 1)
+        stop = start + (n - 1) * wp + 1
+        cur = pad[start:stop:wp]
+        left, up = pad[start - 1:stop - 1:wp], pad[start - wp - 1:stop - wp - 1:wp]
+        r = np.lib.stride_tricks.as_strided(flat[y0 * (stride + 1) + 1 + (t - y0) * bpp:], (n, bpp), (row_step, 1),
+                                            writeable=False)
+        kinds = [k for k in range(5) if before[k][y1 + 1] > before[k][y0]]
+        preds = []
+        for k in kinds:
+            if k == 0:
+                preds.append(np.zeros((1, 1), np.uint8))
+            elif k == 1:
+                preds.append(left)
+            elif k == 2:
+                preds.append(up)
+            elif k == 3:
+                preds.append(((left.astype(np.uint16) + up) >> 1).astype(np.uint8))
+            else:
+                a, b = left.astype(np.int16), up.astype(np.int16)
+                c = pad[start - wp - 2:stop - wp - 2:wp].astype(np.int16)  # up-left
+                pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+                preds.append(np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c)).astype(np.uint8))
+        if len(kinds) == 1:
+            pred = preds[0]
+        elif len(kinds) == 5:
+            pred = np.choose(ftypes[y0:y1 + 1, None], preds)
+        else:
+            pred = np.zeros((n, bpp), np.uint8)
+            rows = ftypes[y0:y1 + 1, None]
+            for k, pk in zip(kinds, preds):
+                np.copyto(pred, pk, where=rows == k)
+        np.add(r, pred, out=cur)  # mod 256
+    return pad.reshape(h + 1, (wp + 1) * bpp)[1:, bpp:]
 
-    Alpha is composited on white, as :func:`doc_core.data.read_image` does. 16-bit samples keep their high byte.
+
+def _composite_on_white(img: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 colour (h, w, c) and alpha (h, w) -> uint8 (h, w, c) over white, exact integer rounding, in blocks."""
+    out = np.empty(img.shape, np.uint8)
+    rows = max(1, _BLOCK // max(img.shape[1] * img.shape[2], 1))
+    for y in range(0, img.shape[0], rows):
+        a = alpha[y:y + rows, :, None].astype(np.uint16)
+        v = img[y:y + rows].astype(np.uint16) * a + 255 * (255 - a)  # <= 65,025
+        out[y:y + rows] = (v + 127) // 255
+    return out
+
+
+def decode_png(data: bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a non-interlaced 1- to 16-bit PNG (gray, RGB, palette, with or without alpha) to uint8 (h, w, c).
+
+    ``c`` is 1 (gray) or 3. Alpha is composited on white, as :func:`doc_core.data.read_image` does; 16-bit samples
+    keep their high byte. ``data`` is the file's bytes or a binary file open for reading.
+
+    Safe for untrusted files: the size in the header is checked (``max_pixels``, :data:`MAX_SIDE`) before anything is
+    decompressed; the image data may not inflate beyond the size the header declares, nor be more than 1/8 larger
+    than it compressed; at most :data:`MAX_PNG_CHUNKS` chunks are read. Memory stays within a few times the
+    decoded size, time is linear in the pixel count (plus width + height numpy steps for Average/Paeth filters).
+
+    Raises
+    ------
+    ImageError
+        For anything that is not such a PNG, or is truncated, corrupt or too large.
     """
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG file")
-    pos, idat, palette, trns = 8, [], None, None
-    width = height = depth = ctype = interlace = None
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-        elif kind == b"PLTE":
-            palette = np.frombuffer(body, np.uint8).reshape(-1, 3)
-        elif kind == b"tRNS":
-            trns = body
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-    if width is None or not idat:
-        raise ValueError("truncated PNG")
-    if interlace:
-        raise ValueError("interlaced PNG needs Pillow (pip install pillow)")
+    f = _as_file(data)
+    if f.read(8) != _PNG_SIGNATURE:
+        raise ImageError("not a PNG file")
+    length, kind = struct.unpack(">I4s", _read_exact(f, 8, "PNG header"))
+    if kind != b"IHDR" or length != 13:
+        raise ImageError("PNG without a valid IHDR chunk")
+    width, height, depth, ctype, comp, filt, interlace = struct.unpack(">IIBBBBB", _read_exact(f, 13, "PNG header"))
+    _read_exact(f, 4, "PNG header")  # CRC
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(ctype)
     if channels is None or depth not in {0: (1, 2, 4, 8, 16), 3: (1, 2, 4, 8)}.get(ctype, (8, 16)):
-        raise ValueError(f"unsupported PNG (color type {ctype}, bit depth {depth}); install Pillow")
-    raw = zlib.decompress(b"".join(idat))
+        raise ImageError(f"unsupported PNG (color type {ctype}, bit depth {depth}); install Pillow")
+    if comp != 0 or filt != 0 or interlace not in (0, 1):
+        raise ImageError("bad PNG header (compression, filter or interlace method)")
+    if interlace:
+        raise ImageError("interlaced PNG needs Pillow (pip install pillow)")
+    _check_size(width, height, max_pixels, "PNG image")
     bits = channels * depth
     stride = (width * bits + 7) // 8
-    rows = _unfilter(raw, height, stride, max(1, bits // 8))
-    if depth < 8:  # packed gray or palette indices
-        px = np.unpackbits(rows, axis=1).reshape(height, -1, depth)[:, :width]
-        vals = (px * (1 << np.arange(depth - 1, -1, -1))).sum(-1).astype(np.uint8)
+    expected = height * (stride + 1)
+    max_idat = expected + expected // 8 + 65_536  # deflate never needs more (stored blocks: +5 bytes per 64 KiB)
+    inflater = _BoundedInflater(expected)
+    palette = trns = None
+    idat_bytes, chunks = 0, 1
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            break  # end of file without IEND: accepted if the image data is complete
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageError(f"PNG with more than {MAX_PNG_CHUNKS:,} chunks")
+        length, kind = struct.unpack(">I4s", head)
+        if length > 0x7FFFFFFF:
+            raise ImageError("bad PNG chunk length")
+        if kind == b"IDAT":
+            idat_bytes += length
+            if idat_bytes > max_idat:
+                raise ImageError(f"PNG image data ({idat_bytes:,} bytes so far) is larger than a "
+                                 f"{width}x{height} image can need")
+            left = length
+            while left:
+                piece = f.read(min(left, 1 << 20))
+                if not piece:
+                    break  # truncated: found below, by the missing image data
+                left -= len(piece)
+                inflater.feed(piece)
+        elif kind == b"PLTE":
+            if length == 0 or length > 768 or length % 3:
+                raise ImageError(f"bad PNG palette ({length} bytes)")
+            palette = np.frombuffer(_read_exact(f, length, "PNG palette"), np.uint8).reshape(-1, 3)
+        elif kind == b"tRNS" and ctype == 3:
+            trns = _read_exact(f, length, "PNG transparency")[:256]
+        elif kind == b"IEND":
+            break
+        elif kind == b"IHDR":
+            raise ImageError("PNG with two IHDR chunks")
+        else:
+            f.seek(length, 1)
+        f.read(4)  # CRC (not checked)
+    if idat_bytes == 0:
+        raise ImageError("PNG without image data")
+    if len(inflater.buf) < expected:
+        raise ImageError(f"truncated PNG image data ({len(inflater.buf):,} of {expected:,} bytes)")
+    raw = np.frombuffer(inflater.buf, np.uint8).reshape(height, stride + 1)
+    rows = _unfilter_rows(raw, max(1, bits // 8))
+    del raw, inflater
+    if depth < 8:  # packed gray levels or palette indices, most significant bits first
+        shifts = np.arange(8 - depth, -1, -depth, dtype=np.uint8)
+        vals = ((rows[:, :, None] >> shifts) & ((1 << depth) - 1)).reshape(height, -1)[:, :width]
         if ctype == 0:
-            vals = (vals.astype(np.uint16) * 255 // ((1 << depth) - 1)).astype(np.uint8)
+            vals = vals * np.uint8(255 // ((1 << depth) - 1))  # 1 -> 255, 2 -> 85, 4 -> 17: exact
         img = vals[..., None]
     elif depth == 16:
         img = rows.reshape(height, width, channels, 2)[..., 0]
@@ -136,122 +313,262 @@ def decode_png(data: bytes) -> np.ndarray:
     alpha = None
     if ctype == 3:
         if palette is None:
-            raise ValueError("palette PNG without a palette")
-        idx = img[..., 0]
-        rgb = palette[np.minimum(idx, len(palette) - 1)]
+            raise ImageError("palette PNG without a palette")
+        idx = np.minimum(img[..., 0], len(palette) - 1)
         if trns is not None:
             a = np.full(256, 255, np.uint8)
             a[:len(trns)] = np.frombuffer(trns, np.uint8)
             alpha = a[idx]
-        img = rgb
+        img = palette[idx]
     elif ctype in (4, 6):
         img, alpha = img[..., :-1], img[..., -1]
     if alpha is not None:
-        a = alpha.astype(np.float32)[..., None] / 255.0
-        img = np.round(img.astype(np.float32) * a + 255.0 * (1.0 - a)).astype(np.uint8)
+        img = _composite_on_white(img, alpha)
     return np.ascontiguousarray(img)
 
 
-def decode_netpbm(data: bytes) -> np.ndarray:
-    """Decode a binary PGM (P5) or PPM (P6) with maxval < 256 to uint8 (h, w, 1 or 3)."""
-    fields, pos = [], 2
-    while len(fields) < 3:
-        while data[pos:pos + 1].isspace():
-            pos += 1
-        if data[pos:pos + 1] == b"#":
-            pos = data.index(b"\n", pos) + 1
-            continue
-        end = pos
-        while not data[end:end + 1].isspace():
-            end += 1
-        fields.append(int(data[pos:end]))
-        pos = end
-    width, height, maxval = fields
-    if maxval > 255:
-        raise ValueError("16-bit PGM/PPM needs Pillow")
-    channels = 1 if data[:2] == b"P5" else 3
-    img = np.frombuffer(data, np.uint8, width * height * channels, pos + 1).reshape(height, width, channels)
-    return img if maxval == 255 else (img.astype(np.uint16) * 255 // maxval).astype(np.uint8)
+def decode_netpbm(data: bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a binary PGM (P5) or PPM (P6) with maxval < 256 to uint8 (h, w, 1 or 3).
 
+    ``data`` is the file's bytes or a binary file open for reading. The header (at most
+    :data:`MAX_NETPBM_HEADER` bytes, ``#`` comments allowed) is parsed so that every step advances or fails, and the
+    size is checked before the pixels are read. Samples above maxval are clipped to it.
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file into uint8 (h, w, c), c in {1, 3}.
-
-    ``.npy`` files hold a uint8 array (h, w) or (h, w, c) (no pickle). PNG and binary PGM/PPM are decoded here;
-    anything else (JPEG, BMP, ...) needs Pillow, which is used for every format when it is installed.
+    Raises
+    ------
+    ImageError
+        For anything that is not such a file, or is truncated or too large.
     """
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
-            raise ValueError(f"{path}: .npy images must be uint8 (h, w) or (h, w, c), got {arr.dtype} {arr.shape}")
-        return arr[..., None] if arr.ndim == 2 else arr
-    try:
-        from PIL import Image, ImageOps
-    except ImportError:
-        data = path.read_bytes()
-        if data[:8] == b"\x89PNG\r\n\x1a\n":
-            return decode_png(data)
-        if data[:2] in (b"P5", b"P6"):
-            return decode_netpbm(data)
-        raise ValueError(f"{path}: only PNG, PGM/PPM and .npy can be read without Pillow (pip install pillow)")
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        gray = im.mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F")
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        if gray and im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = (np.asarray(im, np.uint32) >> 8).astype(np.uint8)[..., None]  # high byte, as decode_png
-        elif gray:
-            arr = np.asarray(im.convert("L"), np.uint8)[..., None]
+    f = _as_file(data)
+    base = f.tell()
+    magic = f.read(2)
+    if magic not in (b"P5", b"P6"):
+        raise ImageError("not a binary PGM/PPM (P5/P6) file")
+    head = f.read(MAX_NETPBM_HEADER)
+    fields: list[int] = []
+    pos = 0
+    if not head[:1].isspace():
+        raise ImageError("bad PGM/PPM header")
+    while len(fields) < 3:
+        if pos >= len(head):
+            raise ImageError("truncated PGM/PPM header" if len(head) < MAX_NETPBM_HEADER else
+                             f"PGM/PPM header longer than {MAX_NETPBM_HEADER:,} bytes")
+        ch = head[pos:pos + 1]
+        if ch.isspace():
+            pos += 1
+        elif ch == b"#":
+            ends = [i for i in (head.find(b"\n", pos), head.find(b"\r", pos)) if i >= 0]
+            if not ends:
+                raise ImageError("truncated PGM/PPM header")
+            pos = min(ends) + 1
+        elif ch.isdigit():
+            end = pos
+            while end < len(head) and head[end:end + 1].isdigit():
+                end += 1
+            if end - pos > 9:
+                raise ImageError("bad PGM/PPM header (number too long)")
+            fields.append(int(head[pos:end]))
+            pos = end
         else:
-            arr = np.asarray(im.convert("RGB"), np.uint8)
+            raise ImageError(f"bad PGM/PPM header (unexpected {ch!r})")
+    if pos >= len(head) or not head[pos:pos + 1].isspace():
+        raise ImageError("truncated PGM/PPM header")
+    width, height, maxval = fields
+    if not 0 < maxval < 65536:
+        raise ImageError(f"bad PGM/PPM maxval {maxval}")
+    if maxval > 255:
+        raise ImageError("16-bit PGM/PPM needs Pillow (pip install pillow)")
+    _check_size(width, height, max_pixels, "PGM/PPM image")
+    channels = 1 if magic == b"P5" else 3
+    n = width * height * channels
+    f.seek(base + 2 + pos + 1)
+    buf = bytearray(_read_exact(f, n, "PGM/PPM pixel data"))
+    img = np.frombuffer(buf, np.uint8).reshape(height, width, channels)
+    if maxval == 255:
+        return img
+    return (np.minimum(img, maxval).astype(np.uint16) * 255 // maxval).astype(np.uint8)
+
+
+def _read_npy(path: Path, max_pixels: int) -> np.ndarray:
+    """A uint8 (h, w) or (h, w, 1 or 3) ``.npy`` file, size-checked from its header; never unpickles."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (ValueError, OSError, SyntaxError, TypeError) as exc:
+            raise ImageError(f"{path}: not a readable .npy file ({exc})") from exc
+        if dtype != np.uint8 or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+            raise ImageError(f"{path}: .npy images must be uint8 (h, w) or (h, w, 1 or 3), got {dtype} {shape}")
+        _check_size(int(shape[1]), int(shape[0]), max_pixels, str(path))
+        n = int(np.prod(shape))
+        buf = bytearray(n)
+        if f.readinto(buf) != n:
+            raise ImageError(f"{path}: truncated .npy file")
+    arr = np.frombuffer(buf, np.uint8).reshape(shape, order="F" if fortran else "C")
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _read_with_pillow(path: Path, max_pixels: int, Image, ImageOps) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            # our own limit is checked below, from the header; Pillow's bomb warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_size(im.width, im.height, max_pixels, str(path))  # before anything is decoded
+                im = ImageOps.exif_transpose(im)
+                gray = im.mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F")
+                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(bg, im)
+                if gray and im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = (np.clip(np.asarray(im, np.int32), 0, 65535) >> 8).astype(np.uint8)[..., None]  # high byte
+                elif gray:
+                    arr = np.asarray(im.convert("L"), np.uint8)[..., None]
+                else:
+                    arr = np.asarray(im.convert("RGB"), np.uint8)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: too many pixels to decode safely ({exc}); it was not decoded") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
+        raise ImageError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    _check_size(arr.shape[1], arr.shape[0], max_pixels, str(path))
     return arr
 
 
-def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights: area averaging when shrinking, bilinear (half-pixel centres) when enlarging."""
-    if n_in == n_out:
-        return np.eye(n_out, dtype=np.float64)
-    m = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    if n_out < n_in:
-        for i in range(n_out):
-            lo, hi = i * scale, (i + 1) * scale
-            for j in range(int(np.floor(lo)), min(n_in, int(np.ceil(hi)))):
-                m[i, j] = min(hi, j + 1) - max(lo, j)
-        return m / scale
-    for i in range(n_out):
-        x = (i + 0.5) * scale - 0.5
-        x0 = int(np.floor(x))
-        w = x - x0
-        m[i, min(max(x0, 0), n_in - 1)] += 1.0 - w
-        m[i, min(max(x0 + 1, 0), n_in - 1)] += w
-    return m
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file into uint8 (h, w, c), c in {1, 3}.
+
+    ``.npy`` files hold a uint8 array (h, w) or (h, w, 1 or 3) (no pickle). PNG and binary PGM/PPM are decoded here;
+    anything else (JPEG, BMP, ...) needs Pillow, which is used for every format when it is installed.
+
+    The pixel count is checked from the file's header before anything is decoded, by every path: images over
+    ``max_pixels`` (default :data:`MAX_PIXELS`) or :data:`MAX_SIDE` per side are refused.
+
+    Raises
+    ------
+    ImageError
+        (a ``ValueError``) for an unreadable, unsupported, truncated, corrupt or oversized file, naming it.
+    OSError
+        When the built-in decoders cannot open the file at all.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        return _read_npy(path, max_pixels)
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        with open(path, "rb") as f:
+            magic = f.read(8)
+            f.seek(0)
+            try:
+                if magic == _PNG_SIGNATURE:
+                    return decode_png(f, max_pixels)
+                if magic[:2] in (b"P5", b"P6"):
+                    return decode_netpbm(f, max_pixels)
+            except ImageError as exc:
+                raise ImageError(f"{path}: {exc}") from exc
+        raise ImageError(f"{path}: only PNG, PGM/PPM and .npy can be read without Pillow (pip install pillow)")
+    return _read_with_pillow(path, max_pixels, Image, ImageOps)
+
+
+def _area_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """Shrink (h, w, c) along ``axis`` (0 or 1) to ``n_out`` by exact area averaging; float64 out.
+
+    Output i averages the input interval [i * n_in / n_out, (i + 1) * n_in / n_out), partial pixels weighted by
+    their overlap (as OpenCV's INTER_AREA). Sums go through :func:`numpy.add.reduceat` over blocks of the other
+    axis, so time is O(input) and temporary memory is O(output of this pass + one block).
+    """
+    n_in = x.shape[axis]
+    i = np.arange(n_out, dtype=np.int64)
+    j0 = -(-i * n_in // n_out)  # first whole input pixel of output i (ceil); strictly increasing as n_in > n_out
+    hi = (i + 1) * n_in
+    j1 = hi // n_out  # input pixel straddling the end of output i, when r > 0
+    r = hi - j1 * n_out  # its overlap with output i, in units of 1 / n_out
+    cut = np.flatnonzero(r > 0)  # reduceat counts those pixels wholly in output i; move (1 - r) of them to i + 1
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    w_cut = ((n_out - r[cut]) / n_out).reshape(shape)
+    other = 1 - axis
+    out_shape = list(x.shape)
+    out_shape[axis] = n_out
+    out = np.empty(out_shape, np.float64)
+    step = max(1, _BLOCK // max(n_in * x.shape[2], 1))
+    for s in range(0, x.shape[other], step):
+        blk = [slice(None)] * 3
+        blk[other] = slice(s, s + step)
+        xb = x[tuple(blk)]
+        seg = np.add.reduceat(xb, j0, axis=axis, dtype=np.float64)
+        moved = w_cut * np.take(xb, j1[cut], axis=axis)
+        at, nxt = [slice(None)] * 3, [slice(None)] * 3
+        at[axis], nxt[axis] = cut, cut + 1
+        seg[tuple(at)] -= moved
+        seg[tuple(nxt)] += moved
+        out[tuple(blk)] = seg * (n_out / n_in)
+    return out
+
+
+def _linear_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
+    """Resample (h, w, c) along ``axis`` to ``n_out`` by linear interpolation (half-pixel centres, edges clamped,
+    as OpenCV's INTER_LINEAR); float64 out, O(output of this pass) time and memory."""
+    n_in = x.shape[axis]
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    x0 = np.floor(src).astype(np.intp)
+    frac = src - x0
+    x0 = np.minimum(x0, n_in - 1)
+    x1 = np.minimum(x0 + 1, n_in - 1)
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    frac = frac.reshape(shape)
+    return np.take(x, x0, axis=axis) * (1.0 - frac) + np.take(x, x1, axis=axis) * frac
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize uint8 (h, w, c) to float64 (height, width, c), unrounded.
+
+    Area averaging when both sides shrink, else bilinear interpolation on both (the choice
+    :func:`doc_core.data.resize_image` makes with OpenCV). Separable: one pass per axis, the cheaper order first, so
+    time and memory are O(input + output) (never h * w * height * width).
+    """
+    h, w = image.shape[:2]
+    one = _area_axis if (height < h and width < w) else _linear_axis
+
+    def along(x, n, axis):
+        return x if x.shape[axis] == n else one(x, n, axis)
+
+    if height * w <= h * width:
+        return along(along(image, height, 0), width, 1).astype(np.float64, copy=False)
+    return along(along(image, width, 1), height, 0).astype(np.float64, copy=False)
 
 
 def fit_image(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Bring a uint8 image (h, w, c) to the bundle's input ``shape`` (H, W, C).
+    """Bring a uint8 image (h, w, c), c in {1, 3}, to the bundle's input ``shape`` (H, W, C).
 
     Gray becomes RGB by repetition, RGB becomes gray by the ITU-R 601 luma weights (as Pillow's ``convert("L")``);
-    the size changes by area averaging when shrinking and bilinear interpolation when enlarging (as
-    :func:`doc_core.data.resize_image`). Returns uint8 (H, W, C).
+    the size changes by :func:`resize` (area averaging when shrinking, bilinear interpolation when enlarging, as
+    :func:`doc_core.data.resize_image`), in O(input + output) time. Returns uint8 (H, W, C).
     """
     img = np.asarray(image)
     if img.ndim == 2:
         img = img[..., None]
+    if img.ndim != 3 or img.shape[-1] not in (1, 3) or min(img.shape[:2]) < 1:
+        raise ValueError(f"an image must be (h, w, 1 or 3), got {img.shape}")
     h, w, c = shape
-    if img.shape[-1] != c:
+    out = img if img.shape[:2] == (h, w) else resize(img, h, w)
+    if out.shape[-1] != c:
         if c == 3:
-            img = np.repeat(img[..., :1], 3, axis=-1)
+            out = np.repeat(out, 3, axis=-1)
         else:
-            img = np.round(img[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]))[..., None]
-    if img.shape[:2] != (h, w):
-        ry, rx = _resize_matrix(img.shape[0], h), _resize_matrix(img.shape[1], w)
-        img = np.einsum("ij,jkc,lk->ilc", ry, img.astype(np.float64), rx)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8) if img.dtype != np.uint8 else img
+            out = out[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+            out = out[..., None]
+    return out if out.dtype == np.uint8 else np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -346,6 +663,8 @@ class EdgeScorer:
         The bundle folder (holding ``bundle.json``).
     num_threads : int
         Interpreter (or onnxruntime intra-op) threads; 1 = one CPU core for the model.
+    max_pixels : int
+        :meth:`score_files` refuses image files with more pixels than this (checked from their headers).
 
     Attributes
     ----------
@@ -359,9 +678,10 @@ class EdgeScorer:
         (H, W, C) the model takes (uint8).
     """
 
-    def __init__(self, bundle: str | os.PathLike, num_threads: int = 1) -> None:
+    def __init__(self, bundle: str | os.PathLike, num_threads: int = 1, max_pixels: int = MAX_PIXELS) -> None:
         self.bundle = Path(bundle)
         self.num_threads = num_threads
+        self.max_pixels = int(max_pixels)
         cfg_path = self.bundle / BUNDLE_JSON
         if not cfg_path.is_file():
             raise BundleError(f"{self.bundle} is not an edge bundle (no {BUNDLE_JSON})")
@@ -418,11 +738,11 @@ class EdgeScorer:
         return (self.score_samples(images) > self.threshold_).astype(np.int64)
 
     def score_files(self, paths: list[str]) -> dict:
-        """Read, fit and score image files; unreadable ones are listed under ``skipped``."""
+        """Read, fit and score image files; unreadable or oversized ones are listed under ``skipped``."""
         images, ok, skipped = [], [], []
         for p in paths:
             try:
-                images.append(fit_image(read_image(p), self.input_shape_))
+                images.append(fit_image(read_image(p, self.max_pixels), self.input_shape_))
                 ok.append(str(p))
             except Exception as exc:  # noqa: BLE001 - report any unreadable file and go on
                 skipped.append({"path": str(p), "reason": f"{type(exc).__name__}: {exc}"})
@@ -463,10 +783,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="bundle folder (default: the folder this script is in, if it holds bundle.json)")
     p.add_argument("--threads", type=int, default=1, help="LiteRT interpreter / onnxruntime threads (default 1)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"skip images with more pixels than this, checked from their headers (default {MAX_PIXELS:,})")
     args = p.parse_args(argv)
     bundle = Path(args.bundle) if args.bundle else here
+    try:  # this process is ours: Pillow's own bomb limit follows ours (read_image checks it before decoding anyway)
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
+    except ImportError:
+        pass
     try:
-        scorer = EdgeScorer(bundle, num_threads=args.threads)
+        scorer = EdgeScorer(bundle, num_threads=args.threads, max_pixels=args.max_pixels)
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,14 @@ def test_scorer_script_runs_without_tensorflow(fitted, tmp_path, block_pillow):
     paths = _write_pngs(tmp_path, fitted["test"][[0, 1, 40, 41]])
     paths.append(str(tmp_path / "broken.png"))
     (tmp_path / "broken.png").write_bytes(b"not an image")
+    # issue #10: a truncated PGM that used to hang, a PNG header of 10^10 pixels that used to inflate to gigabytes
+    (tmp_path / "trunc.pgm").write_bytes(b"P5\n28")
+    chunks = [(b"IHDR", (100_000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"),
+              (b"IDAT", zlib.compress(bytes(1000))), (b"IEND", b"")]
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(
+        len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+        for kind, body in chunks))
+    paths += [str(tmp_path / "trunc.pgm"), str(tmp_path / "huge.png")]
     code = ("import sys, json\n"
             + ("sys.modules['PIL'] = None\n" if block_pillow else "")
             + f"sys.path.insert(0, {str(bundle)!r})\n"
@@ -139,9 +148,22 @@ def test_scorer_script_runs_without_tensorflow(fitted, tmp_path, block_pillow):
     assert status == {"rc": 0, "heavy": []}
     out = json.loads((tmp_path / "out.json").read_text())
     assert [r["path"] for r in out["results"]] == paths[:4]
-    assert out["skipped"][0]["path"].endswith("broken.png")
+    assert [Path(s["path"]).name for s in out["skipped"]] == ["broken.png", "trunc.pgm", "huge.png"]
+    assert all(s["reason"].startswith("ImageError") for s in out["skipped"])
     expected = fitted["det"].decision_function(fitted["test"][[0, 1, 40, 41]])
     np.testing.assert_allclose([r["score"] for r in out["results"]], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_scorer_cli_pixel_limit(fitted, tmp_path, monkeypatch, capsys):
+    from doc_core.edge_scorer import main
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # main() sets it; restored after
+    paths = _write_pngs(tmp_path, fitted["test"][[0]])
+    assert main(["--bundle", str(fitted["bundles"]["none"]), "--max-pixels", "1000", *paths]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"] == [] and "32x32 pixels, more than the limit of 1,000 pixels" in out["skipped"][0]["reason"]
+    assert Image.MAX_IMAGE_PIXELS == 1000
+    assert main(["--bundle", str(fitted["bundles"]["none"]), *paths]) == 0
 
 
 def test_scorer_as_script_in_the_bundle(fitted, tmp_path):
