@@ -34,7 +34,9 @@ class ConvAutoencoder:
     batch_size : int
     learning_rate : float
     seed : int
-        Seeds the weights and the batch order.
+        Seeds the weights (seeded initialisers, one per layer) and the batch order (a numpy generator); Keras' and
+        TensorFlow's global seeds are neither set nor used, so autoencoders trained at once in one process (for
+        example beside training jobs) stay reproducible and leave the process's random state alone.
 
     Attributes
     ----------
@@ -63,15 +65,26 @@ class ConvAutoencoder:
 
     def _build(self) -> keras.Model:
         s, (f1, f2) = self.image_size, self.filters
+        seeds = iter(np.random.default_rng(self.seed).integers(0, 2**31 - 1, size=7).tolist())
+
+        def init() -> keras.initializers.Initializer:  # a fresh seeded initialiser per layer (biases start at 0)
+            return keras.initializers.GlorotUniform(seed=next(seeds))
+
         inp = keras.Input((s, s, 1), name="image")
-        x = keras.layers.Conv2D(f1, 3, strides=2, padding="same", activation="relu", name="enc1")(inp)
-        x = keras.layers.Conv2D(f2, 3, strides=2, padding="same", activation="relu", name="enc2")(x)
-        z = keras.layers.Dense(self.latent_dim, name="latent")(keras.layers.Flatten()(x))
-        x = keras.layers.Dense((s // 4) * (s // 4) * f2, activation="relu", name="dec_dense")(z)
+        x = keras.layers.Conv2D(f1, 3, strides=2, padding="same", activation="relu", name="enc1",
+                                kernel_initializer=init())(inp)
+        x = keras.layers.Conv2D(f2, 3, strides=2, padding="same", activation="relu", name="enc2",
+                                kernel_initializer=init())(x)
+        z = keras.layers.Dense(self.latent_dim, name="latent", kernel_initializer=init())(keras.layers.Flatten()(x))
+        x = keras.layers.Dense((s // 4) * (s // 4) * f2, activation="relu", name="dec_dense",
+                               kernel_initializer=init())(z)
         x = keras.layers.Reshape((s // 4, s // 4, f2))(x)
-        x = keras.layers.Conv2DTranspose(f2, 3, strides=2, padding="same", activation="relu", name="dec1")(x)
-        x = keras.layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu", name="dec2")(x)
-        out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="reconstruction")(x)
+        x = keras.layers.Conv2DTranspose(f2, 3, strides=2, padding="same", activation="relu", name="dec1",
+                                         kernel_initializer=init())(x)
+        x = keras.layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu", name="dec2",
+                                         kernel_initializer=init())(x)
+        out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="reconstruction",
+                                  kernel_initializer=init())(x)
         return keras.Model(inp, out, name="conv_autoencoder")
 
     def prepare(self, images: np.ndarray) -> np.ndarray:
@@ -98,12 +111,16 @@ class ConvAutoencoder:
         if len(x) < 2:
             raise ValueError(f"the autoencoder needs at least 2 training images, got {len(x)}")
         t0 = time.perf_counter()
-        keras.utils.set_random_seed(self.seed)
         self.model_ = self._build()
         self.model_.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss="mse")
-        hist = self.model_.fit(x, x, epochs=self.epochs, batch_size=min(self.batch_size, len(x)), shuffle=True,
-                               verbose=0)
-        self.history_ = [float(v) for v in hist.history["loss"]]
+        # the batch order comes from this generator, not from Keras' shuffling (which draws on the global seed)
+        rng = np.random.default_rng(self.seed)
+        self.history_ = []
+        for _ in range(self.epochs):
+            order = rng.permutation(len(x))
+            hist = self.model_.fit(x[order], x[order], epochs=1, batch_size=min(self.batch_size, len(x)),
+                                   shuffle=False, verbose=0)
+            self.history_.append(float(hist.history["loss"][-1]))
         # one traced function per fitted model (a class-level tf.function would retrace for every new instance)
         model = self.model_
         self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)

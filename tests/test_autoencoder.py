@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from doc_core.autoencoder import ConvAutoencoder
 from doc_core.metrics import roc_auc
@@ -48,6 +51,31 @@ def test_same_seed_same_scores_and_rgb_and_resize(fitted, data):
     small = ConvAutoencoder(image_size=16, epochs=1).fit(train[:20])
     assert small.prepare(test[:2]).shape == (2, 16, 16, 1)
     assert small.score_samples(test[:2]).shape == (2,)
+
+
+def test_seeded_without_touching_the_global_random_state(data):
+    """Same seed, identical scores; the process's random state (Python, numpy, TensorFlow) is neither reseeded nor
+    drawn from, so autoencoders fitted beside training jobs do not disturb them."""
+    train, test, _ = data
+
+    def draws():
+        return random.random(), np.random.random(), tf.random.uniform([3]).numpy().tolist()
+
+    def reseed():
+        random.seed(11)
+        np.random.seed(11)
+        tf.random.set_seed(11)
+
+    reseed()
+    expected = draws()
+    reseed()
+    first = ConvAutoencoder(image_size=16, epochs=2, batch_size=16, seed=4).fit(train[:64])
+    assert draws() == expected
+    second = ConvAutoencoder(image_size=16, epochs=2, batch_size=16, seed=4).fit(train[:64])
+    np.testing.assert_array_equal(second.score_samples(test), first.score_samples(test))
+    assert second.history_ == first.history_
+    other = ConvAutoencoder(image_size=16, epochs=2, batch_size=16, seed=5).fit(train[:64])
+    assert not np.allclose(other.score_samples(test), first.score_samples(test))
 
 
 def test_input_errors():
