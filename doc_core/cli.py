@@ -4,13 +4,57 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 DESCRIPTION = """DOC Explorer: Deep One-Class Classification (Perera & Patel) for image anomaly detection.
 Scores are higher for more anomalous images everywhere."""
+
+# The same names as doc_core.backbones.BACKBONES and doc_core.scoring.KNN_BACKENDS (a test checks), spelled out so
+# that building the parser, --help and argument errors import neither TensorFlow nor scikit-learn.
+BACKBONE_NAMES = ("mobilenet_v2", "vgg16", "tiny")
+KNN_BACKEND_NAMES = ("exact", "faiss", "faiss-ivf")
+
+# What TensorFlow's native libraries print while it is imported, before its logging is set up (so
+# TF_CPP_MIN_LOG_LEVEL does not silence it; TensorFlow 2.21 prints it twice, once per library).
+_TF_IMPORT_NOISE = re.compile(r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
+                              r"Could not find cuda drivers|cpu_feature_guard|To enable the following instructions|"
+                              r"Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning|"
+                              r"computation placer already registered")
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow once, dropping its start-up notices (oneDNN, CUDA) and keeping anything else it prints.
+
+    The process's standard error (file descriptor 2, where the native libraries write) goes to a temporary file while
+    TensorFlow loads; afterwards every line that is not a known notice is written back to standard error.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable file descriptor 2 (e.g. an embedding host)
+        import tensorflow  # noqa: F401
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if line.strip() and not _TF_IMPORT_NOISE.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -34,10 +78,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .backbones import BACKBONES
-
     g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2", help="feature network (default mobilenet_v2)")
+    g.add_argument("--backbone", choices=BACKBONE_NAMES, default="mobilenet_v2",
+                   help="feature network (default mobilenet_v2)")
     g.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier (default 1.0)")
     g.add_argument("--input-size", type=int, default=96, help="network input size in pixels (default 96)")
     g.add_argument("--weights", default="imagenet",
@@ -64,9 +107,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_backend_arg(p, default: str | None) -> None:
-    from .scoring import KNN_BACKENDS
-
-    p.add_argument("--knn-backend", choices=KNN_BACKENDS, default=default,
+    p.add_argument("--knn-backend", choices=KNN_BACKEND_NAMES, default=default,
                    help="k-NN search: exact (numpy), faiss (exact flat index, faster on large banks) or faiss-ivf "
                         "(approximate, for very large banks); needs faiss-cpu. "
                         + ("Saved with the detector (default exact)" if default else
@@ -140,10 +181,15 @@ def _evaluation(det, split) -> dict:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .detector import DOCDetector
+    from .detector import DETECTOR_FOLDER, DOCDetector, estimate_save_bytes
+    from .output_folders import check_target, check_writable
 
+    # --out is checked before any data is read or any step trained: foreign content, a parent that takes no file
+    replaced = check_target(args.out, DETECTOR_FOLDER, args.force)
+    check_writable(args.out)
     split = _load_split(args)
     bb, tc, sc = _configs(args)
+    check_writable(args.out, estimate_save_bytes(bb, len(split.train_normal), tc, sc.max_bank_size))
     det = DOCDetector(bb, tc, sc)
     print(f"training on {split.name}: {split.summary()}", file=sys.stderr)
     bar = None
@@ -163,10 +209,19 @@ def cmd_train(args) -> int:
     result = {"fit_s": det.fit_seconds_}
     if len(split.test_images):
         result.update(_evaluation(det, split))
-    path = det.save(args.out, metadata={"split": split.info, "split_name": split.name, "evaluation": result})
+    path = det.save(args.out, metadata={"split": split.info, "split_name": split.name, "evaluation": result},
+                    force=args.force)
     result["detector"] = str(path)
+    _say_replaced(result, path, replaced)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def _say_replaced(result: dict, path: Path, replaced: str | None) -> None:
+    """With --force: record in the JSON result, and say on stderr, what the new folder replaced."""
+    if replaced is not None:
+        result["replaced"] = f"{path}: {replaced}"
+        print(f"--force: replaced {replaced} at {path}", file=sys.stderr)
 
 
 def cmd_evaluate(args) -> int:
@@ -278,8 +333,12 @@ def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
 
 def cmd_export(args) -> int:
     from .data import load_folder_split
-    from .export import ExportConfig, export_bundle, normal_images_for
+    from .export import BUNDLE_FOLDER, ExportConfig, estimate_bundle_bytes, export_bundle, normal_images_for
+    from .output_folders import check_target, check_writable
 
+    out = args.out or f"{Path(args.detector).resolve().name}-{args.format}-{args.quantize}"
+    replaced = check_target(out, BUNDLE_FOLDER, args.force)
+    check_writable(out)
     det = _load_detector_or_run(args.detector)
     cfg = ExportConfig(format=args.format, quantize=args.quantize, input_shape=_parse_shape(args.input_shape),
                        max_bank_size=args.max_bank_size, calibration_size=args.calibration_images,
@@ -292,12 +351,14 @@ def cmd_export(args) -> int:
         normal = normal_images_for(det, args.detector, args.data_dir)
     if normal is not None:
         print(f"using {len(normal)} normal training images for calibration and the bank", file=sys.stderr)
-    out = args.out or f"{Path(args.detector).resolve().name}-{args.format}-{args.quantize}"
-    doc = export_bundle(det, out, cfg, normal, source=str(args.detector))
-    print(json.dumps({"bundle": str(Path(out).resolve()), "quantize": doc["quantize"],
-                      "input": doc["input"], "bank_size": doc["bank_size"], "threshold": doc["threshold"],
-                      "threshold_source": doc["threshold_source"], "sizes_bytes": doc["sizes_bytes"],
-                      "run": f"cd {out} && python scorer.py IMAGE..."}, indent=1))
+    check_writable(out, estimate_bundle_bytes(det, len(normal) if normal is not None else 0))
+    doc = export_bundle(det, out, cfg, normal, source=str(args.detector), force=args.force)
+    result = {"bundle": str(Path(out).resolve()), "quantize": doc["quantize"],
+              "input": doc["input"], "bank_size": doc["bank_size"], "threshold": doc["threshold"],
+              "threshold_source": doc["threshold_source"], "sizes_bytes": doc["sizes_bytes"],
+              "run": f"cd {out} && python scorer.py IMAGE..."}
+    _say_replaced(result, Path(out), replaced)
+    print(json.dumps(result, indent=1))
     return 0
 
 
@@ -371,7 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune the backbone with DOC, score the test set (if any) and save.")
     _add_data_args(p)
     _add_model_args(p)
-    p.add_argument("--out", required=True, help="folder to save the detector in (replaced atomically)")
+    p.add_argument("--out", required=True,
+                   help="folder to save the detector in: created, or replaced atomically if it is empty or holds a "
+                        "detector saved by this tool; anything else there is kept and the command refuses (checked, "
+                        "with the free space, before training)")
+    p.add_argument("--force", action="store_true",
+                   help="replace whatever is at --out, even a folder or file this tool did not write (the output "
+                        "says what was replaced)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="AUC and metrics of a saved detector on a labelled test set")
@@ -420,7 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=("none", "float16", "int8"), default="none",
                    help="none: float32; float16: half-size weights; int8: integer quantization calibrated on the "
                         "normal training images (default none)")
-    p.add_argument("--out", default=None, help="bundle folder (default ./<detector name>-<format>-<quantize>)")
+    p.add_argument("--out", default=None,
+                   help="bundle folder (default ./<detector name>-<format>-<quantize>): created, or replaced "
+                        "atomically if it is empty or holds an edge bundle exported by this tool; anything else "
+                        "there is kept and the command refuses")
+    p.add_argument("--force", action="store_true",
+                   help="replace whatever is at --out, even a folder or file this tool did not write (the output "
+                        "says what was replaced)")
     p.add_argument("--max-bank-size", type=int, default=None,
                    help="keep a random subset of at most this many normal features (smaller bundle, faster k-NN)")
     p.add_argument("--input-shape", default=None,
@@ -475,8 +548,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_text(exc: OSError) -> str:
+    """One line for an OSError: its message and the file(s) it names, without the ``[Errno n]`` prefix."""
+    if not exc.strerror:
+        return str(exc) or type(exc).__name__
+    text = exc.strerror
+    if exc.filename is not None:
+        text += f": {exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Exit status: 0 done, 1 an operating-system error (read-only or full disk, no permission, a
+    folder --out may not replace), 2 invalid input (data, detector, options), 130 interrupted."""
+    args = build_parser().parse_args(argv)  # --help and argument errors exit here, before TensorFlow is imported
+    import_tensorflow_quietly()
     from .backbones import WeightsNotFoundError
     from .data import DataError
     from .detector import DetectorFormatError
@@ -487,3 +573,6 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, WeightsNotFoundError, DetectorFormatError, TrainingDivergedError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {_os_error_text(exc)}", file=sys.stderr)
+        return 1

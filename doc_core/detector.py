@@ -16,12 +16,15 @@ import numpy as np
 
 from .backbones import Backbone, BackboneConfig
 from .metrics import threshold_percentile
+from .output_folders import OutputKind, install_folder, prepare_save, restore_previous
 from .scoring import SCORERS, check_backend, make_scorer
 from .training import DOCTrainer, StepRecord, TrainConfig
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "doc-explorer-detector"
 _FILES = ("detector.json", "backbone.weights.h5", "bank.npz")
+DETECTOR_FOLDER = OutputKind("detector", "detector.json", FORMAT_NAME, frozenset(_FILES), frozenset(_FILES))
+"""A folder :meth:`DOCDetector.save` writes; only such a folder (or an empty one) is replaced without ``force``."""
 
 
 class DetectorFormatError(ValueError):
@@ -199,15 +202,24 @@ class DOCDetector:
         return {"backbone": self.backbone.to_dict(), "train": self.train.to_dict(), "scorer": self.scorer.to_dict(),
                 "threshold_percentile": self.threshold_percentile}
 
-    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    def save(self, path: str | os.PathLike, metadata: dict | None = None, force: bool = False) -> Path:
         """Save to a folder (Keras weights + ``.npz`` + JSON; no pickle), atomically.
 
         Everything is written to a temporary folder beside ``path`` and then renamed into place, so a crash
-        mid-save leaves any earlier detector at ``path`` intact.
+        mid-save leaves any earlier detector at ``path`` intact. Only a detector folder written by this tool, or an
+        empty folder, is replaced, unless ``force`` (see :mod:`doc_core.output_folders`); hidden temporary siblings
+        of ``path`` left by a killed save more than a day ago are removed.
+
+        Raises
+        ------
+        OutputExistsError
+            ``path`` holds something else and ``force`` is False; nothing was written or deleted.
+        OSError
+            Writing failed (``ENOSPC``: the disk is full); any detector already at ``path`` is kept.
         """
         self._check_fitted()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_save(path, DETECTOR_FOLDER, force)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
             self.backbone_.model.save_weights(tmp / "backbone.weights.h5")
@@ -218,7 +230,7 @@ class DOCDetector:
                    "history": [r.to_dict() for r in self.history_], "metadata": metadata or {}}
             (tmp / "detector.json").write_text(json.dumps(doc, indent=1))
             _fsync_tree(tmp)
-            install_folder(tmp, path)
+            install_folder(tmp, path, DETECTOR_FOLDER, force)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -290,35 +302,33 @@ def _as_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def install_folder(tmp: Path, path: Path) -> None:
-    """Move a completely written folder ``tmp`` to ``path``, replacing what is there.
-
-    The previous folder is first renamed to a hidden ``.<name>.old-*`` sibling and deleted only after ``tmp`` is in
-    place, so a crash at any moment leaves either the previous or the new folder (``load`` puts a previous one back if
-    the crash came between the two renames).
-    """
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _restore_previous(path: Path) -> None:
     """Undo a save killed between its two renames: put the previous detector (``.<name>.old-*``) back at ``path``."""
-    try:
-        olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
-    except OSError:
-        return
-    for old in olds:
-        if old.is_dir() and not old.is_symlink() and all((old / f).is_file() for f in _FILES):
-            try:
-                os.replace(old, path)
-            except OSError:
-                pass
-            return
+    restore_previous(path, DETECTOR_FOLDER)
+
+
+# Parameters of each backbone's whole convolutional part (no classifier), an upper bound for any feature layer; the
+# widest feature any layer gives is at most 2048 x max(1, alpha) channels.
+_MAX_PARAMS = {"mobilenet_v2": 2_257_984, "vgg16": 14_714_688, "tiny": 6_032}
+_WIDEST_FEATURE = 2048
+
+
+def estimate_save_bytes(backbone: BackboneConfig, n_normal: int, train: TrainConfig = TrainConfig(),
+                        max_bank_size: int | None = None) -> int:
+    """A conservative estimate (bytes) of what :meth:`DOCDetector.save` writes, known before training.
+
+    Weights: float32 parameters of the whole backbone (MobileNetV2 scaled by ``max(alpha, alpha**2)``) plus 10 %
+    and 2 MiB of HDF5 overhead, or the size of a given weights file if larger. Bank: ``n_normal`` (at most
+    ``max_bank_size``) float32 vectors of the widest feature. JSON: 256 bytes per training step plus 1 MiB.
+    """
+    scale = max(backbone.alpha, backbone.alpha ** 2) if backbone.name == "mobilenet_v2" else 1.0
+    weights = int(_MAX_PARAMS.get(backbone.name, 25_000_000) * scale * 4 * 1.1) + 2 * 2**20
+    if backbone.weights and backbone.weights != "imagenet" and os.path.isfile(backbone.weights):
+        weights = max(weights, os.path.getsize(backbone.weights))
+    n_bank = min(n_normal, max_bank_size) if max_bank_size else n_normal
+    bank = n_bank * int(_WIDEST_FEATURE * max(1.0, backbone.alpha)) * 4
+    steps = train.epochs * -(-max(n_normal, 1) // max(train.batch_size, 1))
+    return weights + bank + 256 * steps + 2**20
 
 
 def _fsync_tree(folder: Path) -> None:

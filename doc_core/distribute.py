@@ -7,12 +7,13 @@ the shares and gradients are summed across replicas and applied once.
 The compactness loss stays the paper's formula **on the global batch** (not an average of per-replica losses, which
 would use the wrong ``n`` and a per-replica mean). With ``n`` target features ``x_i`` of ``k`` dimensions,
 ``l_C = c * sum_i |x_i - mean|^2`` with ``c = n / ((n - 1)^2 k)`` and the mean over the whole batch. Replica ``r``
-gets the global mean by an all-reduce of its feature sums and computes
-``c * sum_{i in r} |x_i - stop_gradient(mean)|^2``.
-These shares add up to ``l_C``, and so do their gradients: the gradient of ``l_C`` through the mean vanishes
-(``sum_i (x_i - mean) = 0``), so stopping it changes nothing. The descriptiveness loss is shared the same way
-(each replica sums its cross-entropies and divides by the global reference batch size). The losses and gradients
-are therefore those of one device on the same batch, up to float rounding.
+gets the global mean by an all-reduce of its feature sums and computes its share
+``c * sum_{i in r} |x_i - stop_gradient(mean)|^2`` with :func:`doc_core.losses.compactness_loss` (given the batch's
+mean and size). These shares add up to ``l_C``, and so do their gradients: the gradient of ``l_C`` through the mean
+vanishes (``sum_i (x_i - mean) = 0``), so stopping it changes nothing. The descriptiveness loss is shared the same
+way: each replica's :func:`doc_core.losses.descriptiveness_loss` (the mean cross-entropy of its ``n_r`` reference
+images) weighted by ``n_r`` over the global reference batch size. Both formulas live only in :mod:`doc_core.losses`.
+The losses and gradients are therefore those of one device on the same batch, up to float rounding.
 
 The trainer's variables stay as they are. Created outside the strategy's scope (the usual case, e.g. an explicit
 ``strategy=`` argument) they are one copy that every replica reads, and the summed gradients are applied once in
@@ -29,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from .backbones import preprocess
+from .losses import compactness_loss, descriptiveness_loss
 
 
 def resolve_strategy(strategy: "tf.distribute.Strategy | str | None" = "auto") -> "tf.distribute.Strategy | None":
@@ -81,13 +83,12 @@ def build_distributed_step(trainer, staged: bool, strategy: "tf.distribute.Strat
         with tf.GradientTape() as tape:
             feats = forward(tf.concat([target_x, ref_x], axis=0))
             t = tf.cast(feats[:n_local], tf.float32)
-            n = tf.cast(n_target, tf.float32)
-            k = tf.cast(tf.shape(t)[1], tf.float32)
-            mean = tf.stop_gradient(ctx.all_reduce(SUM, tf.reduce_sum(t, axis=0)) / n)
-            l_c = n / ((n - 1.0) ** 2 * k) * tf.reduce_sum(tf.square(t - mean))
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(ref_y, tf.int32),
-                                                                logits=tf.cast(head(feats[n_local:]), tf.float32))
-            l_d = tf.reduce_sum(ce) / tf.cast(n_ref, tf.float32)
+            mean = ctx.all_reduce(SUM, tf.reduce_sum(t, axis=0)) / tf.cast(n_target, tf.float32)
+            l_c = compactness_loss(t, batch_mean=mean, batch_size=n_target)  # this replica's share
+            logits = head(feats[n_local:])
+            share = tf.cast(tf.shape(logits)[0], tf.float32) / tf.cast(n_ref, tf.float32)
+            # a replica with no reference rows has a NaN mean (0/0) and a share of 0: multiply_no_nan gives 0
+            l_d = tf.math.multiply_no_nan(descriptiveness_loss(ref_y, logits), share)
             total = l_d + lam * l_c
         grads = tape.gradient(total, variables)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]

@@ -39,8 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import DOCDetector, install_folder
+from .detector import DOCDetector
 from .edge_scorer import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, EdgeScorer
+from .output_folders import OutputKind, check_target, install_folder, prepare_save
 from .scoring import knn_distances, subsample_bank
 
 EXPORT_FORMATS = ("tflite", "onnx")
@@ -48,6 +49,10 @@ QUANTIZATIONS = ("none", "float16", "int8")
 MODEL_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
 RUNTIMES = {"tflite": "litert", "onnx": "onnxruntime"}
 MODEL_FILE, BANK_FILE, SCORER_FILE = MODEL_FILES["tflite"], "bank.npy", "scorer.py"
+BUNDLE_FOLDER = OutputKind("edge bundle", BUNDLE_JSON, BUNDLE_FORMAT, frozenset({BUNDLE_JSON, BANK_FILE, SCORER_FILE}),
+                           frozenset({BUNDLE_JSON, BANK_FILE, SCORER_FILE, *MODEL_FILES.values(), "__pycache__"}))
+"""A folder :func:`export_bundle` writes (``__pycache__`` appears when its scorer is imported); only such a folder (or
+an empty one) is replaced without ``force``."""
 
 
 class ExportError(ValueError):
@@ -236,8 +241,12 @@ def _mapped_threshold(detector: DOCDetector, bank: np.ndarray, k: int) -> tuple[
 
 
 def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportConfig = ExportConfig(),
-                  normal_images: np.ndarray | None = None, source: str | None = None) -> dict:
+                  normal_images: np.ndarray | None = None, source: str | None = None, force: bool = False) -> dict:
     """Write an edge bundle folder (replaced atomically) and return its ``bundle.json`` content.
+
+    Only an edge bundle written by this tool, or an empty folder, is replaced at ``out`` unless ``force`` (checked
+    before the model is converted; see :mod:`doc_core.output_folders`); hidden temporary siblings of ``out`` left by
+    a killed export more than a day ago are removed.
 
     Parameters
     ----------
@@ -250,13 +259,18 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
         The detector's normal training images: int8 calibration and (for float16/int8) the recomputed bank.
     source : str, optional
         Where the detector came from: recorded, and a dashboard run folder's ``run.json`` gives the input shape.
+    force : bool
+        Replace whatever is at ``out``.
 
     Raises
     ------
     ExportError
         LOF scorer, int8 without normal images, bad options.
+    OutputExistsError
+        ``out`` holds something this tool did not write and ``force`` is False; nothing was written or deleted.
     """
     config.validate()
+    check_target(out, BUNDLE_FOLDER, force)
     detector._check_fitted()
     if detector.scorer.name != "knn":
         raise ExportError(f"edge bundles score with k-NN; this detector uses {detector.scorer.name!r}. Export "
@@ -282,7 +296,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     model_file = MODEL_FILES[config.format]
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    prepare_save(out, BUNDLE_FOLDER, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / model_file).write_bytes(model_bytes)
@@ -340,7 +354,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(doc, indent=1))
-        install_folder(tmp, out)
+        install_folder(tmp, out, BUNDLE_FOLDER, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -359,6 +373,19 @@ def _embed_with_model(model_path: Path, shape: tuple[int, int, int], images: np.
 def bundle_size(path: str | os.PathLike) -> int:
     """Total bytes of the files in a bundle folder."""
     return int(sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file()))
+
+
+def estimate_bundle_bytes(detector: DOCDetector, n_normal: int = 0) -> int:
+    """A conservative estimate (bytes) of the bundle :func:`export_bundle` writes for a fitted ``detector``.
+
+    Model: the backbone's float32 parameters plus 10 % and 2 MiB (quantized models are smaller). Bank: float32
+    vectors, as many as the detector's bank or ``n_normal`` (a recomputed bank), whichever is more. Plus the scorer
+    script and 1 MiB for ``bundle.json`` and file system overhead.
+    """
+    detector._check_fitted()
+    model = int(detector.backbone_.model.count_params() * 4 * 1.1) + 2 * 2**20
+    bank = max(len(detector.bank_), int(n_normal)) * int(detector.bank_.shape[1]) * 4
+    return model + bank + Path(__file__).with_name("edge_scorer.py").stat().st_size + 2**20
 
 
 # ------------------------------------------------------------------------------------------------ finding images

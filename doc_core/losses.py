@@ -9,7 +9,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def compactness_loss(features: tf.Tensor) -> tf.Tensor:
+def compactness_loss(features: tf.Tensor, batch_mean: tf.Tensor | None = None,
+                     batch_size: tf.Tensor | int | None = None) -> tf.Tensor:
     """Compactness loss ``l_C`` of a batch of target features.
 
     With ``n`` features ``x_i`` of ``k`` dimensions and ``m_i`` the mean of the *other* ``n - 1`` features,
@@ -22,17 +23,29 @@ def compactness_loss(features: tf.Tensor) -> tf.Tensor:
     ----------
     features : tf.Tensor, shape (n, k), float
         Features of one batch of target (normal) images; ``n >= 2``.
+    batch_mean, batch_size : optional, both or neither
+        For one slice of a batch split across devices (:mod:`doc_core.distribute`): ``features`` are the slice's
+        rows (any number, also 0 or 1), ``batch_mean`` (shape (k,), float; treated as a constant) the mean of the
+        whole batch and ``batch_size`` its ``n >= 2``. The sum then runs over the slice only, with the whole batch's
+        ``n`` and mean, so the slices' results add up to the batch's ``l_C``, and so do their gradients (the
+        gradient through the mean vanishes, as ``sum_i (x_i - mean) = 0``).
 
     Returns
     -------
     tf.Tensor, shape (), float32
-        The non-negative loss; 0 when all features are equal.
+        The non-negative loss (or the slice's share of it); 0 when all features are equal.
     """
     x = tf.cast(features, tf.float32)
-    n = tf.cast(tf.shape(x)[0], tf.float32)
     k = tf.cast(tf.shape(x)[1], tf.float32)
+    if (batch_mean is None) != (batch_size is None):
+        raise ValueError("compactness_loss: give both batch_mean and batch_size, or neither")
+    if batch_mean is None:
+        n = tf.cast(tf.shape(x)[0], tf.float32)
+        centred = x - tf.reduce_mean(x, axis=0, keepdims=True)
+    else:
+        n = tf.cast(batch_size, tf.float32)
+        centred = x - tf.stop_gradient(tf.reshape(tf.cast(batch_mean, tf.float32), (1, -1)))
     tf.debugging.assert_greater_equal(n, 2.0, message="compactness_loss needs a batch of at least 2 features")
-    centred = x - tf.reduce_mean(x, axis=0, keepdims=True)
     return (n * n) / ((n - 1.0) ** 2 * n * k) * tf.reduce_sum(tf.square(centred))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from .detector import DetectorFormatError, DOCDetector, ScorerConfig
 from .metrics import average_precision, roc_auc
+from .output_folders import remove_stale
 from .training import StepRecord
 
 RUNS_DIR_ENV = "DOC_RUNS_DIR"
@@ -317,22 +318,7 @@ def clean_stale_temp(runs_dir: str | os.PathLike | None = None, max_age_s: float
     They are what a process killed while saving or deleting leaves behind; they are never listed as runs, only
     taking disk space. Young ones may belong to a save in progress and are kept. Returns how many were removed.
     """
-    root = _dir(runs_dir)
-    removed, now = 0, time.time()
-    try:
-        entries = list(root.iterdir())
-    except OSError:
-        return 0
-    for p in entries:
-        if not p.name.startswith(".") or not (".tmp-" in p.name or ".deleted-" in p.name):
-            continue
-        try:
-            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-                removed += 1
-        except OSError:
-            continue
-    return removed
+    return remove_stale(_dir(runs_dir), (".*.tmp-*", ".*.deleted-*"), max_age_s)
 
 
 # ------------------------------------------------------------------------------------------------------- reading

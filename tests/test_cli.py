@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from doc_core.data import FASHION_MNIST_FILES, FashionMNIST
 from doc_core.report import roc_figure
 
 TINY = ["--backbone", "tiny", "--input-size", "32", "--weights", "none", "--epochs", "1", "--batch-size", "16"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _write_idx(path: Path, arr: np.ndarray) -> None:
@@ -52,6 +56,55 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for cmd in ("train", "evaluate", "score", "benchmark"):
         assert cmd in out
+
+
+def test_help_and_argument_errors_do_not_import_tensorflow():
+    code = (
+        "import runpy, sys\n"
+        "from doc_core.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['train'], ['train', '--backbone', 'nope', '--out', 'x']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, 2), exc.code\n"
+        "sys.argv = ['doc_core', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('doc_core', run_name='__main__')  # python -m doc_core --help\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import doc_core\n"
+        "assert 'DOCDetector' in dir(doc_core) and 'DOCDetector' in doc_core.__all__\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'sklearn')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tensorflow_start_up_notices_are_not_printed(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "doc_core", "score", "--detector", str(tmp_path / "none"), "x.png"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env={**env, "PYTHONPATH": str(ROOT)})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+def test_parser_choices_match_the_core():
+    from doc_core import cli
+    from doc_core.backbones import BACKBONES
+    from doc_core.scoring import KNN_BACKENDS
+
+    assert cli.BACKBONE_NAMES == BACKBONES and cli.KNN_BACKEND_NAMES == KNN_BACKENDS
+
+
+def test_lazy_package_names():
+    import doc_core
+    from doc_core import DOCDetector
+    from doc_core.detector import DOCDetector as defined
+
+    assert DOCDetector is defined is doc_core.DOCDetector
+    with pytest.raises(AttributeError):
+        doc_core.no_such_name
 
 
 def test_every_option_has_help():

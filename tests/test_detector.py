@@ -122,10 +122,13 @@ def test_save_load_round_trip(tmp_path, problem, trained):
 def test_save_replaces_existing_folder(tmp_path, problem, trained):
     target = tmp_path / "det"
     target.mkdir()
-    (target / "stale.txt").write_text("from an older save")
+    (target / "stale.txt").write_text("not written by doc_core")
     baseline = make_detector(epochs=0).fit(*problem[:3])
-    baseline.save(target)
-    trained.save(target)
+    with pytest.raises(FileExistsError, match="stale.txt.*kept"):  # a folder the tool did not write is kept
+        baseline.save(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["det"] and [p.name for p in target.iterdir()] == ["stale.txt"]
+    baseline.save(target, force=True)
+    trained.save(target)  # a detector folder is replaced without force
     assert sorted(p.name for p in target.iterdir()) == ["backbone.weights.h5", "bank.npz", "detector.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["det"]  # no temporary or old folders left behind
     np.testing.assert_array_equal(DOCDetector.load(target).decision_function(problem[3]),

@@ -87,3 +87,33 @@ def test_two_logical_cpus_give_one_device_losses(results, case):
     np.testing.assert_allclose(multi["losses"], single["losses"], rtol=1e-4, atol=1e-6)
     for a, b in zip(multi["weights"], single["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_replica_shares_of_the_losses_add_up_to_the_batch_losses():
+    """The per-replica shares distribute.py takes from doc_core.losses: compactness with the batch's mean and size,
+    descriptiveness weighted by the slice's share of the reference batch; slices of 0 and 1 rows included."""
+    import tensorflow as tf
+
+    from doc_core import distribute
+    from doc_core.losses import compactness_loss, descriptiveness_loss
+
+    assert distribute.compactness_loss is compactness_loss and distribute.descriptiveness_loss is descriptiveness_loss
+    rng = np.random.default_rng(0)
+    x = tf.Variable(rng.normal(size=(7, 5)).astype(np.float32))
+    logits = tf.Variable(rng.normal(size=(7, 3)).astype(np.float32))
+    y = tf.constant(rng.integers(0, 3, 7))
+    with tf.GradientTape(persistent=True) as tape:
+        whole_c, whole_d = compactness_loss(x), descriptiveness_loss(y, logits)
+        mean = tf.reduce_mean(x, axis=0)
+        parts = [slice(0, 0), slice(0, 1), slice(1, 4), slice(4, 7)]
+        share_c = tf.add_n([compactness_loss(x[p], batch_mean=mean, batch_size=7) for p in parts])
+        share_d = tf.add_n([tf.math.multiply_no_nan(descriptiveness_loss(y[p], logits[p]), (p.stop - p.start) / 7)
+                            for p in parts])
+    np.testing.assert_allclose(share_c.numpy(), whole_c.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(share_d.numpy(), whole_d.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(share_c, x).numpy(), tape.gradient(whole_c, x).numpy(), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(share_d, logits).numpy(), tape.gradient(whole_d, logits).numpy(),
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="both"):
+        compactness_loss(x, batch_mean=mean)
