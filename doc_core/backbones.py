@@ -16,9 +16,13 @@ import tensorflow as tf
 
 import keras
 
+from .artifacts import ArtifactError, Fields, short_repr
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_WEIGHTS_DIR = REPO_ROOT.parent / "shared" / "weights"
 BACKBONES = ("mobilenet_v2", "vgg16", "tiny")
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512  # pixels; the dashboard offers 32-224
+MAX_ALPHA = 2.0  # MobileNetV2 width multiplier; ImageNet weights exist up to 1.4
 
 # Per backbone: default feature layer, default last frozen layer, preprocessing, known weight file names.
 _DEFAULTS = {
@@ -63,9 +67,8 @@ class BackboneConfig:
     trainable_from: str | None = None
 
     def resolved(self) -> "BackboneConfig":
-        """The same config with the defaults filled in."""
-        if self.name not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.name!r}; choose one of {', '.join(BACKBONES)}")
+        """The same config with the defaults filled in (after :meth:`validate`)."""
+        self.validate()
         d = _DEFAULTS[self.name]
         return replace(self, feature_layer=self.feature_layer or d["feature_layer"],
                        trainable_from=self.trainable_from or d["trainable_from"])
@@ -73,9 +76,42 @@ class BackboneConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def validate(self, where: str = "backbone config") -> None:
+        """Raise ValueError (an :class:`doc_core.artifacts.ArtifactError`) for an unknown backbone, ``alpha`` outside
+        (0, :data:`MAX_ALPHA`], ``input_size`` outside [:data:`MIN_INPUT_SIZE`, :data:`MAX_INPUT_SIZE`], or a value
+        of the wrong type; ``where`` starts the message."""
+        self._values(asdict(self), where)
+
     @classmethod
-    def from_dict(cls, d: dict) -> "BackboneConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def from_dict(cls, d: dict, where: str = "backbone config") -> "BackboneConfig":
+        """The config saved by :meth:`to_dict`; missing keys take their defaults, unknown keys are ignored.
+
+        Raises
+        ------
+        ValueError (ArtifactError)
+            ``d`` is not a dict, or a value has the wrong type or is out of range; the message names it.
+        """
+        return cls(**cls._values(d, where))
+
+    @classmethod
+    def _values(cls, d: dict, where: str) -> dict:
+        f = Fields(d, where)
+        dflt = {k: v.default for k, v in cls.__dataclass_fields__.items()}
+        name = d.get("name", dflt["name"])
+        if name not in BACKBONES:
+            raise ArtifactError(f"{where}: unknown backbone {short_repr(name)}; choose one of {', '.join(BACKBONES)}")
+        size = d.get("input_size", dflt["input_size"])
+        if isinstance(size, (int, float)) and not isinstance(size, bool) and not (
+                MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE):
+            raise ArtifactError(f"{where}: input_size must be at least {MIN_INPUT_SIZE} and at most {MAX_INPUT_SIZE} "
+                                f"pixels, got {short_repr(size)}")
+        return {"name": name,
+                "alpha": f.float("alpha", 0.0, MAX_ALPHA, default=dflt["alpha"], lo_open=True),
+                "input_size": f.int("input_size", MIN_INPUT_SIZE, MAX_INPUT_SIZE, default=dflt["input_size"]),
+                "weights": f.str("weights", default=dflt["weights"], optional=True),
+                "feature_layer": f.str("feature_layer", default=dflt["feature_layer"], optional=True, max_chars=200),
+                "trainable_from": f.str("trainable_from", default=dflt["trainable_from"], optional=True,
+                                        max_chars=200)}
 
 
 def known_weight_files(config: BackboneConfig) -> list[str]:

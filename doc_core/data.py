@@ -327,14 +327,15 @@ MAX_IMAGE_PIXELS = 50_000_000  # about 7,000 x 7,000; larger files are skipped w
 def read_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one image file into an RGB ``uint8`` array (h, w, 3), resized to (size, size) when given.
 
-    Handles gray, palette, 16-bit, alpha (composited on white) and EXIF-rotated images. The pixel count is checked
+    Handles gray, palette, 16-bit, 32-bit float, alpha (composited on white) and EXIF-rotated images; a float image
+    with a NaN or infinite pixel is refused (never silently turned black). The pixel count is checked
     from the file header before anything is decoded, so an image over ``max_pixels`` (default
     :data:`MAX_IMAGE_PIXELS`, e.g. 10,000 x 10,000) costs no memory: it is refused with a message naming the file.
 
     Raises
     ------
     DataError
-        For unreadable, non-image, empty or oversized files, naming the file.
+        For unreadable, non-image, empty or oversized files and NaN/infinite float pixels, naming the file.
     """
     from PIL import Image, ImageOps
 
@@ -352,6 +353,8 @@ def read_image(path: str | os.PathLike, size: int | None = None, max_pixels: int
                 arr = _pil_to_rgb(im)
     except DataError:
         raise
+    except NonFinitePixelsError as exc:
+        raise DataError(f"{path}: {exc}; the image was skipped") from exc
     except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: too many pixels to decode safely ({exc}); the image was skipped") from exc
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
@@ -361,14 +364,35 @@ def read_image(path: str | os.PathLike, size: int | None = None, max_pixels: int
     return arr
 
 
+class NonFinitePixelsError(ValueError):
+    """A float image holds NaN or infinite pixels; it is refused, never silently turned into another image."""
+
+
 def _pil_to_rgb(im) -> np.ndarray:
+    """A decoded PIL image as RGB uint8 (h, w, 3).
+
+    16-bit, 32-bit integer and 32-bit float ("F") gray images are rescaled so their minimum is 0 and their maximum
+    255 (a constant image becomes 0). A float image with any NaN or infinite pixel raises
+    :class:`NonFinitePixelsError`: there is no honest way to rescale it.
+    """
     from PIL import Image
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        return np.repeat(a.round().astype(np.uint8)[..., None], 3, axis=-1)
+        a = np.asarray(im)
+        if a.dtype.kind == "f":
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            if bad:
+                raise NonFinitePixelsError(f"{bad:,} of {a.size:,} pixels of this floating-point image are NaN or "
+                                           "infinite; such images are refused rather than guessed at")
+        out = np.zeros(a.shape, np.uint8)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if hi > lo:  # in float64 and in blocks: no overflow for float32 extremes, no full-size float64 copy
+            scale = 255.0 / (hi - lo)
+            flat_in, flat_out = a.reshape(-1), out.reshape(-1)
+            for i in range(0, a.size, 1 << 20):
+                block = (flat_in[i:i + (1 << 20)].astype(np.float64) - lo) * scale
+                flat_out[i:i + (1 << 20)] = np.clip(np.round(block), 0, 255)
+        return np.repeat(out[..., None], 3, axis=-1)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))

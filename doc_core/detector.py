@@ -14,10 +14,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
 from .backbones import Backbone, BackboneConfig
 from .metrics import threshold_percentile
 from .output_folders import OutputKind, install_folder, prepare_save, restore_previous
-from .scoring import SCORERS, check_backend, make_scorer
+from .scoring import KNN_BACKENDS, SCORERS, check_backend, make_scorer
 from .training import DOCTrainer, StepRecord, TrainConfig
 
 FORMAT_VERSION = 1
@@ -27,7 +28,12 @@ DETECTOR_FOLDER = OutputKind("detector", "detector.json", FORMAT_NAME, frozenset
 """A folder :meth:`DOCDetector.save` writes; only such a folder (or an empty one) is replaced without ``force``."""
 
 
-class DetectorFormatError(ValueError):
+MAX_DETECTOR_JSON_BYTES = 64 * 2**20  # detector.json holds the training history: about 250 bytes per step
+MAX_K = 100_000
+MAX_FEATURE_DIM = 65_536
+
+
+class DetectorFormatError(ArtifactError):
     """A saved detector folder is missing, broken, tampered with or from an incompatible version."""
 
 
@@ -46,9 +52,25 @@ class ScorerConfig:
         return {"name": self.name, "k": self.k, "max_bank_size": self.max_bank_size, "backend": self.backend}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ScorerConfig":
-        return cls(name=str(d.get("name", "knn")), k=d.get("k"), max_bank_size=d.get("max_bank_size"),
-                   backend=str(d.get("backend", "exact")))  # files written before backends existed: exact
+    def from_dict(cls, d: dict, where: str = "scorer config") -> "ScorerConfig":
+        """The config saved by :meth:`to_dict`; missing keys take their defaults (files written before backends
+        existed: "exact"), unknown keys are ignored.
+
+        Raises
+        ------
+        ValueError (ArtifactError)
+            ``d`` is not a dict, an unknown scorer or backend, or ``k`` / ``max_bank_size`` not an integer >= 1.
+        """
+        f = Fields(d, where)
+        cfg = cls(name=f.str("name", default="knn", choices=SCORERS),
+                  k=f.int("k", 1, MAX_K, default=None, optional=True),
+                  max_bank_size=f.int("max_bank_size", 1, 10**12, default=None, optional=True),
+                  backend=f.str("backend", default="exact", choices=KNN_BACKENDS))
+        try:
+            check_backend(cfg.name, cfg.backend)
+        except ValueError as exc:
+            raise ArtifactError(f"{where}: {exc}") from exc
+        return cfg
 
 
 class DOCDetector:
@@ -258,32 +280,51 @@ class DOCDetector:
         if missing:
             raise DetectorFormatError(f"{path} is not a complete detector: missing {', '.join(missing)}")
         try:
-            doc = json.loads((path / "detector.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DetectorFormatError(f"{path / 'detector.json'} is not valid JSON: {exc}") from exc
+            doc = read_json(path / "detector.json", MAX_DETECTOR_JSON_BYTES)
+        except (ArtifactError, FileNotFoundError) as exc:
+            raise DetectorFormatError(str(exc)) from exc
+        where = str(path / "detector.json")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise DetectorFormatError(f"{path} does not hold a {FORMAT_NAME} (detector.json has no matching 'format')")
         if doc.get("format_version") != FORMAT_VERSION:
             raise DetectorFormatError(f"{path} has format version {doc.get('format_version')!r}; this doc_core reads "
                                       f"version {FORMAT_VERSION}")
         try:
-            cfg = doc["config"]
-            det = cls(BackboneConfig.from_dict(cfg["backbone"]), TrainConfig.from_dict(cfg["train"]),
-                      ScorerConfig.from_dict(cfg["scorer"]), float(cfg.get("threshold_percentile", 95.0)))
+        try:  # every field and the bank's header are checked before the network is built
+            f = Fields(doc, where)
+            cfg = f.section("config")
+            det = cls(BackboneConfig.from_dict(cfg.dict("backbone"), f"{where}: config.backbone"),
+                      TrainConfig.from_dict(cfg.dict("train"), f"{where}: config.train"),
+                      ScorerConfig.from_dict(cfg.dict("scorer"), f"{where}: config.scorer"),
+                      cfg.float("threshold_percentile", 0.0, 100.0, default=95.0))
+            feature_dim = f.int("feature_dim", 1, MAX_FEATURE_DIM)
+            threshold = f.float("threshold")  # finite: a NaN threshold would silently flag nothing
+            reference_names = tuple(f.str_list("reference_names", default=[]))
+            history = [StepRecord.from_dict(r, f"{where}: history[{i}]")
+                       for i, r in enumerate(f.list("history", default=[]))]
+            fit_seconds = f.float("fit_seconds", 0.0, default=0.0)
+            metadata = f.dict("metadata", default={})
+            try:
+                bank = read_npz(path / "bank.npz", {"bank": ArraySpec(("n", "k"), "f", finite=True)},
+                                {"k": (feature_dim, "detector.json's feature_dim")})["bank"]
+            except ArtifactError as exc:
+                raise ArtifactError(f"the memory bank does not fit: {exc}") from exc
+            if len(bank) == 0:
+                raise ArtifactError(f"{path / 'bank.npz'}: the memory bank is empty")
+        except ArtifactError as exc:
+            raise DetectorFormatError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise DetectorFormatError(f"{path} is not a complete detector: {exc}") from exc
             # all weights come from the folder, so no ImageNet file is needed to rebuild the network
-            det.backbone_ = Backbone(BackboneConfig.from_dict({**cfg["backbone"], "weights": None}))
+            det.backbone_ = Backbone(BackboneConfig.from_dict({**det.backbone.to_dict(), "weights": None}))
             det.backbone_.model.load_weights(path / "backbone.weights.h5")
-            with np.load(path / "bank.npz", allow_pickle=False) as z:
-                bank = z["bank"]
-            if bank.ndim != 2 or bank.shape[1] != det.backbone_.feature_dim or bank.shape[1] != doc["feature_dim"]:
-                raise DetectorFormatError(f"{path}: memory bank of shape {bank.shape} does not fit feature dimension "
-                                          f"{det.backbone_.feature_dim}")
-            det.reference_names_ = tuple(str(n) for n in doc.get("reference_names", []))
-            det.history_ = [StepRecord(**r) for r in doc.get("history", [])]
-            det.fit_seconds_ = float(doc.get("fit_seconds", 0.0))
-            det.metadata_ = dict(doc.get("metadata", {}))
-            det._fit_bank(bank)
-            det.threshold_ = float(doc["threshold"])
+            if det.backbone_.feature_dim != feature_dim:
+                raise DetectorFormatError(f"{path}: the network's feature dimension {det.backbone_.feature_dim} does "
+                                          f"not fit the memory bank's {feature_dim} (detector.json's feature_dim)")
+            det.reference_names_, det.history_, det.fit_seconds_ = reference_names, history, fit_seconds
+            det.metadata_ = dict(metadata)
+            det._fit_bank(bank.astype(np.float32, copy=False))
+            det.threshold_ = threshold
         except DetectorFormatError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here means the folder is broken

@@ -25,28 +25,33 @@ import shutil
 import tempfile
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
+from .backbones import BackboneConfig
 from .detector import DetectorFormatError, DOCDetector, ScorerConfig
 from .metrics import average_precision, roc_auc
 from .output_folders import remove_stale
-from .training import StepRecord
+from .training import StepRecord, TrainConfig
 
 RUNS_DIR_ENV = "DOC_RUNS_DIR"
 RUN_FORMAT = "doc-explorer-run"
 RUN_FORMAT_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 THRESHOLD_POLICIES = ("manual", "target_fpr", "best_f1", "train_percentile")
+MAX_RUN_JSON_BYTES = 2**20  # a run.json is a few kB
+MAX_HISTORY_JSON_BYTES = 64 * 2**20  # about 250 bytes per training step
+MAX_COUNT = 10**12  # largest accepted image or step count in run.json
+MAX_DATASET_IMAGE_SIZE = 1024  # largest stored image side of a folder dataset
 
 _write_lock = threading.Lock()  # serialises read-modify-write of run.json within this process
 
 
-class RunError(ValueError):
+class RunError(ArtifactError):
     """A run does not exist, or its folder is incomplete or broken; the message names it."""
 
 
@@ -146,23 +151,43 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, d: dict, path: Path) -> "RunSummary":
+        """Read a parsed ``run.json``: every field of its type and range, configs checked and filled in.
+
+        Non-finite numbers, wrong types, out-of-range values (e.g. a threshold of NaN, ``input_size`` 4096,
+        ``"lam": "x"``) and missing fields are refused.
+
+        Raises
+        ------
+        RunError
+            Naming the file and the field.
+        """
+        where = f"{path}/run.json"
         if not isinstance(d, dict) or d.get("format") != RUN_FORMAT:
             raise RunError(f"{path}: run.json is not a {RUN_FORMAT} file")
         if d.get("format_version") != RUN_FORMAT_VERSION:
             raise RunError(f"{path}: run format version {d.get('format_version')!r} is not supported")
         try:
-            opt = lambda v: None if v is None else float(v)  # noqa: E731
-            return cls(run_id=str(d["run_id"]), name=str(d["name"]), created=str(d["created"]),
-                       config=dict(d["config"]), dataset=dict(d["dataset"]), auc=opt(d.get("auc")),
-                       average_precision=opt(d.get("average_precision")), n_test=int(d["n_test"]),
-                       steps=int(d["steps"]), steps_total=int(d["steps_total"]),
-                       stopped_early=bool(d.get("stopped_early", False)),
-                       train_seconds=float(d.get("train_seconds", 0.0)),
-                       total_seconds=float(d.get("total_seconds", 0.0)),
-                       default_threshold=float(d["default_threshold"]),
-                       threshold=dict(d["threshold"]) if d.get("threshold") else None, path=path)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RunError(f"{path}: run.json is incomplete ({type(exc).__name__}: {exc})") from exc
+            f = Fields(d, where)
+            cfg = f.section("config")
+            scorer = ScorerConfig.from_dict(cfg.dict("scorer", default={}), f"{where}: config.scorer")
+            config = {"backbone": BackboneConfig.from_dict(cfg.dict("backbone"), f"{where}: config.backbone").to_dict(),
+                      "train": TrainConfig.from_dict(cfg.dict("train"), f"{where}: config.train").to_dict(),
+                      "scorer": scorer.to_dict(),
+                      "threshold_percentile": cfg.float("threshold_percentile", 0.0, 100.0, default=95.0)}
+            return cls(run_id=f.str("run_id", max_chars=100, pattern=RUN_ID_PATTERN),
+                       name=f.str("name", max_chars=1000), created=f.str("created", max_chars=64),
+                       config=config, dataset=_dataset_fields(f.section("dataset")),
+                       auc=f.float("auc", 0.0, 1.0, default=None, optional=True),
+                       average_precision=f.float("average_precision", 0.0, 1.0, default=None, optional=True),
+                       n_test=f.int("n_test", 0, MAX_COUNT), steps=f.int("steps", 0, MAX_COUNT),
+                       steps_total=f.int("steps_total", 0, MAX_COUNT),
+                       stopped_early=f.bool("stopped_early", default=False),
+                       train_seconds=f.float("train_seconds", 0.0, default=0.0),
+                       total_seconds=f.float("total_seconds", 0.0, default=0.0),
+                       default_threshold=f.float("default_threshold"),
+                       threshold=_threshold_fields(f, scorer, where), path=path)
+        except ArtifactError as exc:
+            raise RunError(str(exc)) from exc
 
     # --- convenience for display -------------------------------------------------------------------------------
 
@@ -183,7 +208,7 @@ class RunSummary:
         """``created`` in local time, ``YYYY-MM-DD HH:MM``."""
         try:
             return datetime.fromisoformat(self.created).astimezone().strftime("%Y-%m-%d %H:%M")
-        except ValueError:
+        except (ValueError, OverflowError, OSError):  # not a timestamp, or one that local time cannot show
             return self.created
 
     @property
@@ -197,6 +222,31 @@ class RunSummary:
         alpha = f" α{b.get('alpha', 1.0):g}" if b.get("name") == "mobilenet_v2" else ""
         return (f"{b.get('name', '?')}{alpha} · {b.get('input_size', '?')} px · {t.get('epochs', '?')} epochs · "
                 f"λ {t.get('lam', '?'):g} · lr {t.get('learning_rate', 0):g} · batch {t.get('batch_size', '?')}")
+
+
+def _dataset_fields(ds: Fields) -> dict:
+    """``run.json``'s dataset, with the fields the dashboard shows or rebuilds the data from type-checked."""
+    for key in ("kind", "name", "description", "label", "root"):
+        ds.str(key, default=None, optional=True)
+    ds.int("image_size", 1, MAX_DATASET_IMAGE_SIZE, default=None, optional=True)
+    ds.dict("split", default=None, optional=True)
+    counts = ds.section("counts", default={})
+    for key in counts.doc:
+        counts.int(key, 0, MAX_COUNT)
+    return dict(ds.doc)
+
+
+def _threshold_fields(f: Fields, scorer: ScorerConfig, where: str) -> dict | None:
+    """``run.json``'s saved operating point (value finite), with its scorer filled in; None when none was saved."""
+    if not f.dict("threshold", default=None, optional=True):
+        return None
+    t = f.section("threshold")
+    saved_scorer = t.dict("scorer", default=None, optional=True)
+    return {"value": t.float("value"), "policy": t.str("policy", choices=THRESHOLD_POLICIES),
+            "param": t.float("param", default=None, optional=True),
+            "scorer": (ScorerConfig.from_dict(saved_scorer, f"{where}: threshold.scorer") if saved_scorer
+                       else scorer).to_dict(),
+            "saved": t.str("saved", default="", max_chars=64)}
 
 
 # ------------------------------------------------------------------------------------------------------- writing
@@ -326,31 +376,57 @@ def clean_stale_temp(runs_dir: str | os.PathLike | None = None, max_age_s: float
 
 def _read_summary(path: Path) -> RunSummary:
     try:
-        doc = json.loads((path / "run.json").read_text())
+        doc = read_json(path / "run.json", MAX_RUN_JSON_BYTES)
     except FileNotFoundError as exc:
         raise RunError(f"{path} is not a run (no run.json)") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}/run.json is not valid JSON ({exc})") from exc
-    summary = RunSummary.from_dict(doc, path)
+    except ArtifactError as exc:
+        raise RunError(str(exc)) from exc
+    try:
+        summary = RunSummary.from_dict(doc, path)
+    except RunError:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:  # defence in depth
+        raise RunError(f"{path}/run.json is unusable ({type(exc).__name__}: {exc})") from exc
     if summary.run_id != path.name:
         raise RunError(f"{path}: run.json names run {summary.run_id!r}, not {path.name!r}")
     return summary
 
 
-def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:
-    """Every complete run in the runs folder, newest first; incomplete or broken folders are left out."""
+@dataclass(frozen=True)
+class BrokenRun:
+    """A folder in the runs folder that looks like a run but cannot be read: its id, path and the reason."""
+
+    run_id: str
+    path: Path
+    reason: str
+
+
+def _scan(runs_dir: str | os.PathLike | None) -> tuple[list[RunSummary], list[BrokenRun]]:
     root = _dir(runs_dir)
     if not root.is_dir():
-        return []
-    out = []
+        return [], []
+    good, broken = [], []
     for p in root.iterdir():
         if p.name.startswith(".") or not RUN_ID_PATTERN.match(p.name) or p.is_symlink() or not p.is_dir():
             continue
         try:
-            out.append(_read_summary(p))
-        except RunError:
-            continue
-    return sorted(out, key=lambda r: (r.created, r.run_id), reverse=True)
+            good.append(_read_summary(p))
+        except RunError as exc:
+            broken.append(BrokenRun(p.name, p, str(exc)))
+    good.sort(key=lambda r: (r.created, r.run_id), reverse=True)
+    broken.sort(key=lambda b: b.run_id)
+    return good, broken
+
+
+def list_runs(runs_dir: str | os.PathLike | None = None) -> list[RunSummary]:
+    """Every complete run in the runs folder, newest first; incomplete or broken folders are left out (see
+    :func:`list_broken_runs`), so one bad run never hides the others."""
+    return _scan(runs_dir)[0]
+
+
+def list_broken_runs(runs_dir: str | os.PathLike | None = None) -> list[BrokenRun]:
+    """The run folders :func:`list_runs` leaves out because their ``run.json`` is missing or broken, with why."""
+    return _scan(runs_dir)[1]
 
 
 def get_run(run_id: str, runs_dir: str | os.PathLike | None = None) -> RunSummary:
@@ -368,47 +444,55 @@ def get_run(run_id: str, runs_dir: str | os.PathLike | None = None) -> RunSummar
 
 
 def load_scores(run_id: str, runs_dir: str | os.PathLike | None = None) -> RunScores:
-    """The test scores, labels and classes and the training scores of a run (arrays only, no pickle)."""
-    path = get_run(run_id, runs_dir).path
+    """The test scores, labels and classes and the training scores of a run (arrays only, no pickle).
+
+    Every array's header is checked before it is loaded: dtype, and length ``n_test`` from ``run.json`` for the
+    per-test-image arrays; scores must be finite and labels in {-1, 0, 1}.
+    """
+    summary = get_run(run_id, runs_dir)
+    path = summary.path
+    per_image = ("m",)
+    specs = {"scores": ArraySpec(per_image, "fiu", finite=True), "labels": ArraySpec(per_image, "iub"),
+             "classes": ArraySpec(per_image, "U"), "train_scores": ArraySpec(("n",), "fiu", finite=True),
+             "paths": ArraySpec(per_image, "U", required=False)}
     try:
-        with np.load(path / "scores.npz", allow_pickle=False) as z:
-            out = RunScores(scores=z["scores"].astype(np.float32), labels=z["labels"].astype(np.int64),
-                            classes=z["classes"].astype(str), train_scores=z["train_scores"].astype(np.float32),
-                            paths=z["paths"].astype(str) if "paths" in z.files else None)
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise RunError(f"{path}/scores.npz is missing or broken ({type(exc).__name__}: {exc})") from exc
-    n = len(out.scores)
-    if out.scores.ndim != 1 or len(out.labels) != n or len(out.classes) != n or \
-            (out.paths is not None and len(out.paths) != n):
-        raise RunError(f"{path}/scores.npz holds arrays of different lengths")
-    return out
+        z = read_npz(path / "scores.npz", specs, {"m": (summary.n_test, "run.json's n_test")})
+    except FileNotFoundError as exc:
+        raise RunError(f"{path}/scores.npz is missing") from exc
+    except ArtifactError as exc:
+        raise RunError(str(exc)) from exc
+    labels = z["labels"].astype(np.int64)
+    if not np.isin(labels, (-1, 0, 1)).all():
+        raise RunError(f"{path}/scores.npz: labels must be -1, 0 or 1")
+    return RunScores(scores=z["scores"].astype(np.float32), labels=labels, classes=z["classes"].astype(str),
+                     train_scores=z["train_scores"].astype(np.float32),
+                     paths=z["paths"].astype(str) if "paths" in z else None)
 
 
 def load_features(run_id: str, runs_dir: str | os.PathLike | None = None) -> np.ndarray | None:
-    """The run's test features, float32 (m, k), or None if the run did not store them."""
-    path = get_run(run_id, runs_dir).path
+    """The run's test features, float32 (m, k) with m = ``n_test``, or None if the run did not store them."""
+    summary = get_run(run_id, runs_dir)
+    path = summary.path
     if not (path / "features.npz").is_file():
         return None
     try:
-        with np.load(path / "features.npz", allow_pickle=False) as z:
-            feats = z["features"].astype(np.float32)
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise RunError(f"{path}/features.npz is broken ({type(exc).__name__}: {exc})") from exc
-    if feats.ndim != 2:
-        raise RunError(f"{path}/features.npz does not hold a 2-D array")
-    return feats
+        z = read_npz(path / "features.npz", {"features": ArraySpec(("m", "k"), "f", finite=True)},
+                     {"m": (summary.n_test, "run.json's n_test")})
+    except (ArtifactError, FileNotFoundError) as exc:
+        raise RunError(f"{path}/features.npz is broken: {exc}") from exc
+    return z["features"].astype(np.float32)
 
 
 def load_history(run_id: str, runs_dir: str | os.PathLike | None = None) -> list[StepRecord]:
     """The run's training curves, one :class:`StepRecord` per step (empty for an untrained baseline)."""
     path = get_run(run_id, runs_dir).path / "history.json"
     try:
-        doc = json.loads(path.read_text())
-        return [StepRecord(**{k: r[k] for k in StepRecord.__dataclass_fields__}) for r in doc["steps"]]
+        steps = Fields(read_json(path, MAX_HISTORY_JSON_BYTES), str(path)).list("steps")
+        return [StepRecord.from_dict(r, f"{path}: steps[{i}]") for i, r in enumerate(steps)]
     except FileNotFoundError:
         return []
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"{path} is broken ({type(exc).__name__}: {exc})") from exc
+    except ArtifactError as exc:
+        raise RunError(str(exc)) from exc
 
 
 def load_detector(run_id: str, runs_dir: str | os.PathLike | None = None,

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import keras
 
+from .artifacts import ArtifactError, Fields
 from .backbones import Backbone, preprocess
 from .losses import compactness_loss, descriptiveness_loss
 
@@ -41,6 +42,11 @@ def trunk_cache_limit() -> int:
 
 class TrainingDivergedError(RuntimeError):
     """A loss became NaN/infinite or exploded; the weights are those from before the bad step."""
+
+
+# Largest accepted value of each TrainConfig setting (checked by TrainConfig.validate and when loading a saved one).
+TRAIN_LIMITS = {"lam": 1e6, "learning_rate": 1e9, "weight_decay": 10.0, "batch_size": 65_536, "epochs": 10_000,
+                "seed": 2**32 - 1, "max_loss": 1e30}
 
 
 @dataclass(frozen=True)
@@ -75,24 +81,42 @@ class TrainConfig:
     seed: int = 0
     max_loss: float = 1e4
 
-    def validate(self) -> None:
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (the compactness loss needs pairs), got {self.batch_size}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.lam < 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+    def validate(self, where: str = "train config") -> None:
+        """Raise ValueError (an :class:`doc_core.artifacts.ArtifactError`) naming the first setting of the wrong type
+        or outside its range (see :data:`TRAIN_LIMITS`); ``where`` starts the message."""
+        self._values(asdict(self), where)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def from_dict(cls, d: dict, where: str = "train config") -> "TrainConfig":
+        """The config saved by :meth:`to_dict`; missing keys take their defaults, unknown keys are ignored.
+
+        Raises
+        ------
+        ValueError (ArtifactError)
+            ``d`` is not a dict, or a value has the wrong type or is out of range; the message names it.
+        """
+        return cls(**cls._values(d, where))
+
+    @classmethod
+    def _values(cls, d: dict, where: str) -> dict:
+        """Every setting of ``d`` (or its default) as its Python type, checked against :data:`TRAIN_LIMITS`."""
+        f, lim = Fields(d, where), TRAIN_LIMITS
+        dflt = {k: v.default for k, v in cls.__dataclass_fields__.items()}
+        bs = d.get("batch_size")
+        if isinstance(bs, int) and not isinstance(bs, bool) and bs < 2:
+            raise ArtifactError(f"{where}: batch_size must be at least 2 (the compactness loss needs pairs), got {bs}")
+        return {"lam": f.float("lam", 0.0, lim["lam"], default=dflt["lam"]),
+                "learning_rate": f.float("learning_rate", 0.0, lim["learning_rate"], default=dflt["learning_rate"],
+                                         lo_open=True),
+                "optimizer": f.str("optimizer", default=dflt["optimizer"], choices=("adam", "sgd")),
+                "weight_decay": f.float("weight_decay", 0.0, lim["weight_decay"], default=dflt["weight_decay"]),
+                "batch_size": f.int("batch_size", 2, lim["batch_size"], default=dflt["batch_size"]),
+                "epochs": f.int("epochs", 0, lim["epochs"], default=dflt["epochs"]),
+                "seed": f.int("seed", 0, lim["seed"], default=dflt["seed"]),
+                "max_loss": f.float("max_loss", 0.0, lim["max_loss"], default=dflt["max_loss"], lo_open=True)}
 
 
 @dataclass(frozen=True)
@@ -110,6 +134,21 @@ class StepRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "step record") -> "StepRecord":
+        """A record saved by :meth:`to_dict` (history.json, detector.json), every field of its type; losses finite.
+
+        Raises
+        ------
+        ValueError (ArtifactError)
+            A missing field, a wrong type, a non-finite loss or a negative count, rate or time.
+        """
+        f = Fields(d, where)
+        big = 10**12
+        return cls(epoch=f.int("epoch", 0, big), step=f.int("step", 0, big), steps_total=f.int("steps_total", 0, big),
+                   l_d=f.float("l_d"), l_c=f.float("l_c"), total=f.float("total"),
+                   images_per_s=f.float("images_per_s", 0.0), elapsed_s=f.float("elapsed_s", 0.0))
 
 
 def _make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:

@@ -250,11 +250,15 @@ else:
     active = cached.active_run(state.chosen_run_id())
     if active is not None:
         st.subheader(f"Loss curves of the active run: {active.name}", anchor=False)
-        history = cached.history_of(active)
+        try:
+            history = cached.history_of(active)
+        except runs.RunError as exc:
+            history = None
+            st.warning(f"The loss curves of this run cannot be read: {exc}")
         if history:
             st.plotly_chart(cached.history_figure_of(active), config=theme.PLOT_CONFIG, key="run_curves")
             st.caption(CURVES_NOTE)
-        else:
+        elif history is not None:
             st.caption("This run was not trained (pretrained features only), so it has no loss curves.")
 
 running_elsewhere(state.job_id())

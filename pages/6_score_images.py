@@ -42,7 +42,11 @@ if len(files) > MAX_FILES:
 if not images:
     st.stop()
 
-result = cached.score_images(run, scorer, np.stack(images))
+try:
+    result = cached.score_images(run, scorer, np.stack(images))
+except ValueError as exc:  # RunError: this run's detector cannot be loaded
+    st.error(f"This run cannot score images: {exc}")
+    st.stop()
 scores = result["scores"]
 flagged = int(np.sum(scores > threshold))
 st.markdown(f"**{len(images):,} images scored** · {flagged:,} flagged as anomalies, {len(images) - flagged:,} passed "

@@ -195,9 +195,9 @@ def test_load_invalid_json(saved):
     ({"format_version": 2}, "version"),
     ({"format_version": None}, "version"),
     ({"format": "something-else"}, "format"),
-    ({"config": {"backbone": {"name": "resnet"}}}, "could not be loaded"),
-    ({"threshold": "high"}, "could not be loaded"),
-    ({"feature_dim": 16}, "does not fit"),
+    ({"config": {"backbone": {"name": "resnet"}}}, "unknown backbone 'resnet'"),
+    ({"threshold": "high"}, "'threshold' must be a number"),
+    ({"feature_dim": 16}, "memory bank does not fit.*feature_dim says 16"),
 ])
 def test_load_bad_json_content(saved, changes, match):
     edit_json(saved, **changes)

@@ -161,9 +161,19 @@ def test_run_files_hold_no_pickles(fitted, tmp_path):
 
 def test_tampered_scores_are_reported(fitted, tmp_path):
     summary = _save(fitted, tmp_path)
+    n = summary.n_test
     np.savez(summary.path / "scores.npz", scores=np.zeros(3), labels=np.zeros(2), classes=np.array(["a"] * 3),
              train_scores=np.zeros(3))
-    with pytest.raises(runs.RunError, match="different lengths"):
+    with pytest.raises(runs.RunError, match=f"'scores' has 3 entries along axis 0 but run.json's n_test says {n}"):
+        runs.load_scores(summary.run_id, tmp_path)
+    # the arrays are checked against each other too, from their headers
+    np.savez(summary.path / "scores.npz", scores=np.zeros(n), labels=np.zeros(n - 1, int), classes=np.array(["a"] * n),
+             train_scores=np.zeros(3))
+    with pytest.raises(runs.RunError, match=f"'labels' has {n - 1} entries .* says {n}; they must match"):
+        runs.load_scores(summary.run_id, tmp_path)
+    np.savez(summary.path / "scores.npz", scores=np.zeros(n), labels=np.full(n, 7), classes=np.array(["a"] * n),
+             train_scores=np.zeros(3))
+    with pytest.raises(runs.RunError, match="labels must be -1, 0 or 1"):
         runs.load_scores(summary.run_id, tmp_path)
     # an object array (which would need pickle) is refused, not loaded
     np.savez(summary.path / "scores.npz", scores=np.array([object()], dtype=object), labels=np.zeros(1),
