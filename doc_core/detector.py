@@ -279,17 +279,16 @@ class DOCDetector:
         missing = [f for f in _FILES if not (path / f).is_file()]
         if missing:
             raise DetectorFormatError(f"{path} is not a complete detector: missing {', '.join(missing)}")
+        where = str(path / "detector.json")
         try:
             doc = read_json(path / "detector.json", MAX_DETECTOR_JSON_BYTES)
         except (ArtifactError, FileNotFoundError) as exc:
             raise DetectorFormatError(str(exc)) from exc
-        where = str(path / "detector.json")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise DetectorFormatError(f"{path} does not hold a {FORMAT_NAME} (detector.json has no matching 'format')")
         if doc.get("format_version") != FORMAT_VERSION:
             raise DetectorFormatError(f"{path} has format version {doc.get('format_version')!r}; this doc_core reads "
                                       f"version {FORMAT_VERSION}")
-        try:
         try:  # every field and the bank's header are checked before the network is built
             f = Fields(doc, where)
             cfg = f.section("config")
@@ -315,6 +314,7 @@ class DOCDetector:
             raise DetectorFormatError(str(exc)) from exc
         except FileNotFoundError as exc:
             raise DetectorFormatError(f"{path} is not a complete detector: {exc}") from exc
+        try:
             # all weights come from the folder, so no ImageNet file is needed to rebuild the network
             det.backbone_ = Backbone(BackboneConfig.from_dict({**det.backbone.to_dict(), "weights": None}))
             det.backbone_.model.load_weights(path / "backbone.weights.h5")
