@@ -138,8 +138,9 @@ def _describe_foreign(path: Path, kind: OutputKind) -> str | None:
         if files + folders > 100_000:
             break
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    owner = f"is not a {kind.label} written by doc_core" if not (path / kind.metadata_file).is_file() else \
-        f"holds content doc_core did not write besides a {kind.label}"
+    a_kind = ("an " if kind.label[:1] in "aeiou" else "a ") + kind.label
+    owner = f"is not {a_kind} written by doc_core" if not (path / kind.metadata_file).is_file() else \
+        f"holds content doc_core did not write besides {a_kind}"
     return f"a folder that {owner} ({_count(files, 'file')}, {_count(folders, 'folder')}: {shown})"
 
 
