@@ -120,6 +120,52 @@ def threshold_best_f1(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(below.max()) if below.size else float(np.nextafter(np.float32(best), np.float32(-np.inf)))
 
 
+THRESHOLD_POLICIES = ("train_percentile", "target_fpr", "best_f1", "manual")
+
+
+def policy_threshold(policy: str, scores: np.ndarray, labels: np.ndarray, train_scores: np.ndarray,
+                     param: float | None = None) -> float | None:
+    """The threshold a policy sets (the dashboard's "Set the threshold by"); None for ``"manual"``.
+
+    Parameters
+    ----------
+    policy : {"train_percentile", "target_fpr", "best_f1", "manual"}
+        ``train_percentile``: percentile ``param`` (0-100) of ``train_scores`` (:func:`threshold_percentile`; needs no
+        labels). ``target_fpr``: false-positive rate ``param`` (0-1) on the scores labelled normal
+        (:func:`threshold_at_fpr`). ``best_f1``: the best F1 on the labelled scores (:func:`threshold_best_f1`; uses
+        the labels, so metrics at it are optimistic). ``manual``: no threshold is set.
+    scores : np.ndarray, shape (m,)
+        Test scores, higher = more anomalous.
+    labels : np.ndarray, int, shape (m,)
+        1 anomaly, 0 normal, -1 unlabelled (left out by the label-based policies).
+    train_scores : np.ndarray, shape (n,)
+        Leave-one-out scores of the normal training images.
+    param : float, optional
+        The percentile or the target FPR; required by those two policies.
+
+    Raises
+    ------
+    ValueError
+        An unknown policy, a missing ``param``, or labels that do not allow the policy (no normal images for
+        ``target_fpr``; not both classes for ``best_f1``).
+    """
+    if policy not in THRESHOLD_POLICIES:
+        raise ValueError(f"unknown threshold policy {policy!r}; choose one of {', '.join(THRESHOLD_POLICIES)}")
+    if policy == "manual":
+        return None
+    if policy in ("train_percentile", "target_fpr") and param is None:
+        raise ValueError(f"the {policy} policy needs its parameter")
+    if policy == "train_percentile":
+        return threshold_percentile(train_scores, float(param))
+    scores, labels = np.asarray(scores).ravel(), np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"labels has {labels.size} entries but scores has {scores.size}")
+    if policy == "target_fpr":
+        return threshold_at_fpr(scores[labels == 0], float(param))
+    mask = labels >= 0
+    return threshold_best_f1(labels[mask], scores[mask])
+
+
 @dataclass(frozen=True)
 class ThresholdReport:
     """Confusion matrix and metrics at one threshold; anomalies are the positive class."""

@@ -93,14 +93,7 @@ def slider_range(scores: np.ndarray, train_scores: np.ndarray) -> tuple[float, f
 
 
 def policy_threshold(policy: str, labels: np.ndarray, scores: np.ndarray, train_scores: np.ndarray) -> float | None:
-    if policy == state.POLICY_FPR:
-        return metrics.threshold_at_fpr(scores[labels == 0], ss[state.ROC_TARGET_FPR] / 100)
-    if policy == state.POLICY_F1:
-        mask = labels >= 0
-        return metrics.threshold_best_f1(labels[mask], scores[mask])
-    if policy == state.POLICY_PERCENTILE:
-        return metrics.threshold_percentile(train_scores, ss[state.ROC_PERCENTILE])
-    return None
+    return metrics.policy_threshold(state.POLICY_CODES[policy], scores, labels, train_scores, policy_param(policy))
 
 
 def policy_param(policy: str) -> float | None:

@@ -174,3 +174,31 @@ def test_metrics_reject_bad_input(fn):
         fn(y, np.array([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="0 \\(normal\\) and 1"):
         fn(np.array([0, 2, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4]))
+
+
+def test_policy_threshold_dispatches_to_each_policy():
+    y, s = labelled_scores(3)
+    labels = np.r_[y, -1, -1]  # two unlabelled images, left out by the label-based policies
+    scores = np.r_[s, 9.0, -9.0]
+    train = np.random.default_rng(4).normal(0.0, 1.0, 50)
+    assert metrics.policy_threshold("train_percentile", scores, labels, train, 90.0) == \
+        metrics.threshold_percentile(train, 90.0)
+    assert metrics.policy_threshold("target_fpr", scores, labels, train, 0.1) == \
+        metrics.threshold_at_fpr(s[y == 0], 0.1)
+    assert metrics.policy_threshold("best_f1", scores, labels, train) == metrics.threshold_best_f1(y, s)
+    assert metrics.policy_threshold("manual", scores, labels, train) is None
+    assert set(metrics.THRESHOLD_POLICIES) == {"train_percentile", "target_fpr", "best_f1", "manual"}
+    with pytest.raises(ValueError, match="unknown threshold policy"):
+        metrics.policy_threshold("median", scores, labels, train)
+    with pytest.raises(ValueError, match="needs its parameter"):
+        metrics.policy_threshold("target_fpr", scores, labels, train)
+    with pytest.raises(ValueError, match="no normal scores"):
+        metrics.policy_threshold("target_fpr", scores, np.ones_like(labels), train, 0.1)
+    with pytest.raises(ValueError, match="both normal"):
+        metrics.policy_threshold("best_f1", scores, np.r_[np.zeros_like(y), -1, -1], train)
+
+
+def test_the_dashboard_policy_codes_are_the_core_policies():
+    from ui import state
+
+    assert set(state.POLICY_CODES.values()) == set(metrics.THRESHOLD_POLICIES)
