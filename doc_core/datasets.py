@@ -11,13 +11,17 @@ sample images per role (:func:`role_samples`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import re
 import shutil
+import socket
 import stat
 import struct
 import tempfile
+import threading
 import time
 import weakref
 import zipfile
@@ -33,10 +37,19 @@ from .data import (FASHION_MNIST_CLASSES, FOLDER_LAYOUT, IMAGE_EXTENSIONS, MAX_I
 KINDS = ("fashion-mnist", "folder")
 ROLES = ("normal training", "reference", "test normal", "test anomaly", "test unlabelled")
 
-# Limits on a zip upload: enough for tens of thousands of images, small enough that a zip bomb cannot fill the disk.
-MAX_ZIP_FILES = 200_000
-MAX_ZIP_BYTES = 4 * 1024**3
-MAX_ZIP_RATIO = 200  # uncompressed / compressed size of one member
+# Limits on a zip upload (README, "Limits and safety"). Enough for Fashion-MNIST-sized datasets (70,000 images);
+# small enough that a crafted zip can neither fill the disk nor keep the server busy.
+MAX_ZIP_ENTRIES = 100_000  # entries of the zip's directory, folders and empty entries included; counted before parsing
+MAX_ZIP_BYTES = 2 * 1024**3  # image bytes one zip may unpack to, counted on the bytes actually written
+# Bytes written / compressed size, for every member, counted on the bytes actually written. Image files are compressed
+# already (PNG, JPEG, GIF, WebP: about 1:1 in a zip) or raw (BMP, TIFF: Fashion-MNIST images enlarged to 224 px
+# deflate at most 15:1, measured); only near-blank raw images and crafted members go beyond 100:1 (deflate itself
+# reaches about 1,030:1). The former limit of 200:1 let a 162 KB upload unpack to 20 MB.
+MAX_ZIP_RATIO = 100
+MAX_NAME_BYTES = 255  # one file or folder name in the zip, UTF-8 (the usual file-system limit)
+MAX_PATH_BYTES = 1024  # a member's whole path inside the zip, UTF-8
+UPLOADS_CAP_ENV = "DOC_UPLOADS_MAX_MB"
+DEFAULT_UPLOADS_CAP_MB = 8192  # all sessions' extracted zips together, under uploads_dir()
 
 
 @dataclass(frozen=True)
@@ -290,99 +303,334 @@ def resolve_server_folder(text: str, roots: tuple[str | os.PathLike, ...] | list
     raise DataError(SERVER_FOLDER_REFUSED)
 
 
-def extract_zip(data: bytes, dest: str | os.PathLike | None = None) -> Path:
-    """Extract a zip of images safely and return the dataset root inside it (see :func:`find_dataset_root`).
+def _zip_entry_count(data: bytes) -> int | None:
+    """How many entries a zip's directory holds, read from its end record without parsing a single entry.
 
-    Only image files (by extension) are written; paths that would leave the destination, links and oversized or
-    suspiciously compressed members are refused. The same bytes always go to the same folder under ``dest``
-    (default :func:`uploads_dir`), named by their SHA-256, so extracting again is free.
-
-    Raises
-    ------
-    DataError
-        Not a zip, unsafe content, too large, or no usable layout.
+    The larger of the count the end record declares (the ZIP64 record's when there is one) and the number of
+    central-directory signatures in the directory's bytes, so a zip cannot understate it. None when there is no end
+    record (then it is no zip). A fast scan of at most the directory's bytes.
     """
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 0xFFFF))
+    if end < 0 or end + 22 > len(data):
+        return None
+    count, cd_size = struct.unpack("<HI", data[end + 10:end + 16])
+    dir_end = end
+    record = end - 20 - 56  # a ZIP64 end record sits right before its 20-byte locator, as zipfile expects it
+    if record >= 0 and data[end - 20:end - 16] == b"PK\x06\x07" and data[record:record + 4] == b"PK\x06\x06":
+        count64, cd_size64 = struct.unpack("<QQ", data[record + 32:record + 48])
+        count, cd_size, dir_end = max(count, count64), max(cd_size, cd_size64), record
+    signatures = data.count(b"PK\x01\x02", max(0, dir_end - cd_size), dir_end)
+    return max(count, signatures)
+
+
+def _check_entry_count(n: int) -> None:
+    if n > MAX_ZIP_ENTRIES:
+        raise DataError(f"the zip holds {n:,} entries (files, folders and empty entries); at most "
+                        f"{MAX_ZIP_ENTRIES:,} are accepted")
+
+
+def _check_name(name: str, rel: PurePosixPath) -> None:
+    """Refuse names the file system could not take (before anything is written)."""
+    short = name if len(name) <= 60 else name[:40] + "…" + name[-15:]
+    if any(len(os.fsencode(part)) > MAX_NAME_BYTES for part in rel.parts):
+        raise DataError(f"the zip contains a name longer than {MAX_NAME_BYTES} bytes ({short!r}); shorten it")
+    if len(os.fsencode(rel.as_posix())) > MAX_PATH_BYTES:
+        raise DataError(f"the zip contains a path longer than {MAX_PATH_BYTES} bytes ({short!r}); shorten it")
+
+
+def _plan_members(infos: list[zipfile.ZipInfo], zip_size: int) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """The image members to write and where, after every check that needs no decompression: safe paths, no links,
+    name lengths, no name used twice or as both a file and a folder, each member's declared ratio and the declared
+    total against the zip's size (``zip_size`` bytes)."""
+    members, files, folders = [], set(), set()
+    for info in infos:
+        rel = _safe_member_path(info.filename)
+        if rel is None or rel.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DataError(f"the zip contains a symbolic link {info.filename!r}; it cannot be extracted")
+        _check_name(info.filename, rel)
+        parts = rel.parts
+        key = "/".join(parts)
+        parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if key in files:
+            raise DataError(f"the zip holds two files named {key!r}; it cannot be extracted")
+        clash = key if key in folders else next((p for p in parents if p in files), None)
+        if clash is not None:
+            raise DataError(f"the zip holds both a file and a folder named {clash!r}; it cannot be extracted")
+        files.add(key)
+        folders.update(parents)
+        if info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+            raise DataError(f"{info.filename!r} is compressed suspiciously well (more than {MAX_ZIP_RATIO}:1, like a "
+                            "zip bomb); the zip is refused")
+        members.append((info, rel))
+    if sum(info.file_size for info, _ in members) > MAX_ZIP_RATIO * zip_size:
+        raise _archive_ratio_error()
+    return members
+
+
+def _os_error(exc: OSError) -> DataError:
+    """A message for people (no server paths) about a file-system error while extracting."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the server's disk is full"
+    elif exc.errno == errno.ENAMETOOLONG:
+        why = "a name in the zip is too long for the server's file system"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "the server's upload folder cannot be written"
+    else:
+        why = f"the server's file system refused it ({exc.strerror or type(exc).__name__})"
+    return DataError(f"the zip could not be extracted: {why}; nothing was kept")
+
+
+def _mib(n: float) -> str:
+    return f"{n / 1024**2:,.0f} MiB" if n >= 1024**2 else f"{n / 1024:,.0f} KiB"
+
+
+def _budget_error(room: int | None, need: int | None = None) -> DataError:
+    if room is None or room >= MAX_ZIP_BYTES:
+        return DataError(f"the zip expands to more than {MAX_ZIP_BYTES / 1024**3:.0f} GiB of images; at most "
+                         f"{MAX_ZIP_BYTES / 1024**3:.0f} GiB are accepted")
+    needs = f"this zip needs {_mib(need)}" if need is not None else "this zip needs more"
+    return DataError(f"the server's space for uploads is full: {_mib(room)} are left of the "
+                     f"{_mib(uploads_cap_bytes())} shared by every session's uploads, and {needs}. Try again "
+                     "later (the uploads of closed tabs are removed), or ask whoever runs the server to raise "
+                     f"{UPLOADS_CAP_ENV}")
+
+
+def _archive_ratio_error() -> DataError:
+    return DataError(f"the zip unpacks to more than {MAX_ZIP_RATIO} times its own size (like a zip bomb); it is "
+                     "refused")
+
+
+def _extract(data: bytes, base: Path, room: int | None) -> tuple[Path, Path]:
+    """:func:`extract_zip`'s work; returns (the extraction folder under ``base``, the dataset root inside it)."""
+    n = _zip_entry_count(data)
+    if n is None:
+        raise DataError("the upload is not a valid zip file (it has no end-of-directory record)")
+    _check_entry_count(n)  # before any other work: hashing or parsing 199,000 entries would already cost seconds
     digest = hashlib.sha256(data).hexdigest()[:20]
-    base = Path(dest) if dest is not None else uploads_dir()
     target = base / digest
     if target.is_dir():
-        return find_dataset_root(target)
+        return target, find_dataset_root(target)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OSError, struct.error,
             NotImplementedError) as exc:  # a damaged directory fails in many ways (e.g. a name that is not UTF-8)
         raise DataError(f"the upload is not a valid zip file ({type(exc).__name__}: {exc})") from exc
+    budget = MAX_ZIP_BYTES if room is None else min(MAX_ZIP_BYTES, room)
     with zf:
         infos = zf.infolist()
-        if len(infos) > MAX_ZIP_FILES:
-            raise DataError(f"the zip holds {len(infos)} entries; at most {MAX_ZIP_FILES} are accepted")
-        total = 0
-        members = []
-        for info in infos:
-            rel = _safe_member_path(info.filename)
-            if rel is None or rel.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise DataError(f"the zip contains a symbolic link {info.filename!r}; it cannot be extracted")
-            total += info.file_size
-            if total > MAX_ZIP_BYTES:
-                raise DataError(f"the zip expands to more than {MAX_ZIP_BYTES / 1024**3:.0f} GiB")
-            if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO:
-                raise DataError(f"{info.filename!r} is compressed suspiciously well; the zip is refused")
-            members.append((info, rel))
+        _check_entry_count(len(infos))
+        members = _plan_members(infos, len(data))
         if not members:
             raise DataError("the zip contains no image files (" + ", ".join(IMAGE_EXTENSIONS) + ").\n"
                             "Expected layout:\n" + FOLDER_LAYOUT)
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=base))
+        declared = sum(info.file_size for info, _ in members)
+        if declared > budget:
+            raise _budget_error(room, declared)
         try:
+            base.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(base).free
+            if declared + 4096 * len(members) > free:
+                raise DataError(f"the server's disk has {_mib(free)} free and this zip needs {_mib(declared)}; "
+                                "nothing was extracted")
+            tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=base))
+        except OSError as exc:
+            raise _os_error(exc) from exc
+        try:
+            written = 0
             for info, rel in members:
                 out = tmp.joinpath(*rel.parts)
-                out.parent.mkdir(parents=True, exist_ok=True)
+                limit = MAX_ZIP_RATIO * max(info.compress_size, 1)  # the ratio, on the bytes actually written
+                size = 0
                 try:
-                    # zipfile never yields more than the declared size, which was checked above
-                    with zf.open(info) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(out, "xb") as dst:
+                        while chunk := src.read(1 << 20):
+                            size += len(chunk)
+                            written += len(chunk)
+                            if size > limit:
+                                raise DataError(f"{info.filename!r} is compressed suspiciously well (it unpacks to "
+                                                f"more than {MAX_ZIP_RATIO} times its compressed size, like a zip "
+                                                "bomb); the zip is refused")
+                            if written > budget:
+                                raise _budget_error(room)
+                            if written > MAX_ZIP_RATIO * len(data):  # members may claim overlapping compressed bytes
+                                raise _archive_ratio_error()
+                            dst.write(chunk)
+                except DataError:
+                    raise
+                except OSError as exc:  # a full disk, a name the file system refuses, ...
+                    raise _os_error(exc) from exc
                 except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError,
                         RuntimeError, ValueError, struct.error) as exc:
                     raise DataError(f"the zip is damaged: {info.filename!r} cannot be extracted ({exc})") from exc
             root = find_dataset_root(tmp)
             try:
                 os.replace(tmp, target)
-            except OSError:  # another session extracted the same zip meanwhile
+            except OSError:  # another caller extracted the same zip into the same folder meanwhile
+                if not target.is_dir():
+                    raise
                 shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _os_error(exc) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return target / root.relative_to(tmp)
+    return target, target / root.relative_to(tmp)
+
+
+def extract_zip(data: bytes, dest: str | os.PathLike | None = None, *, room: int | None = None) -> Path:
+    """Extract a zip of images safely and return the dataset root inside it (see :func:`find_dataset_root`).
+
+    Only image files (by extension) are written. Before anything is parsed, the number of entries is read from the
+    zip's end record (at most :data:`MAX_ZIP_ENTRIES`); before anything is written, every member's path is checked
+    (no ``..``, absolute paths, drive letters or links; names at most :data:`MAX_NAME_BYTES`, paths at most
+    :data:`MAX_PATH_BYTES` bytes; no name used twice or as both a file and a folder) and so are the declared sizes.
+    While writing, every member's bytes are counted: none may exceed :data:`MAX_ZIP_RATIO` times its compressed size,
+    all together neither :data:`MAX_ZIP_RATIO` times the zip's own size (members may claim overlapping compressed
+    bytes) nor :data:`MAX_ZIP_BYTES` (nor ``room``). On any failure nothing is left behind.
+
+    The same bytes always go to the same folder under ``dest`` (default :func:`uploads_dir`), named by their
+    SHA-256, so extracting again is free.
+
+    Parameters
+    ----------
+    data : bytes
+        The zip file.
+    dest : path, optional
+        The folder to extract into (created if needed).
+    room : int, optional
+        Bytes the shared uploads folder may still take (see :class:`UploadArea`); None for no limit but
+        :data:`MAX_ZIP_BYTES`.
+
+    Raises
+    ------
+    DataError
+        Not a zip, damaged, unsafe content, too large or too compressed, a full or read-only disk, or no usable
+        layout; the message is for people and names no server path.
+    """
+    return _extract(data, Path(dest) if dest is not None else uploads_dir(), room)[1]
 
 
 def describe_zip_limits() -> str:
     """The zip limits in words, for the upload widget."""
-    return (f"At most {MAX_ZIP_FILES:,} entries and {MAX_ZIP_BYTES / 1024**3:.0f} GiB of images unpacked; a member "
-            f"compressed more than {MAX_ZIP_RATIO}:1 is refused. Images over {MAX_IMAGE_PIXELS:,} pixels are skipped.")
+    return (f"At most {MAX_ZIP_ENTRIES:,} entries and {MAX_ZIP_BYTES / 1024**3:.0f} GiB of images unpacked; a member "
+            f"compressed more than {MAX_ZIP_RATIO}:1 is refused. Images over {MAX_IMAGE_PIXELS:,} pixels are skipped. "
+            "A new zip replaces this session's previous one.")
+
+
+def uploads_cap_bytes() -> int:
+    """The most bytes all sessions' extracted zips may take together: ``$DOC_UPLOADS_MAX_MB`` MiB (read now), default
+    :data:`DEFAULT_UPLOADS_CAP_MB`.
+
+    Raises
+    ------
+    DataError
+        When the variable is set but is not a positive number.
+    """
+    value = os.environ.get(UPLOADS_CAP_ENV, "").strip()
+    if not value:
+        return DEFAULT_UPLOADS_CAP_MB * 1024**2
+    try:
+        mb = float(value)
+    except ValueError:
+        mb = -1.0
+    if not (mb > 0 and mb < 2**40):
+        raise DataError(f"{UPLOADS_CAP_ENV} must be a positive number of MiB, not {value!r}")
+    return int(mb * 1024**2)
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Total size in bytes of the files under ``folder`` (links are not followed; unreadable parts count 0)."""
+    total, stack = 0, [os.fspath(folder)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+def is_upload_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` lies in the uploads folder (:func:`uploads_dir`), i.e. is an extracted zip."""
+    try:
+        return Path(os.path.abspath(path)).is_relative_to(Path(os.path.abspath(uploads_dir())))
+    except (OSError, ValueError):
+        return False
+
+
+# Session folders are named session-<host>-<pid>-<random>, so a sweep can tell the folders of a killed server.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_SESSION_NAME = re.compile(r"session-([0-9a-f]{8})-(\d+)-")
+_LIVE_AREAS: set[str] = set()  # folders of this process's UploadAreas not cleaned up yet
+_UPLOADS_LOCK = threading.Lock()  # one extraction at a time in this process, so the shared cap holds exactly
+
+
+def _remove_area(path: str) -> None:
+    _LIVE_AREAS.discard(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class UploadArea:
-    """A private temporary folder for one session's uploads, removed when the session ends.
+    """A private temporary folder for one session's uploads, holding at most one extracted zip.
 
-    The folder (``session-*`` under :func:`uploads_dir`) is deleted by :meth:`cleanup`, when the object is garbage
-    collected (a Streamlit session's state is dropped when the session ends), or at interpreter exit. Folders left by
-    a killed server are removed by :func:`clean_stale_uploads`.
+    The folder (``session-*`` under :func:`uploads_dir`) is deleted by :meth:`cleanup` (the app calls it when the
+    browser session disconnects), when the object is garbage collected, or at interpreter exit. Folders left by a
+    killed server are removed by :func:`clean_stale_uploads`, which :meth:`extract` runs first.
+
+    Raises
+    ------
+    DataError
+        When the uploads folder cannot be created.
     """
 
     def __init__(self, base: str | os.PathLike | None = None) -> None:
         base = Path(base) if base is not None else uploads_dir()
-        base.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="session-", dir=base))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=f"session-{_HOST}-{os.getpid()}-", dir=base))
+        except OSError as exc:
+            raise _os_error(exc) from exc
+        self._extraction: Path | None = None  # the folder the last successful extract() wrote
+        _LIVE_AREAS.add(str(self.path))
+        self._finalizer = weakref.finalize(self, _remove_area, str(self.path))
 
     def extract(self, data: bytes) -> Path:
-        """:func:`extract_zip` into this session's folder; returns the dataset root."""
-        if not self.path.is_dir():
+        """:func:`extract_zip` into this session's folder; returns the dataset root.
+
+        A zip with other bytes than the previous one replaces it: the previous extraction is deleted once the new one
+        has succeeded (a failed upload keeps it). Stale folders are swept first, then the new zip must fit in what is
+        left of :func:`uploads_cap_bytes` (all sessions together; this session's previous zip does not count).
+
+        Raises
+        ------
+        DataError
+            As :func:`extract_zip`, when the shared cap would be exceeded, or when this area was cleaned up.
+        """
+        if not self.alive or not self.path.is_dir():
             raise DataError("this session's upload folder was cleaned up; upload the zip again")
-        os.utime(self.path)  # in use: not stale
-        return extract_zip(data, self.path)
+        base = self.path.parent
+        with _UPLOADS_LOCK:
+            clean_stale_uploads(base=base)
+            cap = uploads_cap_bytes()
+            previous = self._extraction if self._extraction is not None and self._extraction.is_dir() else None
+            used = folder_bytes(base) - (folder_bytes(previous) if previous is not None else 0)
+            target, root = _extract(data, self.path, room=max(0, cap - used))
+            os.utime(self.path)  # in use: not stale
+        if previous is not None and previous != target:
+            shutil.rmtree(previous, ignore_errors=True)
+        self._extraction = target
+        return root
 
     def cleanup(self) -> None:
         """Delete the folder and everything in it (idempotent)."""
@@ -393,15 +641,35 @@ class UploadArea:
         return self._finalizer.alive
 
 
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
 def clean_stale_uploads(max_age_s: float = 24 * 3600, base: str | os.PathLike | None = None) -> int:
-    """Delete session upload folders untouched for ``max_age_s`` seconds (left by a killed server); returns how many."""
+    """Delete session upload folders nobody uses any more; returns how many.
+
+    A ``session-*`` folder is removed unless it belongs to a live :class:`UploadArea` of this process, when its
+    server process (on this machine) has ended, when it is an orphan of this process, or when it was last used more
+    than ``max_age_s`` seconds ago (folders of other machines or of an older naming).
+    """
     base = Path(base) if base is not None else uploads_dir()
     if not base.is_dir():
         return 0
-    removed, now = 0, time.time()
+    removed, now, me = 0, time.time(), os.getpid()
     for p in base.glob("session-*"):
         try:
-            if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s:
+            if str(p) in _LIVE_AREAS or not p.is_dir() or p.is_symlink():
+                continue
+            m = _SESSION_NAME.match(p.name)
+            ours = m is not None and m.group(1) == _HOST
+            gone = ours and (int(m.group(2)) == me or not _pid_running(int(m.group(2))))
+            if gone or now - p.stat().st_mtime > max_age_s:
                 shutil.rmtree(p, ignore_errors=True)
                 removed += 1
         except OSError:

@@ -1,10 +1,12 @@
 """Dataset page: choose the built-in Fashion-MNIST split or your own images, and look at what you chose."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
 from doc_core.data import FASHION_MNIST_CLASSES, FOLDER_LAYOUT, DataError, SplitConfig
-from doc_core.datasets import DatasetSpec, UploadArea, clean_stale_uploads, describe_zip_limits
+from doc_core.datasets import DatasetSpec, describe_zip_limits
 from doc_core.datasets import resolve_server_folder
 from ui import access, cached, charts, nav, page, state, theme
 
@@ -80,30 +82,16 @@ def zip_settings() -> DatasetSpec | None:
     return DatasetSpec.folder(root, size, label=upload.name)
 
 
-UPLOAD_AREA = "_doc_upload_area"  # this session's private upload folder (removed when the session ends)
-UPLOAD_ROOTS = "_doc_upload_roots"  # upload file id -> extracted dataset root, so reruns do not hash the zip again
-
-
-@st.cache_resource(show_spinner=False)
-def _clean_stale_uploads_once() -> int:
-    """Once per server process: remove upload folders left behind by a killed server."""
-    return clean_stale_uploads()
-
-
 def unpack_upload(upload) -> str:
-    """Extract an uploaded zip (safely) into this session's own temporary folder; returns its dataset root."""
-    _clean_stale_uploads_once()
-    ss = st.session_state
-    area = ss.get(UPLOAD_AREA)
-    if area is None or not area.alive:
-        area = ss[UPLOAD_AREA] = UploadArea()
-        ss[UPLOAD_ROOTS] = {}
-    roots = ss.setdefault(UPLOAD_ROOTS, {})
-    key = getattr(upload, "file_id", None) or upload.name
-    if key not in roots:
+    """Extract an uploaded zip (safely) into this session's own temporary folder, replacing the session's previous
+    zip; returns its dataset root."""
+    area = cached.upload_area()
+    key = (str(area.path), getattr(upload, "file_id", None) or upload.name)
+    done = st.session_state.get(state.DS_UPLOAD_ROOT)
+    if done is None or done[:2] != key or not Path(done[2]).is_dir():
         with st.spinner("Unpacking the zip…"):
-            roots[key] = str(area.extract(upload.getvalue()))
-    return roots[key]
+            st.session_state[state.DS_UPLOAD_ROOT] = (*key, str(area.extract(upload.getvalue())))
+    return st.session_state[state.DS_UPLOAD_ROOT][2]
 
 
 def folder_settings() -> DatasetSpec | None:
@@ -182,6 +170,7 @@ if wanted is not None:
         cached.split(wanted)
         state.set_dataset(wanted)
     except DataError as exc:
+        state.drop_removed_upload()  # a zip this one replaced cannot stay active
         st.error(f"{problem(exc)}\n\nThe active dataset is still: {state.dataset().describe()}.")
 
 spec = state.dataset()

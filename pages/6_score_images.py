@@ -5,7 +5,6 @@ import numpy as np
 import streamlit as st
 
 from doc_core.data import DataError
-from doc_core.gallery import decode_upload
 from ui import access, cached, page, state, tiles
 
 PERSIST = dict(persist_state="session")
@@ -33,7 +32,7 @@ if not files:
 images, names = [], []
 for f in files[:MAX_FILES]:
     try:
-        images.append(decode_upload(f.getvalue(), f.name, shape))
+        images.append(cached.decoded_upload(f, shape))  # decoded once per file, not on every rerun
         names.append(f.name)
     except (DataError, ValueError) as exc:
         st.warning(f"Skipped {exc}")

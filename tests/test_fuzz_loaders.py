@@ -107,7 +107,7 @@ def test_image_folder_loader_loads_the_good_files_or_raises_a_data_error(files):
 
 
 NAME_PART = st.one_of(st.sampled_from(["train", "reference", "a", "b", "test", "..", ".", "", "C:", "__MACOSX",
-                                       ".hidden", "~", "\\..", "x.png", "y.JPG"]),
+                                       ".hidden", "~", "\\..", "x.png", "y.JPG", "n" * 300, "é" * 130]),
                       st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
                               max_size=8))
 
@@ -119,6 +119,7 @@ def zip_entries(draw) -> list[tuple[str, bytes]]:
     for _ in range(draw(st.integers(0, 6))):
         parts = draw(st.lists(NAME_PART, min_size=1, max_size=4))
         lead = draw(st.sampled_from(["", "/", "\\", "../", "C:/"]))
+        # "train/x.png" next to "train/x.png/..." is a file and a folder of the same name
         name = lead + "/".join(parts) + draw(st.sampled_from([".png", ".jpg", "", "/", ".txt"]))
         entries.append((name, draw(st.one_of(st.binary(max_size=32), st.just(SEEDS["PNG"])))))
     return entries
@@ -158,6 +159,21 @@ def _extract_checked(data: bytes) -> None:
 @FUZZ
 @given(entries=zip_entries())
 def test_zip_loader_never_writes_outside_its_target(entries):
+    _extract_checked(_zip(entries))
+
+
+@st.composite
+def clashing_entries(draw) -> list[tuple[str, bytes]]:
+    """Image members named from a few parts, so that names repeat and files and folders share names often."""
+    part = st.sampled_from(["train", "reference", "a", "x.png", "y.png"])
+    names = draw(st.lists(st.lists(part, min_size=1, max_size=4).map("/".join), min_size=1, max_size=8))
+    return [("train/1.png", SEEDS["PNG"]), ("reference/a/1.png", SEEDS["PNG"])] + \
+        [(n if n.endswith(".png") else n + ".png", SEEDS["PNG"]) for n in names]
+
+
+@FUZZ
+@given(entries=clashing_entries())
+def test_clashing_zip_names_give_a_data_error_or_a_safe_extraction(entries):
     _extract_checked(_zip(entries))
 
 

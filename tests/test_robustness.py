@@ -230,10 +230,10 @@ def test_zip_paths_cannot_leave_the_target(tmp_path, name):
 
 
 def test_zip_entry_count_and_size_limits_are_enforced(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "MAX_ZIP_FILES", 5)
-    with pytest.raises(DataError, match="6 entries; at most 5"):
+    monkeypatch.setattr(datasets, "MAX_ZIP_ENTRIES", 5)
+    with pytest.raises(DataError, match=r"6 entries .*at most 5"):
         extract_zip(_zip({**LAYOUT, "train/c.png": _PNG, "train/d.png": _PNG}), tmp_path)
-    monkeypatch.setattr(datasets, "MAX_ZIP_FILES", 1000)
+    monkeypatch.setattr(datasets, "MAX_ZIP_ENTRIES", 1000)
     monkeypatch.setattr(datasets, "MAX_ZIP_BYTES", 3 * len(_PNG))
     with pytest.raises(DataError, match="expands to more than"):
         extract_zip(_zip(LAYOUT), tmp_path)

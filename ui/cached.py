@@ -11,6 +11,7 @@ never go stale; only ``run.json`` (the saved threshold, the name) changes, and t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -19,12 +20,12 @@ import streamlit as st
 
 from doc_core import runs
 from doc_core.data import FashionMNIST, OneClassSplit, SkippedFile, load_fashion_mnist
-from doc_core.datasets import DatasetSpec, extract_zip, load_dataset, role_counts, role_samples
+from doc_core.datasets import DatasetSpec, UploadArea, load_dataset, role_counts, role_samples, uploads_dir
 from doc_core.detector import DOCDetector, ScorerConfig
 from doc_core.jobs import JobRegistry
 from doc_core import metrics
 
-from . import charts
+from . import charts, state
 
 
 def runs_dir() -> Path:
@@ -103,10 +104,25 @@ def samples(spec: DatasetSpec, per_role: int = 12, display_px: int = 84) -> dict
     return _samples(spec, _signature(spec), per_role, display_px)
 
 
-@st.cache_data(show_spinner="Unpacking the zip…", max_entries=8)
-def unpack_zip(data: bytes) -> str:
-    """Extract an uploaded zip (safely, once per content) and return its dataset folder."""
-    return str(extract_zip(data))
+def _release_upload_area(area: UploadArea) -> None:
+    area.cleanup()
+
+
+@st.cache_resource(show_spinner=False, scope="session", max_entries=1, validate=lambda area: area.alive,
+                   on_release=_release_upload_area)
+def _upload_area(base: str) -> UploadArea:
+    return UploadArea(base)
+
+
+def upload_area() -> UploadArea:
+    """This session's private upload folder (:class:`doc_core.datasets.UploadArea`).
+
+    Held in a session-scoped resource cache, which Streamlit clears when the browser session disconnects (a closed
+    tab, a reload): its ``on_release`` deletes the folder at once. Garbage collection of the area and
+    :func:`doc_core.datasets.clean_stale_uploads` are the fall-backs. A tab that reconnects after a network drop
+    gets a new, empty folder. Raises DataError when the uploads folder cannot be created.
+    """
+    return _upload_area(str(uploads_dir()))  # a new one if this one was cleaned up (validate)
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -365,6 +381,41 @@ def _nearest_normals(run_id: str, created: str, where: str, feats: np.ndarray):
     from doc_core.embedding import nearest_normal
 
     return nearest_normal(detector(run_id, created, where), feats, 5)
+
+
+def decoded_upload(file, shape: tuple[int, ...]) -> np.ndarray:
+    """An uploaded image decoded by :func:`doc_core.gallery.decode_upload` into ``shape`` (h, w, c) uint8, once per
+    file content, name and shape: moving a slider decodes nothing again.
+
+    ``file`` is a Streamlit ``UploadedFile`` (``name``, ``size``, ``file_id``, ``getvalue()``). Its SHA-256 is
+    computed once per upload (remembered in the session by file id, name and size); the decoded image, or the reason
+    it could not be decoded, is cached by that hash. Raises DataError (a ValueError) for a file that is no readable
+    image, naming it.
+    """
+    from doc_core.data import DataError
+
+    digests = st.session_state.setdefault(state.UP_DIGESTS, {})
+    key = (getattr(file, "file_id", None), file.name, int(file.size))
+    digest = digests.get(key) if key[0] else None
+    if digest is None:
+        digest = hashlib.sha256(file.getvalue()).hexdigest()
+        if key[0]:
+            digests[key] = digest
+    ok, value = _decoded_upload(digest, file.name, tuple(int(n) for n in shape), file)
+    if not ok:
+        raise DataError(value)
+    return value
+
+
+@st.cache_data(show_spinner="Decoding the uploaded images…", max_entries=256)
+def _decoded_upload(digest: str, name: str, shape: tuple[int, ...], _file) -> tuple[bool, np.ndarray | str]:
+    from doc_core import gallery
+    from doc_core.data import DataError
+
+    try:
+        return True, gallery.decode_upload(_file.getvalue(), name, shape)
+    except (DataError, ValueError) as exc:  # remembered too: a broken file is not decoded again on every rerun
+        return False, str(exc)
 
 
 def score_images(run: runs.RunSummary, scorer: ScorerConfig, images: np.ndarray) -> dict:

@@ -35,6 +35,7 @@ DS_SEED = "ds_seed"
 DS_FOLDER = "ds_folder"
 DS_IMAGE_SIZE = "ds_image_size"
 DS_UPLOAD = "ds_upload"
+DS_UPLOAD_ROOT = "ds_upload_root"  # (upload folder, upload file id, dataset root): reruns do not unpack again
 
 SOURCE_FASHION = "Built-in Fashion-MNIST"
 SOURCE_ZIP = "Upload a zip"
@@ -120,6 +121,7 @@ ORDER_LABELS = {"highest": "Most anomalous first", "lowest": "Most normal first"
 # ---------------------------------------------------------------------------------------------- Score-images page
 UP_FILES = "up_files"
 UP_OPACITY = "up_opacity"
+UP_DIGESTS = "up_digests"  # {(file id, name, size): SHA-256}: each upload is hashed once (see ui.cached.decoded_upload)
 
 _REF = SplitConfig.tutorial()
 _BACKBONE = BackboneConfig()  # the training defaults are doc_core's own
@@ -184,7 +186,27 @@ def init() -> bool:
     for key, value in DEFAULTS.items():
         if key not in st.session_state:
             st.session_state[key] = value
+    drop_removed_upload()
     return new
+
+
+def drop_removed_upload() -> bool:
+    """When the active dataset is an uploaded zip whose folder is gone (the session's folder was removed when its
+    connection dropped, or a newer zip replaced it), go back to the default dataset and say so; True if it did."""
+    from pathlib import Path
+
+    from doc_core.datasets import is_upload_path
+
+    spec = st.session_state.get(DATASET)
+    if not (isinstance(spec, DatasetSpec) and spec.kind == "folder" and spec.root and is_upload_path(spec.root)):
+        return False
+    if Path(spec.root).is_dir():
+        return False
+    st.session_state[DATASET] = DEFAULTS[DATASET]
+    flash("info", f"The uploaded zip {spec.label or ''} is no longer on the server (the uploads of a session are "
+                  "removed when its connection ends, and a new zip replaces the previous one). The active dataset is "
+                  "the built-in Fashion-MNIST again; upload the zip again to use it.")
+    return True
 
 
 def adopt_dataset(spec: DatasetSpec) -> None:
