@@ -441,8 +441,8 @@ def read_images(paths: Sequence[str | os.PathLike], size: int) -> tuple[np.ndarr
 FOLDER_LAYOUT = """\
 my_data/
   train/                 normal training images (any names, subfolders allowed)
-  reference/             reference images, one subfolder per class (at least 2 classes)
-    class_a/  class_b/ ...
+  reference/             optional: labelled reference images, one subfolder per class (at least 2 classes);
+    class_a/  class_b/ ...  without it, training needs no labelled reference set (see the README)
   test/                  optional
     normal/              test images known to be normal
     anomaly/             test images known to be anomalous
@@ -479,15 +479,15 @@ def load_folder_split(root: str | os.PathLike, image_size: int = 96, min_train: 
     if not root.is_dir():
         raise DataError(f"{root} is not a folder.{layout_hint}")
     train_dir, ref_dir, test_dir = root / "train", root / "reference", root / "test"
-    for d in (train_dir, ref_dir):
-        if not d.is_dir():
-            raise DataError(f"missing folder {d}.{layout_hint}")
+    if not train_dir.is_dir():
+        raise DataError(f"missing folder {train_dir}.{layout_hint}")
     skipped: list[SkippedFile] = []
     train, _, sk = read_images(list_images(train_dir), image_size)
     skipped += sk
     if len(train) < min_train:
         raise DataError(f"{train_dir} has {len(train)} readable images; at least {min_train} are needed.{layout_hint}")
-    ref_classes = sorted(d.name for d in ref_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    ref_classes = sorted(d.name for d in ref_dir.iterdir() if d.is_dir() and not d.name.startswith(".")) \
+        if ref_dir.is_dir() else []
     refs, ref_labels, ref_names = [], [], []
     for name in ref_classes:
         imgs, _, sk = read_images(list_images(ref_dir / name), image_size)
@@ -497,9 +497,9 @@ def load_folder_split(root: str | os.PathLike, image_size: int = 96, min_train: 
         ref_labels.append(np.full(len(imgs), len(ref_names), np.int64))
         ref_names.append(name)
         refs.append(imgs)
-    if len(ref_names) < 2:
-        raise DataError(f"{ref_dir} needs at least 2 class subfolders with readable images, found "
-                        f"{len(ref_names)}.{layout_hint}")
+    if len(ref_names) == 1:
+        raise DataError(f"{ref_dir} needs at least 2 class subfolders with readable images, found 1 "
+                        f"({ref_names[0]}); remove reference/ to train without a labelled reference set.{layout_hint}")
     test_imgs, test_labels, test_classes, test_paths = [], [], [], []
     if test_dir.is_dir():
         groups = [("normal", 0, list_images(test_dir / "normal") if (test_dir / "normal").is_dir() else []),
@@ -518,6 +518,8 @@ def load_folder_split(root: str | os.PathLike, image_size: int = 96, min_train: 
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable file(s), first: {skipped[0].path}: {skipped[0].reason}",
                       stacklevel=2)
+    if not refs:  # no reference/ folder: an empty reference set (see doc_core.datasets.REFERENCE_CHOICES)
+        refs, ref_labels = [np.zeros((0,) + train.shape[1:], np.uint8)], [np.zeros(0, np.int64)]
     split = OneClassSplit(
         train_normal=train, reference=np.concatenate(refs), reference_labels=np.concatenate(ref_labels),
         reference_names=tuple(ref_names), test_images=test, test_labels=np.asarray(test_labels, np.int64),

@@ -26,6 +26,7 @@ import time
 import weakref
 import zipfile
 import zlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -35,6 +36,13 @@ from .data import (FASHION_MNIST_CLASSES, FOLDER_LAYOUT, IMAGE_EXTENSIONS, MAX_I
                    OneClassSplit, SkippedFile, SplitConfig, load_folder_split, make_split)
 
 KINDS = ("fashion-mnist", "folder")
+# What keeps a folder detector's features descriptive (DatasetSpec.reference):
+#   "auto"          the folder's own reference/ when it has one, else "none" (measured: README, "Your own images")
+#   "folder"        the folder's reference/ subfolders (at least two classes)
+#   "fashion-mnist" the built-in Fashion-MNIST training images, all ten classes, as a labelled reference set
+#   "none"          no labelled reference: the preservation loss keeps features close to the pretrained network's
+REFERENCE_CHOICES = ("auto", "folder", "fashion-mnist", "none")
+FASHION_REFERENCE_SIZE = 6000  # Fashion-MNIST images drawn (seeded, all classes) for reference="fashion-mnist"
 ROLES = ("normal training", "reference", "test normal", "test anomaly", "test unlabelled")
 
 # Limits on a zip upload (README, "Limits and safety"). Enough for Fashion-MNIST-sized datasets (70,000 images);
@@ -67,6 +75,8 @@ class DatasetSpec:
         Folder images are stored resized to (image_size, image_size, 3).
     label : str
         Shown instead of the folder path, e.g. the name of an uploaded zip.
+    reference : {"auto", "folder", "fashion-mnist", "none"}
+        The reference set of a folder dataset (see :data:`REFERENCE_CHOICES`); ignored for Fashion-MNIST.
     """
 
     kind: str = "fashion-mnist"
@@ -74,14 +84,18 @@ class DatasetSpec:
     root: str | None = None
     image_size: int = 96
     label: str = ""
+    reference: str = "auto"
 
     @classmethod
     def fashion_mnist(cls, split: SplitConfig | None = None) -> "DatasetSpec":
         return cls(kind="fashion-mnist", split=split or SplitConfig.tutorial())
 
     @classmethod
-    def folder(cls, root: str | os.PathLike, image_size: int = 96, label: str = "") -> "DatasetSpec":
-        return cls(kind="folder", root=str(root), image_size=int(image_size), label=label)
+    def folder(cls, root: str | os.PathLike, image_size: int = 96, label: str = "",
+               reference: str = "auto") -> "DatasetSpec":
+        if reference not in REFERENCE_CHOICES:
+            raise ValueError(f"unknown reference {reference!r}; choose one of {', '.join(REFERENCE_CHOICES)}")
+        return cls(kind="folder", root=str(root), image_size=int(image_size), label=label, reference=reference)
 
     @property
     def is_reference_experiment(self) -> bool:
@@ -90,7 +104,8 @@ class DatasetSpec:
     def describe(self) -> str:
         """One line for people, e.g. ``Fashion-MNIST: normal Sneaker, anomalies Ankle boot, seed 0``."""
         if self.kind == "folder":
-            return f"Own images: {self.label or self.root} ({self.image_size} px)"
+            ref = "" if self.reference == "auto" else f", reference: {self.reference}"
+            return f"Own images: {self.label or self.root} ({self.image_size} px{ref})"
         c = self.split
         names = lambda cs: ", ".join(FASHION_MNIST_CLASSES[i] for i in cs)  # noqa: E731
         anomalies = "every other class" if c.anomaly_classes is None else names(c.anomaly_classes)
@@ -103,7 +118,7 @@ class DatasetSpec:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "split": self.split.to_dict(), "root": self.root, "image_size": self.image_size,
-                "label": self.label}
+                "label": self.label, "reference": self.reference}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetSpec":
@@ -111,8 +126,11 @@ class DatasetSpec:
         if kind not in KINDS:
             raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
         split = SplitConfig.from_dict(d["split"]) if d.get("split") else SplitConfig.tutorial()
+        reference = str(d.get("reference", "auto"))  # specs saved before reference choices existed: auto
+        if reference not in REFERENCE_CHOICES:
+            raise ValueError(f"unknown reference {reference!r}; expected one of {', '.join(REFERENCE_CHOICES)}")
         return cls(kind=kind, split=split, root=d.get("root"), image_size=int(d.get("image_size", 96)),
-                   label=str(d.get("label", "")))
+                   label=str(d.get("label", "")), reference=reference)
 
 
 def load_dataset(spec: DatasetSpec, fashion: FashionMNIST | None = None) -> tuple[OneClassSplit, list[SkippedFile]]:
@@ -132,7 +150,8 @@ def load_dataset(spec: DatasetSpec, fashion: FashionMNIST | None = None) -> tupl
     if spec.kind == "folder":
         if not spec.root:
             raise DataError("no folder given")
-        return load_folder_split(spec.root, image_size=spec.image_size)
+        split, skipped = load_folder_split(spec.root, image_size=spec.image_size)
+        return with_reference(split, spec.reference, fashion), skipped
     if spec.kind != "fashion-mnist":
         raise DataError(f"unknown dataset kind {spec.kind!r}")
     try:
@@ -141,6 +160,52 @@ def load_dataset(spec: DatasetSpec, fashion: FashionMNIST | None = None) -> tupl
         raise
     except ValueError as exc:
         raise DataError(str(exc)[:1].upper() + str(exc)[1:] + ".") from exc
+
+
+def resolve_reference(choice: str, has_folder_reference: bool) -> tuple[str, str]:
+    """The reference a folder dataset trains with, and why: ``(one of "folder", "fashion-mnist", "none", reason)``.
+
+    ``"auto"`` takes the folder's own labelled reference set when it has one, else no labelled reference at all
+    (the preservation loss): on the magnetic tiles a clothing reference set made DOC's features worse than with no
+    reference (README, "Your own images", ``benchmark --protocol magnetic-tile``).
+    """
+    if choice not in REFERENCE_CHOICES:
+        raise DataError(f"unknown reference {choice!r}; choose one of {', '.join(REFERENCE_CHOICES)}")
+    if choice == "auto":
+        if has_folder_reference:
+            return "folder", "the folder has a labelled reference/ set"
+        return "none", ("no reference/ folder: features are kept close to the pretrained network's (measured better "
+                        "than Fashion-MNIST as a reference on the magnetic tiles)")
+    if choice == "folder" and not has_folder_reference:
+        raise DataError("reference 'folder' needs a reference/ folder with at least 2 class subfolders; choose "
+                        "'auto', 'none' or 'fashion-mnist' instead")
+    return choice, "chosen by the user"
+
+
+def with_reference(split: OneClassSplit, choice: str, fashion: FashionMNIST | None = None,
+                   n: int = FASHION_REFERENCE_SIZE, seed: int = 0) -> OneClassSplit:
+    """``split`` with the reference set that ``choice`` names (see :func:`resolve_reference`).
+
+    ``"fashion-mnist"`` draws ``n`` Fashion-MNIST training images (seeded, all ten classes) resized to the split's
+    image size; ``"none"`` empties the reference set. ``split.info["reference"]`` and ``["reference_reason"]``
+    say what was used and why.
+    """
+    resolved, reason = resolve_reference(choice, len(split.reference_names) >= 2)
+    size = split.train_normal.shape[1:3]
+    if resolved == "folder":
+        ref, labels, names = split.reference, split.reference_labels, split.reference_names
+    elif resolved == "none":
+        ref, labels, names = np.zeros((0,) + split.train_normal.shape[1:], np.uint8), np.zeros(0, np.int64), ()
+    else:
+        from .data import load_fashion_mnist, resize_image
+
+        fm = fashion or load_fashion_mnist()
+        idx = np.sort(np.random.default_rng(seed).choice(len(fm.train_images), min(n, len(fm.train_images)),
+                                                         replace=False))
+        ref = np.stack([resize_image(np.repeat(fm.train_images[i], 3, axis=-1), size[0]) for i in idx])
+        labels, names = fm.train_labels[idx].astype(np.int64), tuple(fm.class_names)
+    info = {**split.info, "reference": resolved, "reference_reason": reason}
+    return dataclasses.replace(split, reference=ref, reference_labels=labels, reference_names=names, info=info)
 
 
 def normal_class_label(split: OneClassSplit) -> str:

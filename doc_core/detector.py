@@ -24,7 +24,9 @@ from .training import DOCTrainer, StepRecord, TrainConfig
 FORMAT_VERSION = 1
 FORMAT_NAME = "doc-explorer-detector"
 _FILES = ("detector.json", "backbone.weights.h5", "bank.npz")
-DETECTOR_FOLDER = OutputKind("detector", "detector.json", FORMAT_NAME, frozenset(_FILES), frozenset(_FILES))
+PATCH_BANK_FILE = "patch_bank.npz"  # only in detectors with the patch scorer
+DETECTOR_FOLDER = OutputKind("detector", "detector.json", FORMAT_NAME, frozenset(_FILES),
+                             frozenset(_FILES + (PATCH_BANK_FILE,)))
 """A folder :meth:`DOCDetector.save` writes; only such a folder (or an empty one) is replaced without ``force``."""
 
 
@@ -37,19 +39,46 @@ class DetectorFormatError(ArtifactError):
     """A saved detector folder is missing, broken, tampered with or from an incompatible version."""
 
 
+SCORER_NAMES = SCORERS + ("patch",)
+PATCH_BANK_DEFAULT = 20_000  # patches kept by the patch scorer's coreset when max_bank_size is None
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
-    """Test-time scorer: ``name`` in {"knn", "lof"}, ``k`` neighbours (None = the scorer's default), bank size cap,
-    and the k-NN search ``backend`` ("exact" numpy, "faiss" exact flat index, "faiss-ivf" approximate; see
-    :class:`doc_core.scoring.KNNScorer`). The backend is saved with the detector and rebuilt on load."""
+    """Test-time scorer.
+
+    Parameters
+    ----------
+    name : {"knn", "lof", "patch"}
+        ``knn``/``lof`` score the pooled feature vector (:mod:`doc_core.scoring`); ``patch`` keeps a memory bank of
+        local features and scores an image by its most anomalous patch, which also gives a defect map
+        (:mod:`doc_core.patch_scoring`).
+    k : int or None
+        Neighbours (None = the scorer's default: 5 for k-NN, 20 for LOF, 1 for patch).
+    max_bank_size : int or None
+        Bank size cap: feature vectors for knn/lof (None = all), patches for patch (None =
+        :data:`PATCH_BANK_DEFAULT`, chosen by a greedy coreset).
+    backend : str
+        Search backend: "exact" numpy, "faiss" exact flat index, "faiss-ivf" approximate (knn only); see
+        :class:`doc_core.scoring.KNNScorer`. Saved with the detector and rebuilt on load.
+    patch_layers : tuple of str or None
+        Layers whose maps the patch scorer combines (None = the backbone's
+        :data:`doc_core.backbones.DEFAULT_PATCH_LAYERS`); ignored by knn/lof.
+    neighbourhood : int
+        Odd side of the window each patch feature is averaged over (patch scorer; 1 = none).
+    """
 
     name: str = "knn"
     k: int | None = None
     max_bank_size: int | None = None
     backend: str = "exact"
+    patch_layers: tuple[str, ...] | None = None
+    neighbourhood: int = 3
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "k": self.k, "max_bank_size": self.max_bank_size, "backend": self.backend}
+        return {"name": self.name, "k": self.k, "max_bank_size": self.max_bank_size, "backend": self.backend,
+                "patch_layers": list(self.patch_layers) if self.patch_layers else None,
+                "neighbourhood": self.neighbourhood}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "scorer config") -> "ScorerConfig":
@@ -62,10 +91,15 @@ class ScorerConfig:
             ``d`` is not a dict, an unknown scorer or backend, or ``k`` / ``max_bank_size`` not an integer >= 1.
         """
         f = Fields(d, where)
-        cfg = cls(name=f.str("name", default="knn", choices=SCORERS),
+        layers = f.str_list("patch_layers", default=None) if d.get("patch_layers") is not None else None
+        neighbourhood = f.int("neighbourhood", 1, 15, default=3)
+        if neighbourhood % 2 == 0:
+            raise ArtifactError(f"{where}: 'neighbourhood' must be odd, got {neighbourhood}")
+        cfg = cls(name=f.str("name", default="knn", choices=SCORER_NAMES),
                   k=f.int("k", 1, MAX_K, default=None, optional=True),
                   max_bank_size=f.int("max_bank_size", 1, 10**12, default=None, optional=True),
-                  backend=f.str("backend", default="exact", choices=KNN_BACKENDS))
+                  backend=f.str("backend", default="exact", choices=KNN_BACKENDS),
+                  patch_layers=tuple(layers) if layers else None, neighbourhood=neighbourhood)
         try:
             check_backend(cfg.name, cfg.backend)
         except ValueError as exc:
@@ -90,8 +124,11 @@ class DOCDetector:
     backbone_ : Backbone
         The fine-tuned feature extractor.
     bank_ : np.ndarray, float32, shape (n, k)
-        Features of the normal training images.
-    scorer_ : KNNScorer or LOFScorer
+        Pooled features of the normal training images (for every scorer: nearest normal images, maps, export).
+    scorer_ : KNNScorer, LOFScorer or PatchKNNScorer
+        Fitted on ``bank_`` (knn, lof) or on the normal images' local feature maps (patch).
+    train_scores_ : np.ndarray, float32, shape (n,)
+        Leave-one-out (patch: leave-one-image-out) scores of the normal training images.
     threshold_ : float
         Images with ``decision_function > threshold_`` are predicted anomalous.
     history_ : list of StepRecord
@@ -117,9 +154,12 @@ class DOCDetector:
         ----------
         normal : np.ndarray, uint8, shape (n, h, w, c)
             Normal (target) training images.
-        reference : np.ndarray, uint8, shape (r, h, w, c)
-        reference_labels : np.ndarray, int, shape (r,)
-            Reference class indices in ``[0, n_classes)``.
+        reference : np.ndarray, uint8, shape (r, h, w, c), or None
+            Reference images; None (or no labels) trains without a labelled reference set: the descriptiveness
+            loss is then the preservation loss (:func:`doc_core.losses.preservation_loss`) on these images, or on
+            the normal images when None.
+        reference_labels : np.ndarray, int, shape (r,), or None
+            Reference class indices in ``[0, n_classes)``; None or empty = no labelled reference set.
         reference_names : tuple of str, optional
             Names of the reference classes (stored with the detector).
         on_prepare : callable, optional
@@ -131,12 +171,13 @@ class DOCDetector:
         closes a generator as soon as nothing refers to it). Closing embeds the normal images and fits the bank
         inside ``close()``, so it takes as long as that does.
         """
-        if self.scorer.name not in SCORERS:
-            raise ValueError(f"unknown scorer {self.scorer.name!r}; choose one of {', '.join(SCORERS)}")
+        if self.scorer.name not in SCORER_NAMES:
+            raise ValueError(f"unknown scorer {self.scorer.name!r}; choose one of {', '.join(SCORER_NAMES)}")
         check_backend(self.scorer.name, self.scorer.backend, installed=True)  # before any training
         t0 = time.perf_counter()
         self.backbone_ = Backbone(self.backbone)
-        n_classes = int(np.max(reference_labels)) + 1 if len(reference_labels) else 0
+        # no labelled reference set (labels None or empty): DOCTrainer keeps features close to the pretrained ones
+        n_classes = int(np.max(reference_labels)) + 1 if reference_labels is not None and len(reference_labels) else 0
         self.reference_names_ = tuple(reference_names) if reference_names else tuple(str(i) for i in range(n_classes))
         self.history_: list[StepRecord] = []
         if self.train.epochs > 0:
@@ -152,7 +193,7 @@ class DOCDetector:
                 self._trainer = None
         if on_prepare:
             on_prepare(f"embedding {len(normal)} normal training images")
-        self._fit_bank(self.backbone_.embed(normal))
+        self._fit_bank(self.backbone_.embed(normal), normal)
         self.fit_seconds_ = time.perf_counter() - t0
 
     def fit(self, normal: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
@@ -174,22 +215,49 @@ class DOCDetector:
         if trainer is not None:
             trainer.stop()
 
-    def _fit_bank(self, bank: np.ndarray) -> None:
+    @property
+    def is_patch(self) -> bool:
+        """True when images are scored by their most anomalous patch (``scorer.name == "patch"``)."""
+        return self.scorer.name == "patch"
+
+    def _patch_scorer(self) -> "PatchKNNScorer":
+        from .patch_scoring import PatchKNNScorer
+
+        c = self.scorer
+        return PatchKNNScorer(k=1 if c.k is None else c.k,
+                              max_bank_size=PATCH_BANK_DEFAULT if c.max_bank_size is None else c.max_bank_size,
+                              neighbourhood=c.neighbourhood, backend=c.backend)
+
+    def _fit_bank(self, bank: np.ndarray, normal: np.ndarray | None = None) -> None:
+        """Fit the scorer: on the pooled features ``bank`` (knn, lof), or on the patch maps of the ``normal``
+        images (patch; ``bank`` is still kept as :attr:`bank_`)."""
         self.bank_ = np.asarray(bank, np.float32)
-        self.scorer_ = make_scorer(self.scorer.name, self.scorer.k, self.scorer.max_bank_size,
-                                   backend=self.scorer.backend).fit(self.bank_)
+        if self.is_patch:
+            if normal is None:
+                raise ValueError("the patch scorer is fitted on the normal training images; pass them")
+            layers = self.backbone_.patch_layers(self.scorer.patch_layers)
+            self.scorer_ = self._patch_scorer().fit(self.backbone_.patch_maps(_as_images(normal), layers))
+        else:
+            self.scorer_ = make_scorer(self.scorer.name, self.scorer.k, self.scorer.max_bank_size,
+                                       backend=self.scorer.backend).fit(self.bank_)
         self.train_scores_ = self.scorer_.training_scores()
         self.threshold_ = threshold_percentile(self.train_scores_, self.threshold_percentile)
 
-    def with_scorer(self, scorer: ScorerConfig, threshold: float | None = None) -> "DOCDetector":
+    def with_scorer(self, scorer: ScorerConfig, threshold: float | None = None,
+                    normal: np.ndarray | None = None) -> "DOCDetector":
         """A copy sharing the fine-tuned backbone but scoring with another scorer (no retraining); its threshold is
-        ``threshold``, or the new scorer's percentile threshold when None."""
+        ``threshold``, or the new scorer's percentile threshold when None. A patch scorer needs the ``normal``
+        training images (uint8 (n, h, w, c)) unless this detector already has one with the same layers."""
         self._check_fitted()
         other = DOCDetector(self.backbone, self.train, scorer, self.threshold_percentile)
         other.backbone_, other.history_ = self.backbone_, self.history_
         other.reference_names_, other.fit_seconds_ = self.reference_names_, getattr(self, "fit_seconds_", 0.0)
         other.metadata_ = dict(getattr(self, "metadata_", {}))
-        other._fit_bank(self.bank_)
+        if other.is_patch and normal is None and self.is_patch and scorer == self.scorer:
+            other.bank_, other.scorer_, other.train_scores_ = self.bank_, self.scorer_, self.train_scores_
+            other.threshold_ = self.threshold_
+        else:
+            other._fit_bank(self.bank_, normal)
         if threshold is not None:
             other.threshold_ = float(threshold)
         return other
@@ -206,13 +274,83 @@ class DOCDetector:
         return self.backbone_.embed(_as_images(images), batch_size, progress)
 
     def score_features(self, features: np.ndarray) -> np.ndarray:
-        """Anomaly scores of precomputed features, float32 (n,); higher = more anomalous."""
+        """Anomaly scores of precomputed pooled features, float32 (n,); higher = more anomalous.
+
+        A patch detector scores images, not pooled features: use :meth:`decision_function` (or
+        :meth:`score_images`, which also returns the pooled features)."""
         self._check_fitted()
+        if self.is_patch:
+            raise ValueError("a patch detector scores images by their local features; call decision_function(images)")
         return self.scorer_.score_samples(features)
+
+    def score_images(self, images: np.ndarray, batch_size: int = 64,
+                     progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and pooled features of uint8 images (n, h, w, c) in one pass per batch.
+
+        Returns
+        -------
+        scores : np.ndarray, float32, (n,); higher = more anomalous
+        features : np.ndarray, float32, (n, k); the pooled features (for maps and nearest normal images)
+        """
+        self._check_fitted()
+        images = _as_images(images)
+        if not self.is_patch:
+            feats = self.backbone_.embed(images, batch_size, progress)
+            return self.scorer_.score_samples(feats), feats
+        scores = np.empty(len(images), np.float32)
+        feats = np.empty((len(images), self.bank_.shape[1]), np.float32)
+        layers = self.backbone_.patch_layers(self.scorer.patch_layers)
+        for i in range(0, len(images), batch_size):  # bounded memory: one batch of maps at a time
+            batch = images[i:i + batch_size]
+            scores[i:i + len(batch)] = self.scorer_.score_samples(self.backbone_.patch_maps(batch, layers))
+            feats[i:i + len(batch)] = self.backbone_.embed(batch, batch_size)
+            if progress is not None:
+                progress(min(i + batch_size, len(images)))
+        return scores, feats
 
     def decision_function(self, images: np.ndarray, batch_size: int = 256, progress=None) -> np.ndarray:
         """Anomaly scores of uint8 images (n, h, w, c), float32 (n,); higher = more anomalous."""
+        self._check_fitted()
+        if self.is_patch:
+            layers = self.backbone_.patch_layers(self.scorer.patch_layers)
+            images = _as_images(images)
+            out = np.empty(len(images), np.float32)
+            step = min(batch_size, 64)
+            for i in range(0, len(images), step):
+                out[i:i + step] = self.scorer_.score_samples(self.backbone_.patch_maps(images[i:i + step], layers))
+                if progress is not None:
+                    progress(min(i + step, len(images)))
+            return out
         return self.score_features(self.embed(images, batch_size, progress))
+
+    def anomaly_maps(self, images: np.ndarray, size: tuple[int, int] | None = None,
+                     batch_size: int = 64) -> np.ndarray:
+        """Pixel anomaly maps of a patch detector, in score units (higher = more anomalous).
+
+        Parameters
+        ----------
+        images : np.ndarray, uint8, shape (n, h, w, c)
+        size : (H, W) or None
+            Output size; None = the images' own (h, w).
+
+        Returns
+        -------
+        np.ndarray, float32, shape (n, H, W): each patch's distance to the normal patch bank, upsampled bilinearly
+        and smoothed (:meth:`doc_core.patch_scoring.PatchKNNScorer.anomaly_maps`); its maximum is close to the
+        image's score.
+        """
+        self._check_fitted()
+        if not self.is_patch:
+            raise ValueError("anomaly maps come from the patch scorer; this detector scores pooled features "
+                             f"({self.scorer.name}); use Grad-CAM (doc_core.explain.GradCAM) or with_scorer(patch)")
+        images = _as_images(images)
+        size = tuple(images.shape[1:3]) if size is None else tuple(size)
+        layers = self.backbone_.patch_layers(self.scorer.patch_layers)
+        out = np.empty((len(images),) + size, np.float32)
+        for i in range(0, len(images), batch_size):
+            out[i:i + batch_size] = self.scorer_.anomaly_maps(self.backbone_.patch_maps(images[i:i + batch_size],
+                                                                                        layers), size)
+        return out
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """1 (anomaly) where ``decision_function > threshold_``, else 0; int64 (n,)."""
@@ -246,6 +384,8 @@ class DOCDetector:
         try:
             self.backbone_.model.save_weights(tmp / "backbone.weights.h5")
             np.savez(tmp / "bank.npz", bank=self.bank_)
+            if self.is_patch:
+                np.savez(tmp / PATCH_BANK_FILE, **self.scorer_.to_arrays())
             doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": self.config_dict(),
                    "threshold": float(self.threshold_), "reference_names": list(self.reference_names_),
                    "feature_dim": int(self.bank_.shape[1]), "fit_seconds": float(getattr(self, "fit_seconds_", 0.0)),
@@ -310,6 +450,11 @@ class DOCDetector:
                 raise ArtifactError(f"the memory bank does not fit: {exc}") from exc
             if len(bank) == 0:
                 raise ArtifactError(f"{path / 'bank.npz'}: the memory bank is empty")
+            patch_arrays = None
+            if det.is_patch:
+                patch_arrays = read_npz(path / PATCH_BANK_FILE, {
+                    "bank_": ArraySpec(("m", "c"), "f", finite=True), "bank_image_": ArraySpec(("m",), "iu"),
+                    "train_scores_": ArraySpec(("n",), "f", finite=True), "map_shape_": ArraySpec((2,), "iu")}, {})
         except ArtifactError as exc:
             raise DetectorFormatError(str(exc)) from exc
         except FileNotFoundError as exc:
@@ -323,7 +468,19 @@ class DOCDetector:
                                           f"not fit the memory bank's {feature_dim} (detector.json's feature_dim)")
             det.reference_names_, det.history_, det.fit_seconds_ = reference_names, history, fit_seconds
             det.metadata_ = dict(metadata)
-            det._fit_bank(bank.astype(np.float32, copy=False))
+            if det.is_patch:
+                from .patch_scoring import PatchKNNScorer
+
+                det.bank_ = bank.astype(np.float32, copy=False)
+                det.scorer_ = PatchKNNScorer.from_arrays(det._patch_scorer().get_config(), patch_arrays)
+                maps_c = det.backbone_.patch_maps(np.zeros((1, 32, 32, 3), np.uint8),
+                                                  det.scorer.patch_layers).shape[-1]
+                if det.scorer_.bank_.shape[1] != maps_c:
+                    raise DetectorFormatError(f"{path / PATCH_BANK_FILE}: patch bank of {det.scorer_.bank_.shape[1]} "
+                                              f"channels does not fit the patch layers' {maps_c}")
+                det.train_scores_ = det.scorer_.training_scores()
+            else:
+                det._fit_bank(bank.astype(np.float32, copy=False))
             det.threshold_ = threshold
         except DetectorFormatError:
             raise

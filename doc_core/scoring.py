@@ -189,9 +189,9 @@ def check_backend(name: str, backend: str, installed: bool = False) -> None:
     ``installed``, also ImportError (with the install command) when a faiss backend's package is missing."""
     if backend not in KNN_BACKENDS:
         raise ValueError(f"unknown k-NN backend {backend!r}; choose one of {', '.join(KNN_BACKENDS)}")
-    if backend != "exact" and name != "knn":
-        raise ValueError(f"the {name!r} scorer has no {backend!r} backend (LOF always searches exactly; only the "
-                         "k-NN scorer has the faiss backends)")
+    if backend != "exact" and name != "knn" and not (name == "patch" and backend == "faiss"):
+        raise ValueError(f"the {name!r} scorer has no {backend!r} backend (LOF always searches exactly; the patch "
+                         "scorer searches exactly, with numpy or faiss; only the k-NN scorer has faiss-ivf)")
     if backend != "exact" and installed:
         from .faiss_search import import_faiss
 

@@ -21,7 +21,7 @@ import keras
 
 from .artifacts import ArtifactError, Fields
 from .backbones import Backbone, preprocess
-from .losses import compactness_loss, descriptiveness_loss
+from .losses import compactness_loss, descriptiveness_loss, preservation_loss
 
 
 TRUNK_CACHE_ENV = "DOC_TRUNK_CACHE_MB"
@@ -190,15 +190,21 @@ class DOCTrainer:
         config.validate()
         self.strategy = strategy
         self.strategy_ = resolve_strategy(strategy)
+        # 0 reference classes: no labelled reference set; l_D is then the preservation loss (features of the
+        # reference images, or of the target images when there are none, stay close to the pretrained network's)
+        self.descriptive = "preserve" if n_reference_classes == 0 else "classify"
+        if self.descriptive == "preserve" and self.strategy_ is not None:
+            raise ValueError("training without a labelled reference set runs on one device; pass strategy=None")
         # the optimizer (below) belongs to the strategy when made inside its scope; the step must then apply per replica
         self.made_in_scope_ = self.strategy_ is not None and tf.distribute.has_strategy() \
             and tf.distribute.get_strategy() is self.strategy_
-        if n_reference_classes < 2:
-            raise ValueError("the descriptiveness loss needs at least 2 reference classes")
+        if n_reference_classes == 1 or n_reference_classes < 0:
+            raise ValueError("the descriptiveness loss needs at least 2 reference classes (or 0: no labelled "
+                             "reference set, features kept close to the pretrained network's)")
         self.backbone = backbone
         self.config = config
         # seeded initialisers rather than Keras' global seed, so jobs training at once in one process stay reproducible
-        self.head = keras.layers.Dense(n_reference_classes, name="reference_head",
+        self.head = keras.layers.Dense(max(n_reference_classes, 1), name="reference_head",
                                        kernel_initializer=keras.initializers.GlorotUniform(seed=config.seed))
         self.head.build((None, backbone.feature_dim))
         self.optimizer = _make_optimizer(config)
@@ -214,7 +220,8 @@ class DOCTrainer:
         return self._stop.is_set()
 
     def _variables(self) -> list[tf.Variable]:
-        return list(self.backbone.tail.trainable_variables) + list(self.head.trainable_variables)
+        head = list(self.head.trainable_variables) if self.descriptive == "classify" else []
+        return list(self.backbone.tail.trainable_variables) + head
 
     def _build_step(self, staged: bool) -> Callable:
         backbone, head, lam, opt = self.backbone, self.head, float(self.config.lam), self.optimizer
@@ -224,14 +231,16 @@ class DOCTrainer:
         forward = (lambda x: backbone.tail(tf.cast(x, tf.float32), training=False)) if staged else \
             (lambda x: backbone.model(preprocess(x, backbone.config), training=False))
         max_loss = float(self.config.max_loss)
+        preserve = self.descriptive == "preserve"
 
         @tf.function(reduce_retracing=True)
         def step(target_x, ref_x, ref_y):
+            # ref_y: reference class indices (classify) or the pretrained features of ref_x (preserve)
             n = tf.shape(target_x)[0]
             with tf.GradientTape() as tape:
                 feats = forward(tf.concat([target_x, ref_x], axis=0))
                 l_c = compactness_loss(feats[:n])
-                l_d = descriptiveness_loss(ref_y, head(feats[n:]))
+                l_d = preservation_loss(feats[n:], ref_y) if preserve else descriptiveness_loss(ref_y, head(feats[n:]))
                 total = l_d + lam * l_c
             grads = tape.gradient(total, variables)
             ok = tf.math.is_finite(total) & (total < max_loss)
@@ -251,9 +260,11 @@ class DOCTrainer:
         ----------
         target : np.ndarray, uint8, shape (n, h, w, c)
             Normal training images; ``n >= batch_size`` is not required but ``n >= 2`` is.
-        reference : np.ndarray, uint8, shape (r, h, w, c)
-        reference_labels : np.ndarray, int, shape (r,)
-            In ``[0, n_reference_classes)``.
+        reference : np.ndarray, uint8, shape (r, h, w, c), or None
+            Reference images. Without a labelled reference set (``n_reference_classes=0``) they may be unlabelled
+            images of any kind, or None to use the target images themselves for the preservation loss.
+        reference_labels : np.ndarray, int, shape (r,), or None
+            In ``[0, n_reference_classes)``; ignored (may be None) without a labelled reference set.
         on_prepare : callable, optional
             Called with a short message before the frozen layers are run over both sets.
 
@@ -263,6 +274,11 @@ class DOCTrainer:
             When a loss is NaN/infinite or above ``max_loss``.
         """
         cfg = self.config
+        preserve = self.descriptive == "preserve"
+        if preserve:
+            if reference is None or len(reference) == 0:
+                reference = target
+            reference_labels = np.zeros(len(reference), np.int64)  # replaced by anchors below
         if len(target) < 2:
             raise ValueError(f"DOC training needs at least 2 target images, got {len(target)}")
         if len(reference) < 2:
@@ -272,15 +288,21 @@ class DOCTrainer:
         n_classes = self.head.units
         if reference_labels.min() < 0 or reference_labels.max() >= n_classes:
             raise ValueError(f"reference_labels must be in [0, {n_classes})")
-        staged = self.backbone.trunk is not None and \
-            self.backbone.trunk_cache_bytes(len(target) + len(reference)) <= trunk_cache_limit()
+        n_cached = len(target) + (0 if reference is target else len(reference))
+        staged = self.backbone.trunk is not None and self.backbone.trunk_cache_bytes(n_cached) <= trunk_cache_limit()
         if staged:
             if on_prepare:
                 on_prepare(f"running the frozen layers over {len(target) + len(reference)} images")
             target_in = self.backbone.trunk_features(target)
-            ref_in = self.backbone.trunk_features(reference)
+            ref_in = target_in if reference is target else self.backbone.trunk_features(reference)
         else:
             target_in, ref_in = target, reference
+        if preserve:  # the pretrained features of every reference image, before any weight changes
+            if on_prepare:
+                on_prepare(f"computing the pretrained features of {len(reference)} images")
+            anchors = np.concatenate([self.backbone.tail(tf.cast(ref_in[i:i + 256], tf.float32), training=False).numpy()
+                                      for i in range(0, len(ref_in), 256)]) if staged \
+                else self.backbone.embed(reference)
         if self.strategy_ is None:
             step = self._build_step(staged)
         else:
@@ -294,7 +316,7 @@ class DOCTrainer:
         per_epoch = max(1, len(target) // bs)  # the last partial batch is dropped: l_C wants full batches
         total_steps = per_epoch * cfg.epochs
         ref_order, ref_pos = rng.permutation(len(reference)), 0
-        labels = np.asarray(reference_labels, np.int32)
+        labels = anchors.astype(np.float32) if preserve else np.asarray(reference_labels, np.int32)
         global_step = 0
         for epoch in range(1, cfg.epochs + 1):
             order = rng.permutation(len(target))

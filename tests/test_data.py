@@ -306,6 +306,18 @@ def test_folder_without_test_folder(tmp_path):
     assert skipped == [] and split.test_images.shape == (0, 32, 32, 3) and not split.has_test_labels
 
 
+def test_folder_without_reference_loads_an_empty_reference_set(tmp_path):
+    root = tmp_path / "d"
+    for i in range(3):
+        save(root / "train" / f"{i}.png", np.full((8, 8), i, np.uint8))
+    save(root / "test" / "anomaly" / "a.png", np.full((8, 8), 200, np.uint8))
+    split, skipped = load_folder_split(root, image_size=32)
+    assert skipped == [] and len(split.train_normal) == 3
+    assert split.reference.shape == (0, 32, 32, 3) and split.reference.dtype == np.uint8
+    assert split.reference_labels.shape == (0,) and split.reference_names == ()
+    assert split.summary()["reference"] == 0 and split.test_classes == ("anomaly",)
+
+
 def test_folder_missing_train_or_reference(tmp_path):
     root = tmp_path / "d"
     save(root / "reference" / "x" / "0.png", np.zeros((8, 8), np.uint8))

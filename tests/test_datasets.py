@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from doc_core.data import DataError, OneClassSplit, SplitConfig
-from doc_core.datasets import DatasetSpec, extract_zip, find_dataset_root, load_dataset, role_counts, role_samples
+from doc_core.data import DataError, FashionMNIST, OneClassSplit, SplitConfig
+from doc_core.datasets import (DatasetSpec, extract_zip, find_dataset_root, load_dataset, resolve_reference, role_counts,
+                               role_samples, with_reference)
 
 
 def _png(value: int = 128, size: int = 12) -> bytes:
@@ -127,3 +128,47 @@ def test_find_dataset_root_explains_the_layout(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(DataError, match="Expected layout"):
         find_dataset_root(tmp_path)
+
+
+def _folder_split(with_reference: bool) -> OneClassSplit:
+    img = np.full((6, 16, 16, 3), 7, np.uint8)
+    ref = np.full((4, 16, 16, 3), 9, np.uint8) if with_reference else np.zeros((0, 16, 16, 3), np.uint8)
+    labels = np.array([0, 0, 1, 1]) if with_reference else np.zeros(0, np.int64)
+    return OneClassSplit(train_normal=img, reference=ref, reference_labels=labels,
+                         reference_names=("a", "b") if with_reference else (), test_images=img[:2],
+                         test_labels=np.array([0, 1]), test_classes=("normal", "anomaly"), info={"source": "folder"})
+
+
+def test_reference_choices_resolve_with_reasons():
+    assert resolve_reference("auto", True)[0] == "folder"
+    assert resolve_reference("auto", False)[0] == "none" and "pretrained" in resolve_reference("auto", False)[1]
+    assert resolve_reference("fashion-mnist", True) == ("fashion-mnist", "chosen by the user")
+    with pytest.raises(DataError, match="reference/ folder"):
+        resolve_reference("folder", False)
+    with pytest.raises(DataError, match="unknown reference"):
+        resolve_reference("imagenet", False)
+    spec = DatasetSpec.folder("/d", 32, reference="none")
+    assert DatasetSpec.from_dict(spec.to_dict()) == spec and "reference: none" in spec.describe()
+    assert DatasetSpec.from_dict({"kind": "folder", "root": "/d"}).reference == "auto"  # older specs
+    with pytest.raises(ValueError, match="unknown reference"):
+        DatasetSpec.folder("/d", reference="x")
+
+
+def test_with_reference_builds_each_choice():
+    fm = FashionMNIST(train_images=np.arange(30, dtype=np.uint8).reshape(30, 1, 1, 1).repeat(28, 1).repeat(28, 2),
+                      train_labels=np.arange(30) % 10, test_images=np.zeros((0, 28, 28, 1), np.uint8),
+                      test_labels=np.zeros(0, np.int64), source="test")
+    own = with_reference(_folder_split(True), "auto", fm)
+    assert own.reference_names == ("a", "b") and own.info["reference"] == "folder"
+    none = with_reference(_folder_split(True), "none", fm)
+    assert none.reference.shape == (0, 16, 16, 3) and none.reference_names == () and none.info["reference"] == "none"
+    fashion = with_reference(_folder_split(False), "fashion-mnist", fm, n=12, seed=1)
+    assert fashion.reference.shape == (12, 16, 16, 3) and fashion.reference.dtype == np.uint8
+    assert len(fashion.reference_names) == 10 and fashion.info["reference"] == "fashion-mnist"
+    # every drawn image is the Fashion-MNIST image of its label (value i has label i % 10), resized and gray->RGB
+    values = fashion.reference[:, 0, 0, 0].astype(int)
+    np.testing.assert_array_equal(values % 10, fashion.reference_labels)
+    assert np.all(fashion.reference == fashion.reference[:, :1, :1, :1])
+    np.testing.assert_array_equal(with_reference(_folder_split(False), "fashion-mnist", fm, n=12, seed=1).reference,
+                                  fashion.reference)  # seeded
+    assert with_reference(_folder_split(False), "auto", fm).info["reference"] == "none"

@@ -315,6 +315,7 @@ def test_fit_steps_stop_and_fit_split(problem):
     det2 = make_detector(epochs=1).fit_split(split, callback=seen.append)
     assert len(seen) == 2 and det2.reference_names_ == ("a", "b", "c") and det2.bank_.shape == (32, 32)
 
+
 def test_fit_steps_left_early_still_fits_the_bank(problem):
     """Breaking out of the loop (or closing the generator) after some steps leaves a usable detector."""
     normal, reference, labels, test, _ = problem

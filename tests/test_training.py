@@ -182,3 +182,30 @@ def test_eta_seconds():
     assert eta_seconds(done) == 0.0
     start = StepRecord(epoch=1, step=0, steps_total=10, l_d=0, l_c=0, total=0, images_per_s=0, elapsed_s=0)
     assert math.isnan(eta_seconds(start))
+
+
+def test_without_reference_the_first_l_d_is_zero_and_features_stay_near_the_pretrained_ones(tiny_config, sets):
+    """n_reference_classes=0: l_D is the preservation loss on the target images, 0 before the first update."""
+    target, _, _ = sets
+    trainer = DOCTrainer(Backbone(tiny_config), 0, TrainConfig(batch_size=8, epochs=3, learning_rate=1e-2, lam=1.0))
+    before = trainer.backbone.embed(target)
+    head = trainer.head.kernel.numpy().copy()
+    records = list(trainer.steps(target, None, None))
+    assert len(records) == 12
+    assert records[0].l_d == pytest.approx(0.0, abs=1e-6)  # cached float16 trunk vs anchors from the same cache
+    assert all(r.l_d >= 0 for r in records) and any(r.l_d > 0 for r in records[1:])
+    np.testing.assert_array_equal(trainer.head.kernel.numpy(), head)  # no head without reference classes
+    after = trainer.backbone.embed(target)
+    assert not np.allclose(after, before)
+    # the same run with lambda 0 only preserves: the features stay (nearly) where they were
+    keep = DOCTrainer(Backbone(tiny_config), 0, TrainConfig(batch_size=8, epochs=3, learning_rate=1e-2, lam=0.0))
+    keep.fit(target, None, None)
+    moved_keep = np.abs(keep.backbone.embed(target) - before).mean()
+    assert moved_keep < 0.5 * np.abs(after - before).mean()
+
+
+def test_without_reference_unlabelled_reference_images_are_the_anchors(tiny_config, sets):
+    target, reference, _ = sets
+    trainer = DOCTrainer(Backbone(tiny_config), 0, TrainConfig(batch_size=8, epochs=1))
+    records = list(trainer.steps(target, reference, None))
+    assert len(records) == 4 and records[0].l_d == pytest.approx(0.0, abs=1e-6)

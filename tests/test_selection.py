@@ -1,0 +1,116 @@
+"""Label-free selection: synthetic defects, the hold-out split, the auto preset and the folder benchmark."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from doc_core import BackboneConfig, ScorerConfig, TrainConfig
+from doc_core.data import OneClassSplit
+from doc_core.folder_benchmark import benchmark_folder, format_folder_table, pixel_auroc
+from doc_core.selection import (DEFECT_KINDS, MIN_HOLDOUT, Candidate, auto_candidates, holdout_split,
+                                select_configuration, synthetic_defects)
+
+TINY = BackboneConfig(name="tiny", input_size=32, weights=None)
+
+
+def test_synthetic_defects_change_exactly_their_masks(make_normal):
+    images = make_normal(np.random.default_rng(0), 9)
+    out, masks, kinds = synthetic_defects(images, seed=3)
+    assert out.shape == images.shape and out.dtype == np.uint8 and masks.shape == images.shape[:3]
+    assert kinds == DEFECT_KINDS * 3
+    diff = np.abs(out.astype(int) - images).max(axis=-1)
+    for d, m, k in zip(diff, masks, kinds):
+        assert m.sum() >= 4, k  # every image really got a defect
+        # outside its mask an image is unchanged, but for the faint rim of a soft spot (under a quarter of its
+        # strength, at most 120 grey levels)
+        assert d[~m].max(initial=0) <= (30 if k == "spot" else 0), k
+        assert np.count_nonzero(d[m] >= 15) >= 0.5 * m.sum(), k  # and inside it, most pixels changed clearly
+    again, masks2, _ = synthetic_defects(images, seed=3)
+    np.testing.assert_array_equal(again, out)  # seeded
+    np.testing.assert_array_equal(masks2, masks)
+    assert not np.array_equal(synthetic_defects(images, seed=4)[0], out)
+    np.testing.assert_array_equal(images, make_normal(np.random.default_rng(0), 9))  # input untouched
+    with pytest.raises(ValueError, match="kinds"):
+        synthetic_defects(images, kinds=("crack",))
+    with pytest.raises(ValueError, match="8 x 8"):
+        synthetic_defects(np.zeros((2, 4, 4, 1), np.uint8))
+
+
+def test_holdout_split_is_disjoint_seeded_and_bounded():
+    fit, held = holdout_split(100, seed=1)
+    assert len(held) == 20 and len(fit) == 80 and not set(fit) & set(held)
+    assert sorted(np.r_[fit, held].tolist()) == list(range(100))
+    np.testing.assert_array_equal(holdout_split(100, seed=1)[1], held)
+    assert len(holdout_split(12)[1]) == MIN_HOLDOUT and len(holdout_split(10_000)[1]) == 200
+    with pytest.raises(ValueError, match="at least"):
+        holdout_split(5)
+
+
+def test_selection_prefers_what_finds_the_synthetic_defects(make_normal):
+    """A candidate that cannot see local defects (global features of a frozen random net at 1 px resolution)
+    loses to patch scoring, and the table reports every candidate."""
+    normal = make_normal(np.random.default_rng(0), 60)
+    cands = [Candidate("global", TINY, TrainConfig(epochs=0), ScorerConfig("knn")),
+             Candidate("patch", TINY, TrainConfig(epochs=0), ScorerConfig("patch", max_bank_size=500)),
+             Candidate("broken", TINY, TrainConfig(epochs=0), ScorerConfig("patch", patch_layers=("nope",)))]
+    sel = select_configuration(normal, cands, seed=0)
+    rows = {r["name"]: r for r in sel.rows}
+    assert rows["broken"]["val_auroc"] is None and "nope" in rows["broken"]["error"]
+    assert rows["patch"]["val_auroc"] > rows["global"]["val_auroc"]
+    assert sel.chosen.name == "patch" and rows["patch"]["chosen"] and not rows["global"]["chosen"]
+    assert set(rows["patch"]["val_auroc_by_kind"]) == set(DEFECT_KINDS)
+    assert sel.n_holdout == 12 and sel.n_fit == 48
+    assert "<- chosen" in sel.table() and sel.to_dict()["chosen"] == "patch"
+
+
+def test_auto_candidates_cover_pretrained_and_doc_global_and_patch():
+    cands = auto_candidates(TINY, TrainConfig(epochs=3))
+    assert [c.train.epochs for c in cands] == [0, 0, 3, 3]
+    assert [c.scorer.name for c in cands] == ["knn", "patch", "knn", "patch"]
+    assert cands[3].scorer.patch_layers == ("conv3_relu",)  # the fine-tuned layer, not the frozen defaults
+
+
+def _folder_split(make_normal) -> tuple[OneClassSplit, np.ndarray]:
+    rng = np.random.default_rng(5)
+    normal, test_normal = make_normal(rng, 40), make_normal(rng, 10)
+    bad, masks, _ = synthetic_defects(make_normal(rng, 10), seed=9, kinds=("spot",))
+    empty = np.zeros((0,) + normal.shape[1:], np.uint8)
+    split = OneClassSplit(train_normal=normal, reference=empty, reference_labels=np.zeros(0, np.int64),
+                          reference_names=(), test_images=np.concatenate([test_normal, bad]),
+                          test_labels=np.r_[np.zeros(10, np.int64), np.ones(10, np.int64)],
+                          test_classes=("normal",) * 10 + ("anomaly",) * 10, name="toy", info={"source": "folder"})
+    return split, np.concatenate([np.zeros_like(masks), masks])
+
+
+@pytest.mark.slow
+def test_folder_benchmark_runs_every_method_and_its_choice_ignores_test_labels(make_normal):
+    split, masks = _folder_split(make_normal)
+    kw = dict(backbone=TINY, train=TrainConfig(epochs=1, batch_size=16), fashion_reference=False)
+    res = benchmark_folder(split, masks, **kw)
+    assert set(res["methods"]) == {"raw_knn", "pretrained_knn", "pretrained_patch", "doc_knn_noref",
+                                   "doc_patch_noref", "auto"}
+    for name, m in res["methods"].items():
+        assert 0.0 <= m["auc"] <= 1.0, name
+    assert res["methods"]["pretrained_patch"]["pixel_auc"] is not None
+    assert res["methods"]["pretrained_knn"]["pixel_auc"] is not None  # Grad-CAM maps
+    assert res["auto"]["chosen"] in res["auto"]["test_auc_of_candidates"]
+    assert res["auto"]["picked_test_best"] == (res["auto"]["miss"] == 0.0)
+    assert "auto picked" in format_folder_table(res)
+    # permuting the test labels changes the reported numbers but not what auto chose, nor its evidence
+    perm = np.random.default_rng(0).permutation(len(split.test_labels))
+    shuffled = dataclasses.replace(split, test_labels=split.test_labels[perm])
+    res2 = benchmark_folder(shuffled, masks, **kw)
+    assert res2["auto"]["chosen"] == res["auto"]["chosen"]
+    assert [r["val_auroc"] for r in res2["auto"]["rows"]] == [r["val_auroc"] for r in res["auto"]["rows"]]
+
+
+def test_pixel_auroc_is_the_auroc_over_all_pixels():
+    masks = np.zeros((2, 4, 4), bool)
+    masks[1, :2, :2] = True
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[1, :2, :2] = 1.0
+    assert pixel_auroc(masks, maps) == 1.0
+    assert pixel_auroc(masks, -maps) == 0.0
