@@ -2,7 +2,9 @@
 
 A :class:`TrainingJob` runs :meth:`DOCDetector.fit_steps` on a daemon thread, keeps every :class:`StepRecord` in a
 thread-safe buffer, reports its phase, progress and errors through :meth:`TrainingJob.snapshot`, and when training
-ends scores the test set and saves the run with :mod:`doc_core.runs`. Nothing here knows about a UI framework: a
+ends scores the test set and saves the run with :mod:`doc_core.runs`. With ``preset="auto"`` it first chooses the
+configuration without labels (:func:`doc_core.selection.select_configuration` on the normal training images only)
+and saves that evidence with the run. Nothing here knows about a UI framework: a
 front end polls ``snapshot()`` (for example once a second) and calls ``stop()``.
 
 :class:`JobRegistry` is a process-wide, thread-safe table of jobs by id, so a front end can find a job again after
@@ -35,7 +37,9 @@ log = logging.getLogger(__name__)
 # Status: where the job is in its life. Phase: what it is doing while running.
 QUEUED, RUNNING, SUCCEEDED, FAILED, STOPPED = "queued", "running", "succeeded", "failed", "stopped"
 FINISHED = (SUCCEEDED, FAILED, STOPPED)
-PHASES = ("starting", "preparing", "training", "memory bank", "scoring", "saving", "done")
+PHASES = ("starting", "selecting", "preparing", "training", "memory bank", "scoring", "saving", "done")
+# "manual": train the configuration given; "auto": choose it first from doc_core.selection.auto_candidates
+PRESETS = ("manual", "auto")
 
 
 class _Cancelled(Exception):
@@ -52,7 +56,8 @@ class JobSnapshot:
     status : {"queued", "running", "succeeded", "failed", "stopped"}
         ``stopped``: stopped before any training step, nothing saved. A job stopped later still saves its
         (shorter-trained) detector and ends ``succeeded`` with ``stopped_early`` set.
-    phase : {"starting", "preparing", "training", "memory bank", "scoring", "saving", "done"}
+    phase : {"starting", "selecting", "preparing", "training", "memory bank", "scoring", "saving", "done"}
+        ``selecting``: the ``auto`` preset fits and compares its candidates (``fraction`` counts candidates).
     message : str
         What is happening now, for people.
     records : tuple of StepRecord
@@ -70,6 +75,9 @@ class JobSnapshot:
         Why the job failed, in words.
     run : RunSummary or None
         The saved run, once ``status == "succeeded"``.
+    selection : dict or None
+        The ``auto`` preset's evidence (:meth:`doc_core.selection.Selection.to_dict`) once it has chosen; None for
+        manual settings.
     started, finished : float
         ``time.time()`` stamps (``finished`` is NaN while running).
     """
@@ -90,6 +98,7 @@ class JobSnapshot:
     run: RunSummary | None
     started: float
     finished: float
+    selection: dict | None = None
 
     @property
     def done(self) -> bool:
@@ -111,6 +120,12 @@ class TrainingJob:
     backbone : BackboneConfig
     train : TrainConfig
     scorer : ScorerConfig
+        With a patch scorer the test images are scored by their most anomalous patch
+        (:meth:`DOCDetector.score_images`); their pooled features are still saved for the explorer.
+    preset : {"manual", "auto"}
+        ``auto`` first runs :func:`doc_core.selection.select_configuration` on the split's normal training images
+        (never the test set) over :func:`doc_core.selection.auto_candidates` built from ``backbone`` and ``train``
+        (``scorer`` is ignored), then trains the chosen configuration on all normal training images.
     dataset : dict, optional
         Description of the data stored with the run (e.g. ``DatasetSpec.to_dict()``).
     name : str, optional
@@ -125,14 +140,17 @@ class TrainingJob:
 
     def __init__(self, split: OneClassSplit, backbone: BackboneConfig = BackboneConfig(),
                  train: TrainConfig = TrainConfig(), scorer: ScorerConfig = ScorerConfig(), *,
-                 dataset: dict | None = None, name: str | None = None, runs_dir=None, save: bool = True,
-                 job_id: str | None = None) -> None:
+                 preset: str = "manual", dataset: dict | None = None, name: str | None = None, runs_dir=None,
+                 save: bool = True, job_id: str | None = None) -> None:
         train.validate()
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         self.job_id = job_id or secrets.token_hex(6)
         self.split = split
         self.backbone = backbone
         self.train = train
         self.scorer = scorer
+        self.preset = preset
         self.dataset = dict(dataset or {})
         self.name = name or ""
         self.runs_dir = runs_dir
@@ -144,6 +162,7 @@ class TrainingJob:
         self._fraction, self._steps_total = 0.0, 0
         self._error: str | None = None
         self._run: RunSummary | None = None
+        self._selection: dict | None = None
         self._stop = threading.Event()
         self._stopped_early = False
         self._started, self._finished = time.time(), float("nan")
@@ -200,7 +219,7 @@ class TrainingJob:
                 records=tuple(self._records[since:]), n_records=len(self._records), steps_total=self._steps_total,
                 fraction=self._fraction, eta_s=eta_seconds(last) if last is not None else float("nan"),
                 stop_requested=self._stop.is_set(), stopped_early=self._stopped_early, error=self._error,
-                run=self._run, started=self._started, finished=self._finished)
+                run=self._run, started=self._started, finished=self._finished, selection=self._selection)
 
     # ------------------------------------------------------------------------------------------ worker
 
@@ -226,10 +245,39 @@ class TrainingJob:
         self._check_cancel()
         self._set(fraction=done / max(total, 1), message=f"Scoring test images: {done} of {total}")
 
+    def _select(self, split: OneClassSplit) -> dict:
+        """The ``auto`` preset: choose the configuration on the normal training images, and adopt it."""
+        from .selection import auto_candidates, select_configuration
+
+        candidates = auto_candidates(self.backbone, self.train)
+        seen = 0
+
+        def on_progress(message: str) -> None:
+            nonlocal seen
+            self._check_cancel()  # stop() while selecting: abandon before the next candidate
+            self._set(fraction=seen / len(candidates), message=f"Choosing the configuration: {message}")
+            seen += 1
+
+        self._set(phase="selecting", fraction=0.0,
+                  message=f"Choosing the configuration: {len(candidates)} candidates on synthetic defects")
+        try:
+            selection = select_configuration(split.train_normal, candidates, split.reference,
+                                             split.reference_labels, split.reference_names, seed=self.train.seed,
+                                             on_progress=on_progress)
+        except RuntimeError as exc:  # every candidate failed
+            raise ValueError(f"automatic selection failed: {exc}") from exc
+        self._check_cancel()
+        chosen = selection.chosen
+        self.backbone, self.train, self.scorer = chosen.backbone, chosen.train, chosen.scorer
+        doc = selection.to_dict()
+        self._set(selection=doc, fraction=1.0, message=f"Chosen: {chosen.name}")
+        return doc
+
     def _work(self) -> None:
         split = self.split
         end: dict = {"status": FAILED, "error": "The training thread was interrupted.", "message": "Failed"}
         try:
+            selection = self._select(split) if self.preset == "auto" else None
             det = DOCDetector(self.backbone, self.train, self.scorer)
             self.detector = det
             self._set(phase="preparing", message="Building the backbone")
@@ -247,8 +295,12 @@ class TrainingJob:
             self._set(stopped_early=stopped_early)
             n_test = len(split.test_images)
             self._set(phase="scoring", message=f"Scoring {n_test} test images", fraction=0.0)
-            feats = det.embed(split.test_images, progress=lambda done: self._on_scored(done, n_test))
-            scores = det.score_features(feats)
+            progress = lambda done: self._on_scored(done, n_test)  # noqa: E731
+            if det.is_patch:  # scored by the most anomalous patch; pooled features kept for the explorer
+                scores, feats = det.score_images(split.test_images, progress=progress)
+            else:
+                feats = det.embed(split.test_images, progress=progress)
+                scores = det.score_features(feats)
             run = None
             if self.save:
                 self._set(phase="saving", message="Saving the run", fraction=1.0)
@@ -256,7 +308,8 @@ class TrainingJob:
                                dataset={**self.dataset, "name": split.name, "counts": split.summary()},
                                name=self.name or None, steps_total=self._steps_total, stopped_early=stopped_early,
                                total_seconds=time.time() - self._started,
-                               test_paths=split.info.get("test_paths"), runs_dir=self.runs_dir)
+                               test_paths=split.info.get("test_paths"), runs_dir=self.runs_dir,
+                               selection=selection)
             if run is not None:
                 self.detector = None  # it is on disk now; a finished job should not hold a model in memory
             end = dict(status=SUCCEEDED, run=run, fraction=1.0,

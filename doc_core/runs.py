@@ -122,6 +122,11 @@ class RunSummary:
         The detector's own threshold (a percentile of the training scores).
     threshold : dict or None
         The operating point chosen and saved by a user: ``value``, ``policy``, ``param``, ``scorer``, ``saved``.
+    selection : dict or None
+        The evidence of the ``auto`` preset (:meth:`doc_core.selection.Selection.to_dict`): ``rows`` (one per
+        candidate: ``name``, ``val_auroc``, ``val_auroc_by_kind``, ``fit_s``, ``score_ms``, ``chosen``, optional
+        ``error``), ``chosen``, ``n_fit``, ``n_holdout``, ``seed``, ``rule``; None for runs trained with manual
+        settings (and runs saved before the preset existed).
     path : Path
     """
 
@@ -140,10 +145,12 @@ class RunSummary:
     total_seconds: float
     default_threshold: float
     threshold: dict | None = None
+    selection: dict | None = None
     path: Path = field(default=Path("."), compare=False)
 
     _FIELDS = ("run_id", "name", "created", "config", "dataset", "auc", "average_precision", "n_test", "steps",
-               "steps_total", "stopped_early", "train_seconds", "total_seconds", "default_threshold", "threshold")
+               "steps_total", "stopped_early", "train_seconds", "total_seconds", "default_threshold", "threshold",
+               "selection")
 
     def to_dict(self) -> dict:
         return {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
@@ -185,7 +192,8 @@ class RunSummary:
                        train_seconds=f.float("train_seconds", 0.0, default=0.0),
                        total_seconds=f.float("total_seconds", 0.0, default=0.0),
                        default_threshold=f.float("default_threshold"),
-                       threshold=_threshold_fields(f, scorer, where), path=path)
+                       threshold=_threshold_fields(f, scorer, where), selection=_selection_fields(f),
+                       path=path)
         except ArtifactError as exc:
             raise RunError(str(exc)) from exc
 
@@ -249,6 +257,31 @@ def _threshold_fields(f: Fields, scorer: ScorerConfig, where: str) -> dict | Non
             "saved": t.str("saved", default="", max_chars=64)}
 
 
+MAX_SELECTION_ROWS = 100  # candidates in a saved selection table
+
+
+def _selection_fields(f: Fields) -> dict | None:
+    """``run.json``'s evidence of the ``auto`` preset, every field type- and range-checked; None when the run has
+    none (manual settings, or saved before the preset existed)."""
+    if not f.dict("selection", default=None, optional=True):
+        return None
+    sel = f.section("selection")
+    rows = []
+    for i, row in enumerate(sel.list("rows", max_items=MAX_SELECTION_ROWS)):
+        r = Fields(row, f"{sel.where}: rows[{i}]")
+        by_kind = r.section("val_auroc_by_kind", default={})
+        rows.append({"name": r.str("name", max_chars=200),
+                     "val_auroc": r.float("val_auroc", 0.0, 1.0, default=None, optional=True),
+                     "val_auroc_by_kind": {str(k)[:40]: by_kind.float(k, 0.0, 1.0, optional=True)
+                                           for k in list(by_kind.doc)[:20]},
+                     "fit_s": r.float("fit_s", 0.0, default=0.0), "score_ms": r.float("score_ms", 0.0, default=0.0),
+                     "chosen": r.bool("chosen", default=False),
+                     **({"error": r.str("error", max_chars=2000)} if r.doc.get("error") is not None else {})})
+    return {"rows": rows, "chosen": sel.str("chosen", max_chars=200),
+            "n_fit": sel.int("n_fit", 0, MAX_COUNT), "n_holdout": sel.int("n_holdout", 0, MAX_COUNT),
+            "seed": sel.int("seed", -2**63, 2**63 - 1, default=0), "rule": sel.str("rule", default="", max_chars=2000)}
+
+
 # ------------------------------------------------------------------------------------------------------- writing
 
 
@@ -257,6 +290,17 @@ def new_run_id(hint: str = "") -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", hint).strip("-").lower()[:40]
     return "-".join(p for p in (stamp, slug, secrets.token_hex(2)) if p)
+
+
+def _json_safe(value):
+    """``value`` with numpy scalars made Python numbers and tuples made lists, so it is stored as plain JSON."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -284,7 +328,8 @@ def _write_json_atomic(path: Path, doc: dict) -> None:
 def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.ndarray, test_classes,
              test_features: np.ndarray | None = None, *, dataset: dict | None = None, name: str | None = None,
              steps_total: int | None = None, stopped_early: bool = False, total_seconds: float | None = None,
-             test_paths=None, runs_dir: str | os.PathLike | None = None, run_id: str | None = None) -> RunSummary:
+             test_paths=None, runs_dir: str | os.PathLike | None = None, run_id: str | None = None,
+             selection: dict | None = None) -> RunSummary:
     """Save a fitted detector and its test-set results as a new run, atomically.
 
     Parameters
@@ -304,6 +349,9 @@ def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.nda
         Shown in lists; defaults to a description of the backbone and epochs.
     steps_total, stopped_early, total_seconds
         Training facts to record (steps done are read from the detector's history).
+    selection : dict, optional
+        How the ``auto`` preset chose the configuration (:meth:`doc_core.selection.Selection.to_dict`), stored as
+        :attr:`RunSummary.selection`.
 
     Returns
     -------
@@ -336,7 +384,8 @@ def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.nda
         n_test=len(scores), steps=len(history), steps_total=int(steps_total if steps_total is not None else len(history)),
         stopped_early=bool(stopped_early), train_seconds=float(history[-1].elapsed_s) if history else 0.0,
         total_seconds=float(total_seconds if total_seconds is not None else getattr(detector, "fit_seconds_", 0.0)),
-        default_threshold=float(detector.threshold_), threshold=None, path=final)
+        default_threshold=float(detector.threshold_), threshold=None,
+        selection=_selection_fields(Fields({"selection": _json_safe(selection)}, "selection")), path=final)
     clean_stale_temp(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.tmp-", dir=root))
     try:

@@ -174,3 +174,109 @@ def test_steps_per_epoch():
     assert steps_per_epoch(6000, 64) == 93
     assert steps_per_epoch(10, 64) == 1
     assert steps_per_epoch(1, 64) == 0
+
+
+# ------------------------------------------------------------------------------------------------ patch and auto
+
+
+def test_patch_scorer_job_scores_images_and_keeps_pooled_features(split, tmp_path):
+    from doc_core.detector import ScorerConfig
+
+    job = TrainingJob(split, TINY, TrainConfig(epochs=1, batch_size=16), ScorerConfig("patch", max_bank_size=500),
+                      runs_dir=tmp_path).start()
+    _wait(job)
+    snap = job.snapshot()
+    assert snap.status == SUCCEEDED, snap.error
+    run = snap.run
+    assert run.scorer.name == "patch" and run.selection is None and snap.selection is None
+    stored = runs.load_scores(run.run_id, tmp_path)
+    det = runs.load_detector(run.run_id, tmp_path)
+    np.testing.assert_allclose(stored.scores, det.decision_function(split.test_images), rtol=1e-4, atol=1e-5)
+    feats = runs.load_features(run.run_id, tmp_path)
+    assert feats.shape == (40, det.bank_.shape[1])  # pooled features, for the explorer
+    np.testing.assert_allclose(feats, det.embed(split.test_images), rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_preset_is_refused(split):
+    with pytest.raises(ValueError, match="preset"):
+        TrainingJob(split, TINY, TrainConfig(epochs=1), preset="best")
+
+
+def test_auto_preset_selects_on_training_normals_only_and_saves_the_evidence(split, tmp_path, monkeypatch):
+    """The auto preset hands select_configuration the normal training images (never a test image or label),
+    trains what it chose on all of them, and saves the selection table with the run."""
+    from doc_core import selection as selection_module
+
+    real = selection_module.select_configuration
+    seen = {}
+
+    def spy(normal, candidates, reference=None, reference_labels=None, reference_names=None, seed=0,
+            on_progress=None):
+        seen.update(normal=np.array(normal), names=[c.name for c in candidates], reference=reference)
+        return real(normal, candidates, reference, reference_labels, reference_names, seed=seed,
+                    on_progress=on_progress)
+
+    monkeypatch.setattr(selection_module, "select_configuration", spy)
+    phases = []
+    job = TrainingJob(split, TINY, TrainConfig(epochs=1, batch_size=16), preset="auto", runs_dir=tmp_path).start()
+    while not job.done:
+        phases.append(job.snapshot(since=1 << 62).phase)
+        time.sleep(0.01)
+    snap = job.snapshot()
+    assert snap.status == SUCCEEDED, snap.error
+    np.testing.assert_array_equal(seen["normal"], split.train_normal)  # the training normals, exactly
+    assert seen["reference"] is split.reference
+    assert "selecting" in phases
+    sel = snap.run.selection
+    assert sel == snap.selection and sel["chosen"] == next(r["name"] for r in sel["rows"] if r["chosen"])
+    assert [r["name"] for r in sel["rows"]] == seen["names"] and sum(r["chosen"] for r in sel["rows"]) == 1
+    assert sel["n_fit"] + sel["n_holdout"] == len(split.train_normal)
+    assert all(r["val_auroc"] is None or 0.0 <= r["val_auroc"] <= 1.0 for r in sel["rows"])
+    # the run was trained with the chosen configuration, and the table survives a reload from disk
+    chosen = next(c for c in selection_module.auto_candidates(TINY, TrainConfig(epochs=1, batch_size=16))
+                  if c.name == sel["chosen"])
+    run = runs.get_run(snap.run.run_id, tmp_path)
+    assert run.selection == sel
+    assert run.scorer == chosen.scorer and run.train["epochs"] == chosen.train.epochs
+    assert len(runs.load_scores(run.run_id, tmp_path).scores) == 40
+
+
+def test_auto_preset_ignores_test_labels(split, tmp_path):
+    """Permuting the test labels changes nothing the auto preset chooses or measures."""
+    import dataclasses
+
+    flipped = dataclasses.replace(split, test_labels=1 - split.test_labels)
+    tables = []
+    for s in (split, flipped):
+        job = TrainingJob(s, TINY, TrainConfig(epochs=1, batch_size=16), preset="auto", save=False).start()
+        _wait(job)
+        assert job.snapshot().status == SUCCEEDED, job.snapshot().error
+        tables.append(job.snapshot().selection)
+    strip = lambda t: [(r["name"], r["val_auroc"], r["val_auroc_by_kind"], r["chosen"]) for r in t["rows"]]  # noqa
+    assert strip(tables[0]) == strip(tables[1]) and tables[0]["chosen"] == tables[1]["chosen"]
+
+
+def test_stop_while_selecting_saves_nothing(split, tmp_path):
+    job = TrainingJob(split, TINY, TrainConfig(epochs=1, batch_size=16), preset="auto", runs_dir=tmp_path)
+    job.stop()
+    job.start()
+    _wait(job)
+    snap = job.snapshot()
+    assert snap.status == STOPPED and snap.run is None and snap.selection is None
+    assert runs.list_runs(tmp_path) == []
+
+
+def test_runs_saved_before_the_selection_field_still_load(split, tmp_path):
+    import json
+
+    job = TrainingJob(split, TINY, TrainConfig(epochs=0), runs_dir=tmp_path).start()
+    _wait(job)
+    run = job.snapshot().run
+    doc = json.loads((run.path / "run.json").read_text())
+    del doc["selection"]  # as written before the field existed
+    (run.path / "run.json").write_text(json.dumps(doc))
+    assert runs.get_run(run.run_id, tmp_path).selection is None
+    doc["selection"] = {"rows": [{"name": "x", "val_auroc": 2.0}], "chosen": "x", "n_fit": 1, "n_holdout": 1}
+    (run.path / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(runs.RunError, match="val_auroc"):
+        runs.get_run(run.run_id, tmp_path)
