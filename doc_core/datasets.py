@@ -284,7 +284,7 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
 
 
 def find_dataset_root(folder: str | os.PathLike, max_depth: int = 3) -> Path:
-    """The folder at or below ``folder`` (breadth first) that holds both ``train/`` and ``reference/``.
+    """The folder at or below ``folder`` (breadth first) that holds ``train/`` (``reference/`` is optional).
 
     Raises
     ------
@@ -294,10 +294,10 @@ def find_dataset_root(folder: str | os.PathLike, max_depth: int = 3) -> Path:
     level = [Path(folder)]
     for _ in range(max_depth + 1):
         for d in level:
-            if (d / "train").is_dir() and (d / "reference").is_dir():
+            if (d / "train").is_dir():
                 return d
         level = sorted(c for d in level for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
-    raise DataError("the zip has no folder holding both train/ and reference/.\nExpected layout:\n" + FOLDER_LAYOUT)
+    raise DataError("the zip has no folder holding train/.\nExpected layout:\n" + FOLDER_LAYOUT)
 
 
 # --------------------------------------------------------------------------------------------- folders on the server

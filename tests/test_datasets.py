@@ -105,7 +105,7 @@ def test_zip_upload_is_extracted_and_loaded(tmp_path):
     ({"/abs/evil.png": _png()}, (), "unsafe path"),
     ({"train/a.png": _png()}, ("train/link.png",), "symbolic link"),
     ({"readme.txt": b"no images"}, (), "no image files"),
-    ({"train/a.png": _png(), "other/b.png": _png()}, (), "train/ and reference/"),
+    ({"images/a.png": _png(), "other/b.png": _png()}, (), "no folder holding train/"),
 ])
 def test_bad_zips_are_refused_with_a_message(tmp_path, files, links, message):
     with pytest.raises(DataError, match=message):
@@ -125,9 +125,11 @@ def test_zip_bombs_are_refused(tmp_path):
 
 
 def test_find_dataset_root_explains_the_layout(tmp_path):
-    (tmp_path / "train").mkdir()
+    (tmp_path / "images").mkdir()
     with pytest.raises(DataError, match="Expected layout"):
         find_dataset_root(tmp_path)
+    (tmp_path / "top" / "train").mkdir(parents=True)  # reference/ is optional
+    assert find_dataset_root(tmp_path) == tmp_path / "top"
 
 
 def _folder_split(with_reference: bool) -> OneClassSplit:

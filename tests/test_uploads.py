@@ -300,7 +300,7 @@ def test_a_new_upload_replaces_the_sessions_previous_one(tmp_path):
     assert 100_000 < folder_bytes(area.path) < 110_000  # one extraction, not three
     assert area.extract(_sized_zip(100_000, 2)) == roots[-1]  # the same zip again: nothing to do
     with pytest.raises(DataError):  # a failed upload keeps the previous one
-        area.extract(_zip({"train/a.png": PNG}))
+        area.extract(_zip({"images/a.png": PNG}))  # no train/ folder anywhere
     assert roots[-1].is_dir()
 
 
