@@ -19,6 +19,8 @@ Scores are higher for more anomalous images everywhere."""
 # that building the parser, --help and argument errors import neither TensorFlow nor scikit-learn.
 BACKBONE_NAMES = ("mobilenet_v2", "vgg16", "tiny")
 KNN_BACKEND_NAMES = ("exact", "faiss", "faiss-ivf")
+SCORER_NAMES = ("knn", "lof", "patch")  # doc_core.detector.SCORER_NAMES
+REFERENCE_NAMES = ("auto", "folder", "fashion-mnist", "none")  # doc_core.datasets.REFERENCE_CHOICES
 
 # What TensorFlow's native libraries print while it is imported, before its logging is set up (so
 # TF_CPP_MIN_LOG_LEVEL does not silence it; TensorFlow 2.21 prints it twice, once per library).
@@ -72,9 +74,14 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="folder with the four Fashion-MNIST .gz files (default: $DOC_DATA_DIR, then Debian's "
                         "/usr/share/datasets/fashion-mnist, the Keras cache, Keras' download)")
     g.add_argument("--folder", default=None,
-                   help="use your own images: a folder with train/, reference/<class>/ and optionally "
+                   help="use your own images: a folder with train/ and optionally reference/<class>/, "
                         "test/normal, test/anomaly (see README)")
     g.add_argument("--image-size", type=int, default=96, help="size images from --folder are stored at (default 96)")
+    g.add_argument("--reference", choices=REFERENCE_NAMES, default="auto",
+                   help="--folder: what keeps DOC's features descriptive. auto (default): the folder's reference/ "
+                        "if it has one, else none; folder: its reference/<class>/ images; fashion-mnist: 6,000 "
+                        "built-in Fashion-MNIST images; none: no labelled reference, features held close to the "
+                        "pretrained network's")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -100,9 +107,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay (default 0)")
     t.add_argument("--seed", type=int, default=None, help="training seed")
     s = p.add_argument_group("scoring")
-    s.add_argument("--scorer", choices=("knn", "lof"), default="knn", help="k-NN distance (default) or LOF")
-    s.add_argument("--k", type=int, default=None, help="neighbours (default 5 for knn, 20 for lof)")
-    s.add_argument("--max-bank-size", type=int, default=None, help="subsample the normal feature bank to this size")
+    s.add_argument("--scorer", choices=SCORER_NAMES, default="knn",
+                   help="knn: k-NN distance of the pooled feature (default); lof; patch: k-NN over local features "
+                        "(PatchCore-style memory bank), image score = its most anomalous patch, with defect maps")
+    s.add_argument("--k", type=int, default=None, help="neighbours (default 5 for knn, 20 for lof, 1 for patch)")
+    s.add_argument("--max-bank-size", type=int, default=None,
+                   help="subsample the normal feature bank to this size (patch: patches kept by the greedy "
+                        "coreset, default 20000)")
+    s.add_argument("--patch-layers", default=None,
+                   help="patch scorer: comma-separated layers whose maps are combined (default per backbone: "
+                        "block_6_expand_relu,block_10_expand_relu for MobileNetV2)")
+    s.add_argument("--neighbourhood", type=int, default=3,
+                   help="patch scorer: odd window each patch feature is averaged over (default 3; 1 = none)")
     _add_backend_arg(s, "exact")
 
 
@@ -133,16 +149,21 @@ def _configs(args):
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr, "lam": args.lam,
                  "optimizer": args.optimizer, "weight_decay": args.weight_decay, "seed": args.seed}
     tc = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
-    return bb, tc, ScorerConfig(args.scorer, args.k, args.max_bank_size, args.knn_backend)
+    layers = tuple(x.strip() for x in args.patch_layers.split(",") if x.strip()) if args.patch_layers else None
+    return bb, tc, ScorerConfig(args.scorer, args.k, args.max_bank_size, args.knn_backend, layers, args.neighbourhood)
 
 
 def _load_split(args):
     from .data import ONE_VS_REST_SPLITS, SplitConfig, load_fashion_mnist, load_folder_split, make_split
 
     if args.folder:
+        from .datasets import with_reference
+
         split, skipped = load_folder_split(args.folder, image_size=args.image_size)
         for s in skipped:
             print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
+        split = with_reference(split, getattr(args, "reference", "auto"))
+        print(f"reference: {split.info['reference']} ({split.info['reference_reason']})", file=sys.stderr)
         return split
     cfg = (SplitConfig.tutorial(args.split_seed) if args.protocol == "tutorial"
            else ONE_VS_REST_SPLITS[args.protocol](args.normal_class, seed=args.split_seed))
@@ -190,6 +211,18 @@ def cmd_train(args) -> int:
     split = _load_split(args)
     bb, tc, sc = _configs(args)
     check_writable(args.out, estimate_save_bytes(bb, len(split.train_normal), tc, sc.max_bank_size))
+    preset = args.preset or ("auto" if args.folder else "manual")
+    selection = None
+    if preset == "auto":
+        from .selection import auto_candidates, select_configuration
+
+        print(f"preset auto: choosing a configuration on the {len(split.train_normal)} normal training images "
+              "(synthetic defects in held-out ones; no test labels)", file=sys.stderr)
+        selection = select_configuration(split.train_normal, auto_candidates(bb, tc), split.reference,
+                                         split.reference_labels, split.reference_names, seed=tc.seed,
+                                         on_progress=lambda m: print(m, file=sys.stderr, flush=True))
+        print(selection.table(), file=sys.stderr)
+        bb, tc, sc = selection.chosen.backbone, selection.chosen.train, selection.chosen.scorer
     det = DOCDetector(bb, tc, sc)
     print(f"training on {split.name}: {split.summary()}", file=sys.stderr)
     bar = None
@@ -206,7 +239,10 @@ def cmd_train(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    result = {"fit_s": det.fit_seconds_}
+    result = {"fit_s": det.fit_seconds_, "preset": preset, "scorer": det.scorer.to_dict(),
+              "epochs": det.train.epochs}
+    if selection is not None:
+        result["selection"] = selection.to_dict()
     if len(split.test_images):
         result.update(_evaluation(det, split))
     path = det.save(args.out, metadata={"split": split.info, "split_name": split.name, "evaluation": result},
@@ -275,12 +311,12 @@ def _load_detector_or_run(path: str | Path):
                               "dashboard run folder (with run.json and detector/)")
 
 
-def _overlay_name(path: Path, used: set[str]) -> str:
+def _overlay_name(path: Path, used: set[str], kind: str = "gradcam") -> str:
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem) or "image"
-    name, i = f"{stem}_gradcam.png", 1
+    name, i = f"{stem}_{kind}.png", 1
     while name in used:
         i += 1
-        name = f"{stem}_{i}_gradcam.png"
+        name = f"{stem}_{i}_{kind}.png"
     used.add(name)
     return name
 
@@ -294,24 +330,38 @@ def cmd_explain(args) -> int:
     if not 0.0 <= args.opacity <= 1.0:
         raise ValueError(f"--opacity must be between 0 and 1, got {args.opacity}")
     det = _load_detector_or_run(args.detector)
-    cam = GradCAM(det, args.layer)
+    method = args.method if args.method != "auto" else ("patch" if det.is_patch else "gradcam")
+    if method == "patch" and not det.is_patch:
+        raise ValueError("--method patch needs a detector trained with --scorer patch (defect maps come from its "
+                         "patch memory bank); use --method gradcam for this one")
     images, ok, skipped = read_images(args.images, size=det.backbone.input_size)
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
-    heatmaps, knn_scores = cam.explain(images, batch_size=args.batch_size)
-    # the verdict uses the detector's own score (the same as the explained one for a k-NN scorer)
-    scores = knn_scores if cam.matches_detector or not len(images) else det.decision_function(images)
+    if method == "patch":
+        from .explain import map_to_unit
+
+        raw = det.anomaly_maps(images)
+        heatmaps = map_to_unit(raw, float(det.train_scores_.min()), float(det.threshold_))
+        scores = knn_scores = det.decision_function(images) if len(images) else np.zeros(0, np.float32)
+        layer, k = ",".join(det.backbone_.patch_layers(det.scorer.patch_layers)), int(det.scorer_.k)
+    else:
+        cam = GradCAM(det, args.layer)
+        heatmaps, knn_scores = cam.explain(images, batch_size=args.batch_size)
+        # the verdict uses the detector's own score (the same as the explained one for a k-NN scorer)
+        scores = knn_scores if cam.matches_detector or not len(images) else det.decision_function(images)
+        layer, k = cam.layer, cam.k
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     results = []
     for path, image, heat, score, knn in zip(ok, images, heatmaps, scores, knn_scores):
-        name = _overlay_name(path, used)
+        name = _overlay_name(path, used, "defectmap" if method == "patch" else "gradcam")
         Image.fromarray(overlay(image, heat, args.opacity)).save(out_dir / name)
         results.append({"path": str(path), "overlay": name, "score": float(score),
                         "anomalous": bool(score > det.threshold_), "explained_knn_score": float(knn),
                         "heatmap_empty": bool(heat.max() == 0.0)})
-    summary = {"detector": str(args.detector), "layer": cam.layer, "k": cam.k, "threshold": float(det.threshold_),
+    summary = {"detector": str(args.detector), "method": method, "layer": layer, "k": k,
+               "threshold": float(det.threshold_),
                "scorer": det.scorer.to_dict(), "opacity": args.opacity, "results": results,
                "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
     text = json.dumps(summary, indent=1)
@@ -403,6 +453,30 @@ def _benchmark_knn_scaling(args) -> int:
     return 0
 
 
+def _benchmark_folder(args) -> int:
+    from .folder_benchmark import benchmark_folder, format_folder_table, load_labelled_folder, load_magnetic_tiles
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.protocol == "magnetic-tile":
+        split, masks = load_magnetic_tiles(args.folder, image_size=args.image_size, seed=args.split_seed)
+    elif not args.folder:
+        raise ValueError("--protocol folder needs --folder DIR (train/, test/normal, test/anomaly; optionally "
+                         "reference/ and ground_truth/)")
+    else:
+        split, masks = load_labelled_folder(args.folder, image_size=args.image_size)
+    bb, tc, _ = _configs(args)
+    runs = []
+    for seed in args.seeds:
+        log(f"seed {seed}")
+        runs.append(benchmark_folder(split, masks, bb, tc, fashion_reference=not args.no_fashion_reference,
+                                     seed=seed, log=log))
+        print(format_folder_table(runs[-1]))
+    res = runs[0] if len(runs) == 1 else {"seeds": list(args.seeds), "runs": runs}
+    res["protocol"] = args.protocol
+    _write_json(res, args.json)
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     from .benchmark import benchmark, format_table
     from .data import load_fashion_mnist
@@ -411,6 +485,8 @@ def cmd_benchmark(args) -> int:
         return _benchmark_export(args)
     if args.protocol == "knn-scaling":
         return _benchmark_knn_scaling(args)
+    if args.protocol in ("folder", "magnetic-tile"):
+        return _benchmark_folder(args)
     bb, tc, _ = _configs(args)
     classes = tuple(args.classes) if args.classes else tuple(range(10))
     res = benchmark(args.protocol, tuple(args.seeds), bb, tc, classes, load_fashion_mnist(args.data_dir),
@@ -439,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace whatever is at --out, even a folder or file this tool did not write (the output "
                         "says what was replaced)")
+    p.add_argument("--preset", choices=("auto", "manual"), default=None,
+                   help="auto: choose between pretrained and DOC features, global and patch scoring, by synthetic "
+                        "defects pasted into held-out normal training images (no labels; the evidence table is "
+                        "printed and saved); manual: exactly the options given. Default: auto with --folder, manual "
+                        "for Fashion-MNIST (whose defaults were measured)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="AUC and metrics of a saved detector on a labelled test set")
@@ -470,6 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=float, default=0.5,
                    help="opacity of the heatmap over the image, 0 (image only) to 1 (heatmap only); default 0.5")
     p.add_argument("--batch-size", type=int, default=64, help="images per Grad-CAM batch (default 64)")
+    p.add_argument("--method", choices=("auto", "gradcam", "patch"), default="auto",
+                   help="gradcam: gradient of the k-NN score over a feature map (coarse); patch: the patch scorer's "
+                        "defect map (<name>_defectmap.png; its colour scale runs from the least anomalous training "
+                        "image's score to the threshold, the same for every image); auto (default): patch for a "
+                        "patch detector, else gradcam")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("export", help="export a detector as an edge bundle (LiteRT model + bank + numpy scorer)",
@@ -517,7 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "protocols: export (edge bundles: AUC against the Keras detector, bundle size, "
                                    "ms/image on one core per quantization) and knn-scaling (exact vs faiss k-NN "
                                    "scoring time against bank size, random vectors).")
-    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "one-vs-rest-disjoint", "export", "knn-scaling", "validation"),
+    p.add_argument("--protocol", choices=("tutorial", "one-vs-rest", "one-vs-rest-disjoint", "export", "knn-scaling",
+                                          "validation", "folder", "magnetic-tile"),
                    default="tutorial",
                    help="tutorial: Sneaker vs Ankle boot (the Keras write-up); one-vs-rest: each class in turn is "
                         "normal and the whole test set is scored (reference = the other classes); "
@@ -525,7 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "are unseen in training); export: the tutorial detector (--detector, or one "
                         "trained with the first seed) exported with every quantization (and as ONNX when tf2onnx and "
                         "onnxruntime are installed) and scored by its bundle; knn-scaling: exact vs faiss search "
-                        "time for --bank-sizes (default tutorial)")
+                        "time for --bank-sizes; folder: your own labelled folder (--folder; every method incl. "
+                        "patch scoring and auto, pixel AUROC from ground_truth/ masks); magnetic-tile: the magnetic "
+                        "tile defects from ../shared/datasets/magnetic-tile (or --folder), seeded 80/20 split of "
+                        "MT_Free (default tutorial)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to average over (default 0 1 2)")
     p.add_argument("--classes", type=int, nargs="+", default=None, help="one-vs-rest: only these normal classes")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -543,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queries", type=int, default=1000, help="query vectors (default 1000)")
     s.add_argument("--dim", type=int, default=1280, help="vector dimension (default 1280)")
     s.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default: KNNScorer's)")
+    f = p.add_argument_group("folder and magnetic-tile protocols")
+    f.add_argument("--folder", default=None, help="the labelled folder (folder) or the magnetic-tile root")
+    f.add_argument("--image-size", type=int, default=96, help="images are stored at this size (default 96)")
+    f.add_argument("--split-seed", type=int, default=0, help="magnetic-tile: seed of the 80/20 split (default 0)")
+    f.add_argument("--no-fashion-reference", action="store_true",
+                   help="skip the DOC run with the built-in Fashion-MNIST reference set")
     _add_model_args(p)
     p.set_defaults(func=cmd_benchmark)
     return parser

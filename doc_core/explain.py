@@ -181,6 +181,28 @@ def explainable_layers(detector: DOCDetector) -> list[str]:
     return out
 
 
+def map_to_unit(maps: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Anomaly maps in score units -> [0, 1] on one fixed scale, for display.
+
+    Unlike Grad-CAM's per-image normalisation, the same ``low``/``high`` serve every image, so a normal image stays
+    cool instead of showing its least normal spot as hot. For a patch detector use ``low`` = the lowest training
+    score (``detector.train_scores_.min()``) and ``high`` = the threshold.
+
+    Parameters
+    ----------
+    maps : np.ndarray, float, any shape
+    low, high : float
+        Score mapped to 0 and to 1 (``high > low``; values outside are clipped).
+
+    Returns
+    -------
+    np.ndarray, float32, same shape, values in [0, 1]
+    """
+    if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
+        raise ValueError(f"need finite low < high, got low={low!r}, high={high!r}")
+    return np.clip((np.asarray(maps, np.float32) - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.5) -> np.ndarray:
     """Draw a heatmap over an image with the JET colormap (blue = 0, red = 1).
 

@@ -94,7 +94,11 @@ def test_parser_choices_match_the_core():
     from doc_core.backbones import BACKBONES
     from doc_core.scoring import KNN_BACKENDS
 
+    from doc_core.datasets import REFERENCE_CHOICES
+    from doc_core.detector import SCORER_NAMES
+
     assert cli.BACKBONE_NAMES == BACKBONES and cli.KNN_BACKEND_NAMES == KNN_BACKENDS
+    assert cli.SCORER_NAMES == SCORER_NAMES and cli.REFERENCE_NAMES == REFERENCE_CHOICES
 
 
 def test_lazy_package_names():

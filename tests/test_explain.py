@@ -130,3 +130,15 @@ def test_overlay_shapes_and_opacity():
         overlay(gray.astype(np.float32), heat)
     with pytest.raises(ValueError, match="heatmap"):
         overlay(gray, np.full((28, 28), np.nan))
+
+
+def test_map_to_unit_uses_one_fixed_scale():
+    from doc_core.explain import map_to_unit
+
+    maps = np.array([[0.5, 1.0], [2.0, 3.5]], np.float32)
+    np.testing.assert_allclose(map_to_unit(maps, 1.0, 3.0), [[0.0, 0.0], [0.5, 1.0]])
+    assert map_to_unit(maps, 1.0, 3.0).dtype == np.float32
+    flat = np.full((2, 2), 0.9, np.float32)  # a normal image: below low everywhere, stays cool (not stretched to 1)
+    assert map_to_unit(flat, 1.0, 3.0).max() == 0.0
+    with pytest.raises(ValueError, match="low < high"):
+        map_to_unit(maps, 2.0, 2.0)
