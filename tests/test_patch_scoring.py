@@ -332,7 +332,8 @@ def test_bad_input_raises_clear_errors():
         PatchKNNScorer().fit(train.astype(str))
     for kwargs, message in [({"k": 0}, "k must"), ({"max_bank_size": 0}, "max_bank_size"),
                             ({"coreset": "kmeans"}, "unknown coreset"), ({"neighbourhood": 2}, "odd"),
-                            ({"backend": "annoy"}, "unknown k-NN backend"), ({"backend": "faiss-ivf"}, "no 'faiss-ivf'")]:
+                            ({"backend": "annoy"}, "unknown k-NN backend"),
+                            ({"backend": "faiss-ivf"}, "no 'faiss-ivf'")]:
         with pytest.raises(ValueError, match=message):
             PatchKNNScorer(**kwargs).fit(train)
     with pytest.raises(ValueError, match="at least 2 images"):
