@@ -321,14 +321,24 @@ def _overlay_name(path: Path, used: set[str], kind: str = "gradcam") -> str:
     return name
 
 
+EXPLAIN_FORMAT = "doc-explorer-explanation"
+
+
 def cmd_explain(args) -> int:
     from PIL import Image
 
     from .data import read_images
     from .explain import GradCAM, overlay
+    from .output_folders import OutputKind, check_target, check_writable
 
     if not 0.0 <= args.opacity <= 1.0:
         raise ValueError(f"--opacity must be between 0 and 1, got {args.opacity}")
+    # --out is written into (overlays and summary.json of an earlier explain may be overwritten), so it must be new,
+    # empty or an earlier explain's folder; anything else is kept and refused without --force
+    kind = OutputKind("explanation", "summary.json", EXPLAIN_FORMAT, frozenset({"summary.json"}),
+                      frozenset({"summary.json", "*_gradcam.png", "*_defectmap.png"}))
+    foreign = check_target(args.out, kind, args.force)
+    check_writable(args.out)
     det = _load_detector_or_run(args.detector)
     method = args.method if args.method != "auto" else ("patch" if det.is_patch else "gradcam")
     if method == "patch" and not det.is_patch:
@@ -360,14 +370,15 @@ def cmd_explain(args) -> int:
         results.append({"path": str(path), "overlay": name, "score": float(score),
                         "anomalous": bool(score > det.threshold_), "explained_knn_score": float(knn),
                         "heatmap_empty": bool(heat.max() == 0.0)})
-    summary = {"detector": str(args.detector), "method": method, "layer": layer, "k": k,
+    summary = {"format": EXPLAIN_FORMAT, "detector": str(args.detector), "method": method, "layer": layer, "k": k,
                "threshold": float(det.threshold_),
                "scorer": det.scorer.to_dict(), "opacity": args.opacity, "results": results,
                "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
     text = json.dumps(summary, indent=1)
     (out_dir / "summary.json").write_text(text)
     print(text)
-    print(f"wrote {len(results)} overlays and summary.json to {out_dir}", file=sys.stderr)
+    print(f"wrote {len(results)} overlays and summary.json to {out_dir}"
+          + (f" (--force: it also holds {foreign})" if foreign else ""), file=sys.stderr)
     return 0 if ok else 1
 
 
@@ -544,7 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder written by `train`, or a dashboard run folder (runs/<run id>, whose saved "
                         "threshold is used)")
     p.add_argument("images", nargs="+", help="image files (png, jpg, ...); unreadable ones are skipped")
-    p.add_argument("--out", required=True, help="folder to write the overlay PNGs and summary.json to (created)")
+    p.add_argument("--out", required=True,
+                   help="folder to write the overlay PNGs and summary.json to: created, or written into if it is "
+                        "empty or holds an earlier explain's output; anything else there is kept and the command "
+                        "refuses")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it holds files this tool did not write (same-named files are "
+                        "overwritten)")
     p.add_argument("--layer", default=None,
                    help="convolutional layer to explain (default: the detector's feature layer, 6x6 for MobileNetV2 "
                         "at 96 px); must not come after it")

@@ -52,7 +52,8 @@ class OutputKind:
     required : frozenset of str
         Files a complete folder holds (a previous folder is restored only when complete).
     allowed : frozenset of str
-        Every name the folder may hold (``required`` included); any other entry makes the folder foreign.
+        Every name the folder may hold (``required`` included), or ``fnmatch`` patterns of them (e.g.
+        ``"*_gradcam.png"``); any other entry makes the folder foreign.
     """
 
     label: str
@@ -67,7 +68,8 @@ class OutputKind:
         try:
             if path.is_symlink() or not path.is_dir():
                 return False
-            if any(name not in self.allowed for name in os.listdir(path)):
+            if any(name not in self.allowed and not any(fnmatch.fnmatchcase(name, pat) for pat in self.allowed)
+                   for name in os.listdir(path)):
                 return False
             meta = path / self.metadata_file
             if meta.is_symlink() or not meta.is_file() or meta.stat().st_size > _MAX_METADATA_BYTES:

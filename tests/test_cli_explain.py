@@ -97,3 +97,22 @@ def test_explain_needs_a_detector_or_run_folder(saved, tmp_path, capsys):
     det_dir = saved[0]
     assert main(["explain", "--detector", str(det_dir), str(bad), "--out", str(tmp_path / "o")]) == 1
     assert f"skipped {bad}" in capsys.readouterr().err
+
+
+def test_explain_keeps_a_foreign_out_folder_and_reuses_its_own(saved, tmp_path, capsys):
+    det_dir, _, _, paths, _, _ = saved
+    foreign = tmp_path / "thesis"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "thesis.txt").write_text("years of work")
+    (foreign / "im0_gradcam.png").write_bytes(b"my own picture")
+    args = ["explain", "--detector", str(det_dir), str(paths[0]), "--out", str(foreign)]
+    assert main(args) == 1
+    assert "thesis.txt" in capsys.readouterr().err
+    assert (foreign / "im0_gradcam.png").read_bytes() == b"my own picture" and not (foreign / "summary.json").exists()
+    own = tmp_path / "own"
+    assert main(["explain", "--detector", str(det_dir), str(paths[0]), "--out", str(own)]) == 0
+    assert main(["explain", "--detector", str(det_dir), str(paths[0]), "--out", str(own)]) == 0  # its own: rewritten
+    assert json.loads((own / "summary.json").read_text())["format"] == "doc-explorer-explanation"
+    capsys.readouterr()
+    assert main([*args, "--force"]) == 0
+    assert (foreign / "thesis.txt").read_text() == "years of work" and "--force" in capsys.readouterr().err
