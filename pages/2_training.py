@@ -8,6 +8,7 @@ from doc_core.backbones import BACKBONES, BackboneConfig, resolve_weights
 from doc_core.data import DataError
 from doc_core.detector import ScorerConfig
 from doc_core.jobs import FAILED, TrainingJob, steps_per_epoch
+from doc_core.selection import DEFECT_KINDS, MIN_FIT, MIN_HOLDOUT, auto_candidates, holdout_split
 from doc_core.training import TrainConfig
 from ui import access, cached, charts, nav, page, state, status, theme
 
@@ -21,6 +22,11 @@ CURVES_NOTE = ("Thin lines: the loss of each step; thick lines: smoothed (expone
                "epoch boundaries.")
 TRAINABLE = {"default": "Last blocks (default)", "all": "All layers",
              "none": "None: ImageNet features as they are (no training)"}
+SCORER_LABELS = {"knn": "k-NN distance (whole image)", "patch": "patch (defect maps)", "lof": "Local Outlier Factor"}
+EVIDENCE_NOTE = ("Validation AUROC: held-out normal training images against copies of them with synthetic defects "
+                 "pasted in (cut-and-paste patches, scars, spots); no test image or label is used. Real defects can "
+                 "look different, and choosing without labels is known to be unreliable: this is evidence, not a "
+                 "promise.")
 
 
 def settings() -> tuple[BackboneConfig, TrainConfig]:
@@ -36,8 +42,39 @@ def settings() -> tuple[BackboneConfig, TrainConfig]:
     return backbone, train
 
 
+def scorer() -> ScorerConfig:
+    """The scorer of a manual run (an auto run chooses its own)."""
+    return ScorerConfig(st.session_state[state.TR_SCORER])
+
+
+def preset() -> str:
+    """The preset's code, "auto" or "manual" (doc_core.jobs.PRESETS)."""
+    return state.PRESET_CODES[st.session_state[state.TR_PRESET]]
+
+
+def follow_dataset_kind(kind: str) -> None:
+    """Default the preset for the active dataset's kind (auto for folders), once per kind; the user's choice stays
+    while the kind does."""
+    ss = st.session_state
+    if ss[state.TR_PRESET_FOR] != kind:
+        ss[state.TR_PRESET_FOR] = kind
+        ss[state.TR_PRESET] = state.default_preset(kind)
+
+
 def settings_form(disabled: bool) -> None:
     ss = st.session_state
+    c1, c2 = st.columns([2, 2], vertical_alignment="bottom")
+    c1.radio("Preset", state.PRESETS, key=state.TR_PRESET, horizontal=True, **PERSIST, disabled=disabled,
+             help="auto: first fits a few candidates (pretrained or DOC-trained features, whole-image or patch "
+                  "scoring) on most of the normal training images and keeps the one that best finds synthetic "
+                  "defects pasted into the others; then trains it on all of them. manual: exactly the settings "
+                  "below. Default: auto for your own images, manual for Fashion-MNIST (where the defaults were "
+                  "measured).")
+    c2.selectbox("Scorer", list(SCORER_LABELS), format_func=SCORER_LABELS.get, key=state.TR_SCORER, **PERSIST,
+                 disabled=disabled or ss[state.TR_PRESET] == state.PRESET_AUTO,
+                 help="How a test image is scored: its pooled features' distance to the normal ones (k-NN, LOF), or "
+                      "its most anomalous patch's distance to the normal patches (patch), which also draws a defect "
+                      "map. The auto preset chooses it.")
     c1, c2, c3, c4 = st.columns(4)
     c1.selectbox("Backbone", BACKBONES, format_func=BACKBONE_LABELS.get, key=state.TR_BACKBONE, **PERSIST,
                  disabled=disabled, help="The pretrained network whose features DOC fine-tunes.")
@@ -70,9 +107,25 @@ def weights_missing(backbone: BackboneConfig) -> bool:
     return backbone.name != "tiny" and resolve_weights(backbone) == "imagenet"
 
 
+def auto_too_few(split) -> bool:
+    """True when the split has too few normal training images for the auto preset's hold-out."""
+    return len(split.train_normal) < MIN_FIT + MIN_HOLDOUT
+
+
 def plan_caption(split, backbone: BackboneConfig, train: TrainConfig) -> None:
     per_epoch = steps_per_epoch(len(split.train_normal), train.batch_size)
-    if train.epochs == 0:
+    n = len(split.train_normal)
+    if preset() == "auto" and auto_too_few(split):
+        st.warning(f"The auto preset needs at least {MIN_FIT + MIN_HOLDOUT} normal training images; this dataset "
+                   f"has {n}. Choose manual.")
+    elif preset() == "auto":
+        names = [c.name for c in auto_candidates(backbone, train)]
+        n_fit, n_held = (len(part) for part in holdout_split(n))
+        st.caption(f"Auto: first {len(names)} candidates ({'; '.join(names)}) are fitted on {n_fit:,} of the "
+                   f"{n:,} normal training images and compared on synthetic defects pasted into copies of the other "
+                   f"{n_held:,}; then the chosen one is trained on all {n:,} and {len(split.test_images):,} test "
+                   "images are scored. DOC-trained candidates use the epochs below (at least 1).")
+    elif train.epochs == 0:
         st.caption("No training: the run embeds the images with the pretrained backbone and scores the test set.")
     else:
         st.caption(f"{per_epoch * train.epochs:,} training steps ({per_epoch:,} per epoch of "
@@ -93,7 +146,8 @@ def start_training() -> None:
     backbone, train = settings()
     try:
         split, _ = cached.split(spec)
-        job = TrainingJob(split, backbone, train, ScorerConfig(), name=st.session_state[state.TR_NAME].strip(),
+        job = TrainingJob(split, backbone, train, scorer(), preset=preset(),
+                          name=st.session_state[state.TR_NAME].strip(),
                           dataset={**spec.to_dict(), "description": spec.describe()}, runs_dir=cached.runs_dir())
     except (DataError, ValueError) as exc:
         state.flash("error", f"Cannot start: {exc}")
@@ -124,8 +178,11 @@ def live_view() -> None:
     else:
         text = status.progress_text(snap)
         if snap.stop_requested:
-            text = "Stopping after the current step… · " + text
+            text = ("Stopping after the current candidate… · " if snap.phase == "selecting" else
+                    "Stopping after the current step… · ") + text
         st.progress(snap.fraction, text=text)
+    if snap.selection:
+        evidence(snap.selection)
     if snap.records:
         last = snap.records[-1]
         st.caption(f"Last step: l_D {last.l_d:.4f} · l_C {last.l_c:.4g} · total {last.total:.4f} · "
@@ -136,6 +193,28 @@ def live_view() -> None:
         st.caption("The loss curves appear with the first training step.")
     elif snap.status != FAILED:
         st.caption("No training steps were run, so there are no loss curves.")
+
+
+def evidence(selection: dict) -> None:
+    """The auto preset's evidence: one row per candidate, the chosen one marked."""
+    st.markdown(f"**How the configuration was chosen** · {selection['n_fit']:,} normal training images fitted, "
+                f"{selection['n_holdout']:,} held out and given synthetic defects")
+    rows = []
+    for r in selection["rows"]:
+        by_kind = r.get("val_auroc_by_kind") or {}
+        rows.append({"Candidate": r["name"], "Validation AUROC": r["val_auroc"],
+                     **{f"AUROC {k}": by_kind.get(k) for k in DEFECT_KINDS},
+                     "Fit (s)": r["fit_s"], "ms / image": r["score_ms"], "Chosen": "✓" if r["chosen"] else "",
+                     "Note": r.get("error", "")})
+    table = pd.DataFrame(rows)
+    if not table["Note"].astype(bool).any():
+        table = table.drop(columns="Note")
+    auc = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "Validation AUROC": auc, **{f"AUROC {k}": auc for k in DEFECT_KINDS},
+        "Fit (s)": st.column_config.NumberColumn(format="%.1f"),
+        "ms / image": st.column_config.NumberColumn(format="%.2f")})
+    st.caption(EVIDENCE_NOTE)
 
 
 def running_elsewhere(own: str | None) -> None:
@@ -155,6 +234,7 @@ def running_elsewhere(own: str | None) -> None:
 
 def runs_table(all_runs: list, active_id: str | None) -> None:
     rows = [{"": "●" if r.run_id == active_id else "", "Name": r.name, "Created": r.created_local,
+             "Preset": "auto" if r.selection else "manual", "Scorer": r.scorer.name,
              "Backbone": r.backbone.get("name"), "Input (px)": r.backbone.get("input_size"),
              "Epochs": r.train.get("epochs"), "λ": r.train.get("lam"), "Learning rate": r.train.get("learning_rate"),
              "Batch": r.train.get("batch_size"), "Steps": r.steps, "Test AUC": r.auc,
@@ -224,8 +304,10 @@ except DataError as exc:
     st.stop()
 c = split.summary()
 st.markdown(f"**Data:** {spec.describe()}")
-st.caption(f"{c['normal training']:,} normal training images, {c['reference']:,} reference images "
-           f"({len(split.reference_names)} classes), {len(split.test_images):,} test images.")
+reference = (f"{c['reference']:,} reference images ({len(split.reference_names)} classes)" if split.reference_names
+             else "no labelled reference set (the features are kept close to the pretrained network's)")
+st.caption(f"{c['normal training']:,} normal training images, {reference}, {len(split.test_images):,} test images.")
+follow_dataset_kind(spec.kind)
 st.page_link(nav.DATASET, label="Change the dataset", icon=nav.ICONS[nav.DATASET])
 
 job = status.session_job()
@@ -239,7 +321,8 @@ else:
         plan_caption(split, backbone, train)
         b1, b2, _ = st.columns([1, 1, 4])
         b1.button("Start training", type="primary", on_click=start_training, width="stretch",
-                  disabled=running or weights_missing(backbone), icon=":material/play_arrow:")
+                  disabled=running or weights_missing(backbone) or (preset() == "auto" and auto_too_few(split)),
+                  icon=":material/play_arrow:")
         b2.button("Stop", on_click=stop_training, disabled=not running, width="stretch", icon=":material/stop:",
                   help="End training after the current step; the model trained so far is still scored and saved.")
 
@@ -260,6 +343,8 @@ else:
             st.caption(CURVES_NOTE)
         elif history is not None:
             st.caption("This run was not trained (pretrained features only), so it has no loss curves.")
+        if active.selection:
+            evidence(active.selection)
 
 running_elsewhere(state.job_id())
 saved_runs()

@@ -14,23 +14,30 @@ ss = st.session_state
 
 
 def scorer_label(cfg: ScorerConfig) -> str:
+    if cfg.name == "patch":
+        return f"patch k-NN, k={cfg.k or 1}"
     k = make_scorer(cfg.name, cfg.k).k  # the scorer's own default when k is None
     return f"LOF, k={k}" if cfg.name == "lof" else f"k-NN distance, k={k}"
 
 
 def score_title(cfg: ScorerConfig) -> str:
-    return "local outlier factor (higher = more anomalous)" if cfg.name == "lof" else \
-        "k-NN distance (higher = more anomalous)"
+    return {"lof": "local outlier factor (higher = more anomalous)",
+            "patch": "distance of the most anomalous patch (higher = more anomalous)"}.get(
+        cfg.name, "k-NN distance (higher = more anomalous)")
 
 
 def score_meaning(cfg: ScorerConfig) -> str:
     if cfg.name == "lof":
         return "the local outlier factor of an image's features among the normal training features (about 1 = normal)"
+    if cfg.name == "patch":
+        return "the distance from an image's most anomalous patch to its nearest normal training patches"
     return "the mean distance from an image's features to its nearest normal training features"
 
 
 def same_scorer(a: ScorerConfig, b: ScorerConfig) -> bool:
-    """Equal once a missing k is read as the scorer's default."""
+    """Equal once a missing k is read as the scorer's default (patch scorers: equal configs)."""
+    if "patch" in (a.name, b.name):
+        return a == b
     return (a.name, make_scorer(a.name, a.k).k, a.max_bank_size) == (b.name, make_scorer(b.name, b.k).k, b.max_bank_size)
 
 
@@ -38,8 +45,9 @@ def chosen_scorer(run: runs.RunSummary) -> ScorerConfig:
     choice = ss[state.ROC_SCORER]
     if choice == state.SCORER_RUN:
         return run.scorer
-    cfg = ScorerConfig(name="lof" if choice == state.SCORER_LOF else "knn", k=int(ss[state.ROC_K]),
-                       max_bank_size=run.scorer.max_bank_size)
+    # a patch run's bank cap counts patches, not the pooled features the other scorers use
+    cap = None if run.scorer.name == "patch" else run.scorer.max_bank_size
+    cfg = ScorerConfig(name="lof" if choice == state.SCORER_LOF else "knn", k=int(ss[state.ROC_K]), max_bank_size=cap)
     return run.scorer if same_scorer(cfg, run.scorer) else cfg
 
 

@@ -1,13 +1,13 @@
 """Embedding explorer: 2-D t-SNE maps of the test images in three feature spaces side by side (raw pixels, the
-backbone before DOC training, the DOC-trained backbone), with the selected images, their Grad-CAM and their nearest
-normal training images."""
+backbone before DOC training, the DOC-trained backbone), with the selected images, their heatmaps (Grad-CAM, or
+the patch defect map of a patch run) and their nearest normal training images."""
 
 import numpy as np
 import streamlit as st
 
 from doc_core.embedding import FEATURE_SET_LABELS, FEATURE_SETS
 from doc_core.gallery import label_names, score_ranks
-from ui import cached, linked_maps, page, state, status, tiles
+from ui import cached, heatmaps, linked_maps, page, state, status, tiles
 
 PERSIST = dict(persist_state="session")
 MAX_SHOWN = 12  # selected images shown at once
@@ -84,14 +84,16 @@ sel = np.asarray(selected[:MAX_SHOWN])
 more = f" (the first {MAX_SHOWN} of {len(selected):,})" if len(selected) > MAX_SHOWN else ""
 st.caption(f"{len(selected):,} selected{more}, each with its 5 nearest normal training images in the DOC feature "
            "space (d = Euclidean distance).")
-c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
-c1.toggle("Grad-CAM heatmaps", key=state.EX_CAM, **PERSIST, help=tiles.HEATMAP_HELP)
+c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
+shown_map = heatmaps.choose(c1, run, state.EX_MAP)
 opacity = c2.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.EX_OPACITY, **PERSIST,
-                    disabled=not ss[state.EX_CAM])
+                    disabled=shown_map == heatmaps.OFF)
 is_test = sel < n_test
 images = [data.test_images[test_idx[r]] if t else data.train_normal[train_idx[r - n_test]]
           for r, t in zip(sel, is_test)]
-heat = cached.heatmaps(run, np.stack(images)) if ss[state.EX_CAM] else None
+heat = heatmaps.maps(run, np.stack(images), shown_map)
+if heat is not None:
+    st.caption(heatmaps.note(run, shown_map))
 feats = np.stack([cached.test_features_of(run)[test_idx[r]] if t else
                   np.asarray(cached.detector_of(run).bank_)[train_idx[r - n_test]] for r, t in zip(sel, is_test)])
 dist, nn = cached.nearest_normals(run, feats, 6)

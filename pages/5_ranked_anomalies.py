@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from doc_core import gallery
-from ui import cached, page, state, tiles
+from ui import cached, heatmaps, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -55,12 +55,12 @@ ranking = gallery.rank(scores, labels, threshold, ss[state.RK_LABEL], ss[state.R
 size = int(ss[state.RK_PAGE_SIZE])
 pages = gallery.n_pages(len(ranking), size)
 ss[state.RK_PAGE] = min(max(1, int(ss[state.RK_PAGE])), pages)
-c1, c2, c3, c4 = st.columns([1, 1, 1.2, 2], vertical_alignment="bottom")
+c1, c2, c3, c4 = st.columns([1, 1, 2.2, 1.5], vertical_alignment="bottom")
 c1.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, step=1, key=state.RK_PAGE)
 c2.selectbox("Images per page", (12, 24, 48, 96), key=state.RK_PAGE_SIZE, on_change=to_first_page, **PERSIST)
-c3.toggle("Grad-CAM", key=state.RK_CAM, **PERSIST, help=tiles.HEATMAP_HELP)
+shown_map = heatmaps.choose(c3, run, state.RK_MAP)
 opacity = c4.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.RK_OPACITY, **PERSIST,
-                    disabled=not ss[state.RK_CAM])
+                    disabled=shown_map == heatmaps.OFF)
 
 idx, ranks = gallery.page_of(ranking, ss[state.RK_PAGE], size)
 if not len(idx):
@@ -70,7 +70,9 @@ first = (ss[state.RK_PAGE] - 1) * size
 st.markdown(f"**{len(ranking):,} images** · page {ss[state.RK_PAGE]:,} of {pages:,} (images {first + 1:,}–"
             f"{first + len(idx):,})")
 images = data.test_images[idx]
-heat = cached.heatmaps(run, images) if ss[state.RK_CAM] else None
+heat = heatmaps.maps(run, images, shown_map)
+if heat is not None:
+    st.caption(heatmaps.note(run, shown_map))
 captions = [f"<b>#{r:,}</b> · {scores[i]:.4g} · {tiles.verdict(scores[i], threshold)}<br>"
             f"{tiles.label_text(labels[i], classes[i])}" for i, r in zip(idx, ranks)]
 tiles.grid(list(images), captions, per_row=6, heatmaps=heat, opacity=opacity)

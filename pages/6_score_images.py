@@ -1,11 +1,11 @@
-"""Score new images: upload images and see each one's score, verdict at the run's threshold, Grad-CAM heatmap and
-nearest normal training images."""
+"""Score new images: upload images and see each one's score, verdict at the run's threshold, heatmap (Grad-CAM, or
+the patch defect map of a patch run) and nearest normal training images."""
 
 import numpy as np
 import streamlit as st
 
 from doc_core.data import DataError
-from ui import access, cached, page, state, tiles
+from ui import access, cached, heatmaps, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -50,16 +50,18 @@ scores = result["scores"]
 flagged = int(np.sum(scores > threshold))
 st.markdown(f"**{len(images):,} images scored** · {flagged:,} flagged as anomalies, {len(images) - flagged:,} passed "
             f"as normal")
-opacity = st.columns([1, 2])[0].slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.UP_OPACITY, **PERSIST,
-                    help=tiles.HEATMAP_HELP)
-st.caption("Each image, its Grad-CAM heatmap, then its 5 nearest normal training images in the DOC feature space "
-           "(d = Euclidean distance).")
+c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
+shown_map = heatmaps.choose(c1, run, state.UP_MAP, with_off=False)
+opacity = c2.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.UP_OPACITY, **PERSIST)
+heat = heatmaps.maps(run, np.stack(images), shown_map)
+st.caption(f"Each image, its {shown_map.lower() if shown_map == heatmaps.PATCH else shown_map}, then its 5 nearest "
+           "normal training images in the DOC feature space (d = Euclidean distance). " + heatmaps.note(run, shown_map))
 for j, name in enumerate(names):
     left, mid, right = st.columns([1, 1, 4], gap="medium")
     s = float(scores[j])
     with left:
         tiles.grid([images[j]], [f"<b>{name}</b><br>score {s:.4g} · {tiles.verdict(s, threshold)}"], per_row=1)
     with mid:
-        tiles.grid([images[j]], ["Grad-CAM"], per_row=1, heatmaps=result["heatmaps"][j:j + 1], opacity=opacity)
+        tiles.grid([images[j]], [shown_map], per_row=1, heatmaps=heat[j:j + 1], opacity=opacity)
     with right:
         tiles.neighbours(data.train_normal, result["nn_idx"][j], result["nn_dist"][j])

@@ -93,9 +93,11 @@ def test_explorer_selection_shows_images_neighbours_and_gradcam(runs_dir, monkey
     assert_clean(at)
     assert "2 selected" in texts(at)
     assert len(at.get("image")) == 2 * (1 + 5)  # each image and its 5 nearest normal images
-    at.toggle(key=state.EX_CAM).set_value(True).run()
+    heat = at.radio(key=state.EX_MAP)
+    assert list(heat.options) == [state.MAP_OFF, state.MAP_GRADCAM]  # no patch map: this run scores whole images
+    heat.set_value(state.MAP_GRADCAM).run()
     assert_clean(at)
-    assert len(at.get("image")) == 12
+    assert len(at.get("image")) == 12 and "Grad-CAM, scaled per image" in texts(at)
 
 
 def test_ranked_gallery_views_filters_and_paging(runs_dir):  # noqa: F811
@@ -117,9 +119,9 @@ def test_ranked_gallery_views_filters_and_paging(runs_dir):  # noqa: F811
     at.number_input(key=state.RK_PAGE).set_value(2).run()
     assert_clean(at)
     assert "page 2 of" in texts(at)
-    at.toggle(key=state.RK_CAM).set_value(True).run()
+    at.radio(key=state.RK_MAP).set_value(state.MAP_GRADCAM).run()
     assert_clean(at)
-    assert len(at.get("image")) >= 1
+    assert len(at.get("image")) >= 1 and "Grad-CAM, scaled per image" in texts(at)
 
 
 def test_ranked_gallery_uses_the_saved_threshold(runs_dir):  # noqa: F811

@@ -61,7 +61,8 @@ def _folder_signature(root: str | None) -> tuple:
 
 @st.cache_resource(show_spinner="Loading the dataset…", max_entries=6)
 def _split(spec: DatasetSpec, signature: tuple) -> tuple[OneClassSplit, list[SkippedFile]]:
-    split, skipped = load_dataset(spec, fashion_mnist() if spec.kind == "fashion-mnist" else None)
+    uses_fashion = spec.kind == "fashion-mnist" or spec.reference == "fashion-mnist"  # the data or the reference set
+    split, skipped = load_dataset(spec, fashion_mnist() if uses_fashion else None)
     for a in (split.train_normal, split.reference, split.reference_labels, split.test_images, split.test_labels):
         a.setflags(write=False)
     return split, skipped
@@ -353,6 +354,30 @@ def heatmaps(run: runs.RunSummary, images: np.ndarray) -> np.ndarray:
     return _heatmaps(*_key(run), np.ascontiguousarray(images))
 
 
+@st.cache_data(show_spinner="Computing patch defect maps…", max_entries=64)
+def _patch_maps(run_id: str, created: str, where: str, images: np.ndarray) -> np.ndarray:
+    return detector(run_id, created, where).anomaly_maps(images)
+
+
+def patch_map_scale(run: runs.RunSummary) -> tuple[float, float]:
+    """The fixed (low, high) score range a patch run's defect maps are drawn on: the lowest training score, and
+    the threshold (the saved one when it belongs to the run's own scorer, else the detector's default)."""
+    low = float(np.min(scores_of(run).train_scores)) if len(scores_of(run).train_scores) else 0.0
+    high = float(run.default_threshold)
+    if run.threshold and ScorerConfig.from_dict(run.threshold["scorer"]) == run.scorer:
+        high = float(run.threshold["value"])
+    return low, max(high, low + 1e-6 * (abs(low) + 1.0))  # a threshold at the lowest score still gives a scale
+
+
+def patch_maps(run: runs.RunSummary, images: np.ndarray) -> np.ndarray:
+    """Defect maps of a patch run's images, float32 (n, h, w) in [0, 1] on the run's fixed scale
+    (:func:`patch_map_scale`, :func:`doc_core.explain.map_to_unit`): not stretched per image, so a normal image
+    stays cool. The maps in score units are cached per run and images."""
+    from doc_core.explain import map_to_unit
+
+    return map_to_unit(_patch_maps(*_key(run), np.ascontiguousarray(images)), *patch_map_scale(run))
+
+
 def nearest_normals(run: runs.RunSummary, features: np.ndarray, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Distances and indices (into the run's normal training images) of the nearest normal training images."""
     from doc_core.embedding import nearest_normal
@@ -361,20 +386,20 @@ def nearest_normals(run: runs.RunSummary, features: np.ndarray, n: int = 5) -> t
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _detector_with(run_id: str, created: str, where: str, name: str, k: int | None, max_bank: int | None):
+def _detector_with(run_id: str, created: str, where: str, scorer_json: str):
+    import json
+
     det = detector(run_id, created, where)
-    cfg = ScorerConfig(name=name, k=k, max_bank_size=max_bank)
+    cfg = ScorerConfig.from_dict(json.loads(scorer_json))
     return det if cfg == det.scorer else det.with_scorer(cfg)
 
 
 @st.cache_data(show_spinner="Scoring the uploaded images…", max_entries=16)
-def _score_images(run_id: str, created: str, where: str, name: str, k: int | None, max_bank: int | None,
-                  images: np.ndarray) -> dict:
-    det = _detector_with(run_id, created, where, name, k, max_bank)
-    feats = det.embed(images)
+def _score_images(run_id: str, created: str, where: str, scorer_json: str, images: np.ndarray) -> dict:
+    det = _detector_with(run_id, created, where, scorer_json)
+    scores, feats = det.score_images(images)  # the patch scorer scores images, the others their pooled features
     dist, idx = _nearest_normals(run_id, created, where, feats)
-    return {"scores": det.score_features(feats), "nn_dist": dist, "nn_idx": idx,
-            "heatmaps": _gradcam(run_id, created, where).explain(images, batch_size=32)[0]}
+    return {"scores": scores, "nn_dist": dist, "nn_idx": idx}
 
 
 def _nearest_normals(run_id: str, created: str, where: str, feats: np.ndarray):
@@ -419,8 +444,11 @@ def _decoded_upload(digest: str, name: str, shape: tuple[int, ...], _file) -> tu
 
 
 def score_images(run: runs.RunSummary, scorer: ScorerConfig, images: np.ndarray) -> dict:
-    """Scores (under ``scorer``), Grad-CAM heatmaps and the 5 nearest normal training images of new images."""
-    return _score_images(*_key(run), scorer.name, scorer.k, scorer.max_bank_size, np.ascontiguousarray(images))
+    """Scores (under ``scorer``) and the 5 nearest normal training images (``nn_dist``, ``nn_idx``) of new images;
+    their heatmaps come from :func:`heatmaps` and :func:`patch_maps`."""
+    import json
+
+    return _score_images(*_key(run), json.dumps(scorer.to_dict(), sort_keys=True), np.ascontiguousarray(images))
 
 
 @st.cache_data(show_spinner=False, max_entries=24)

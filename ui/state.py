@@ -36,6 +36,7 @@ DS_FOLDER = "ds_folder"
 DS_IMAGE_SIZE = "ds_image_size"
 DS_UPLOAD = "ds_upload"
 DS_UPLOAD_ROOT = "ds_upload_root"  # (upload folder, upload file id, dataset root): reruns do not unpack again
+DS_REF_CHOICE = "ds_ref_choice"  # reference set of a folder or zip: one of doc_core.datasets.REFERENCE_CHOICES
 
 SOURCE_FASHION = "Built-in Fashion-MNIST"
 SOURCE_ZIP = "Upload a zip"
@@ -53,8 +54,21 @@ TR_BATCH = "tr_batch"
 TR_TRAINABLE = "tr_trainable"
 TR_SEED = "tr_seed"
 TR_NAME = "tr_name"
+TR_PRESET = "tr_preset"  # PRESET_AUTO or PRESET_MANUAL
+TR_PRESET_FOR = "tr_preset_for"  # dataset kind the preset was defaulted for: a new kind gets its own default
+TR_SCORER = "tr_scorer"  # the scorer of a manual run: "knn", "lof" or "patch"
 TR_PICK_RUN = "tr_pick_run"
 FOLLOW_JOB = "tr_follow_"  # prefix: one "follow this job" button per job running elsewhere
+
+PRESET_AUTO = "auto (choose by synthetic defects)"
+PRESET_MANUAL = "manual"
+PRESETS = (PRESET_AUTO, PRESET_MANUAL)
+PRESET_CODES = {PRESET_AUTO: "auto", PRESET_MANUAL: "manual"}  # doc_core.jobs.PRESETS
+
+
+def default_preset(kind: str) -> str:
+    """auto for folder datasets; manual for Fashion-MNIST, where the defaults were measured."""
+    return PRESET_AUTO if kind == "folder" else PRESET_MANUAL
 
 # ---------------------------------------------------------------------------------------------- ROC page widgets
 ROC_RUN = "roc_run"
@@ -87,7 +101,7 @@ SCORERS = (SCORER_RUN, SCORER_KNN, SCORER_LOF)
 EX_POINTS = "ex_points"        # most points embedded per map
 EX_TRAIN = "ex_train"          # bool: also embed a sample of the normal training images
 EX_COLOR = "ex_color"
-EX_CAM = "ex_cam"              # bool: Grad-CAM over the selected images
+EX_MAP = "ex_map"              # heatmap over the selected images: one of the MAP_* below
 EX_OPACITY = "ex_opacity"
 EX_MAPS = "ex_maps"            # the linked maps' value: the last selection made in any of them
 EX_SELECTED = "ex_selected"    # ((run id, points, with training), [row, ...]) | None: the last selection in any map
@@ -104,7 +118,7 @@ RK_SIDE = "rk_side"
 RK_ORDER = "rk_order"
 RK_PAGE = "rk_page"
 RK_PAGE_SIZE = "rk_page_size"
-RK_CAM = "rk_cam"
+RK_MAP = "rk_map"  # heatmap over the tiles: one of the MAP_* below
 RK_OPACITY = "rk_opacity"
 
 VIEW_TOP = "Most anomalous anomalies"
@@ -118,9 +132,15 @@ VIEW_FILTERS = {VIEW_TOP: (["anomaly"], "all", "highest"), VIEW_MISSED: (["anoma
 SIDE_LABELS = {"all": "Both sides", "above": "Flagged (above threshold)", "below": "Passed (at or below)"}
 ORDER_LABELS = {"highest": "Most anomalous first", "lowest": "Most normal first"}
 
+# heatmap choices (ui.heatmaps): Grad-CAM for any run, the patch defect map for runs trained with the patch scorer
+MAP_OFF = "Off"
+MAP_GRADCAM = "Grad-CAM"
+MAP_PATCH = "Patch defect map"
+
 # ---------------------------------------------------------------------------------------------- Score-images page
 UP_FILES = "up_files"
 UP_OPACITY = "up_opacity"
+UP_MAP = "up_map"  # heatmap of the scored images: MAP_GRADCAM or MAP_PATCH (default set by ui.heatmaps.choose)
 UP_DIGESTS = "up_digests"  # {(file id, name, size): SHA-256}: each upload is hashed once (see ui.cached.decoded_upload)
 
 _REF = SplitConfig.tutorial()
@@ -142,6 +162,7 @@ DEFAULTS: dict[str, Any] = {
     DS_SEED: _REF.seed,
     DS_FOLDER: "",
     DS_IMAGE_SIZE: 96,
+    DS_REF_CHOICE: "auto",
     TR_BACKBONE: _BACKBONE.name,
     TR_ALPHA: _BACKBONE.alpha,
     TR_INPUT_SIZE: _BACKBONE.input_size,
@@ -152,6 +173,9 @@ DEFAULTS: dict[str, Any] = {
     TR_TRAINABLE: "default",
     TR_SEED: _TRAIN.seed,
     TR_NAME: "",
+    TR_PRESET: PRESET_MANUAL,
+    TR_PRESET_FOR: None,
+    TR_SCORER: "knn",
     ROC_SCORER: SCORER_RUN,
     ROC_K: 5,
     ROC_POLICY: POLICY_PERCENTILE,
@@ -165,7 +189,7 @@ DEFAULTS: dict[str, Any] = {
     EX_POINTS: 2000,
     EX_TRAIN: False,
     EX_COLOR: COLOR_ROLE,
-    EX_CAM: False,
+    EX_MAP: MAP_OFF,
     EX_SELECTED: None,
     EX_OPACITY: 0.5,
     RK_VIEW: VIEW_TOP,
@@ -174,7 +198,7 @@ DEFAULTS: dict[str, Any] = {
     RK_ORDER: "highest",
     RK_PAGE: 1,
     RK_PAGE_SIZE: 24,
-    RK_CAM: False,
+    RK_MAP: MAP_OFF,
     RK_OPACITY: 0.5,
     UP_OPACITY: 0.5,
 }
@@ -216,6 +240,7 @@ def adopt_dataset(spec: DatasetSpec) -> None:
         st.session_state[DS_SOURCE] = SOURCE_FOLDER
         st.session_state[DS_FOLDER] = spec.root or ""
         st.session_state[DS_IMAGE_SIZE] = spec.image_size
+        st.session_state[DS_REF_CHOICE] = spec.reference
         return
     c = spec.split
     names = lambda ids: [FASHION_MNIST_CLASSES[i] for i in ids or ()]  # noqa: E731

@@ -43,6 +43,25 @@ def outcome(snap: JobSnapshot) -> tuple[str, str]:
     return "info", snap.message
 
 
+REFERENCE_WORDS = {"folder": "the folder's reference/ classes", "fashion-mnist": "built-in Fashion-MNIST",
+                   "none": "none"}
+
+
+def reference_of(spec) -> tuple[str, str] | None:
+    """The reference set a folder dataset trains with and why, in words (``doc_core.datasets.resolve_reference``,
+    read from the loaded split); None for Fashion-MNIST or a folder that cannot be loaded."""
+    if spec.kind != "folder":
+        return None
+    try:
+        split, _ = cached.split(spec)
+    except (ValueError, OSError):  # DataError is a ValueError; the pages say what is wrong
+        return None
+    resolved = split.info.get("reference")
+    if not resolved:
+        return None
+    return REFERENCE_WORDS.get(resolved, resolved), str(split.info.get("reference_reason", ""))
+
+
 def format_seconds(s: float) -> str:
     if s is None or not math.isfinite(s):
         return "–"
@@ -80,6 +99,9 @@ def render() -> None:
         spec = state.dataset()
         st.caption("Active dataset")
         st.markdown(spec.describe())
+        ref = reference_of(spec)
+        if ref is not None:
+            st.markdown(f"Reference set: {ref[0]}", help=ref[1])
         run = cached.active_run(state.chosen_run_id())
         st.caption("Active run")
         if run is None:

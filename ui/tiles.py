@@ -1,5 +1,5 @@
 """Image tiles shared by the explorer, the ranked gallery and the upload page: a grid of thumbnails with coloured
-captions, Grad-CAM overlays on demand, and rows of nearest normal training images."""
+captions, heatmap overlays on demand (ui.heatmaps), and rows of nearest normal training images."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def label_text(label: int, class_name: str = "") -> str:
 
 
 def picture(image: np.ndarray, heatmap: np.ndarray | None = None, opacity: float = 0.5, px: int = TILE_PX):
-    """A crisp enlarged thumbnail, with its Grad-CAM heatmap drawn over it when given."""
+    """A crisp enlarged thumbnail, with a heatmap (values in [0, 1]) drawn over it when given."""
     big = enlarge(image, px)
     if heatmap is None:
         return big
@@ -53,6 +53,3 @@ def neighbours(train_images: np.ndarray, idx: np.ndarray, dist: np.ndarray, px: 
     grid([train_images[i] for i in idx], [f"train #{int(i)} · d {float(d):.3g}" for i, d in zip(idx, dist)],
          per_row=max(len(idx), 5), px=px)
 
-
-HEATMAP_HELP = ("Grad-CAM of the k-NN anomaly score: red marks the regions that push the image away from its "
-                "nearest normal training images, blue the regions that do not.")

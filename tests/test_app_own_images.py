@@ -1,0 +1,193 @@
+"""Your own images through the dashboard (AppTest): a folder with train/ and test/ only (no reference/) is loaded on
+the Dataset page, trained with the auto preset (tiny backbone) and with the patch scorer, and the patch runs' defect
+maps are offered wherever Grad-CAM is.
+
+The folder holds 40 synthetic normal images and 20 test images (10 with a bright square), 32 px PNGs.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import smooth_noise, with_patch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from test_app import ROOT, TIMEOUT, assert_clean, texts, wait_for_job
+from doc_core import runs
+from doc_core.jobs import SUCCEEDED
+from ui import nav, state
+
+DATASET, TRAINING, RANKED, SCORE, EXPLORER = nav.DATASET, nav.TRAINING, nav.RANKED, nav.SCORE, nav.EXPLORER
+
+
+def _write(folder: Path, images: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im[..., 0]).save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def no_reference_folder(tmp_path_factory) -> Path:
+    """``parts/`` with train/ (40 normal images) and test/normal, test/anomaly (10 each); no reference/."""
+    base = tmp_path_factory.mktemp("datasets")
+    rng = np.random.default_rng(0)
+    root = base / "parts"
+    _write(root / "train", smooth_noise(rng, 40))
+    _write(root / "test" / "normal", smooth_noise(rng, 10))
+    _write(root / "test" / "anomaly", with_patch(rng, smooth_noise(rng, 10), patch=8))
+    return root
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, no_reference_folder) -> Path:
+    """An empty runs folder, and the dataset's parent as the only folder the server may read."""
+    monkeypatch.setenv(runs.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    monkeypatch.setenv("DOC_SERVER_FOLDERS", str(no_reference_folder.parent))
+    return tmp_path / "runs"
+
+
+def open_folder(root: Path) -> AppTest:
+    """A new session with ``root`` (32 px) as the active dataset, chosen on the Dataset page as a user does."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.switch_page(DATASET).run()
+    at.get("button_group")[0].set_value(state.SOURCE_FOLDER).run()
+    at.select_slider(key=state.DS_IMAGE_SIZE).set_value(32).run()
+    at.text_input(key=state.DS_FOLDER).input(str(root)).run()
+    return at
+
+
+def tiny(at: AppTest, preset: str, scorer: str = "knn", name: str = "") -> None:
+    at.switch_page(TRAINING).run()
+    at.selectbox(key=state.TR_BACKBONE).select("tiny").run()
+    at.radio(key=state.TR_PRESET).set_value(preset).run()
+    if preset == state.PRESET_MANUAL:
+        at.selectbox(key=state.TR_SCORER).select(scorer).run()
+    at.select_slider(key=state.TR_INPUT_SIZE).set_value(32)
+    at.number_input(key=state.TR_EPOCHS).set_value(1)
+    at.number_input(key=state.TR_BATCH).set_value(16)
+    at.text_input(key=state.TR_NAME).input(name).run()
+
+
+def train(at: AppTest):
+    next(b for b in at.button if b.label == "Start training").click().run()
+    snap = wait_for_job(at, 300)
+    assert snap.status == SUCCEEDED, snap.error
+    at.run()
+    assert_clean(at)
+    return snap
+
+
+def test_a_folder_without_reference_loads_with_reference_none(env, no_reference_folder):
+    at = open_folder(no_reference_folder)
+    assert_clean(at)
+    spec = at.session_state[state.DATASET]
+    assert spec.kind == "folder" and spec.reference == "auto" and spec.image_size == 32
+    assert {m.label: m.value for m in at.metric} == {"Normal training": "40", "Reference": "0", "Test normal": "10",
+                                                    "Test anomaly": "10"}
+    body = texts(at)
+    assert "Reference set: none" in body and "no reference/ folder" in body  # the resolved reference and why
+    at.run()  # the sidebar is drawn before the page picks the dataset: it shows it from the next run on
+    assert "Reference set: none" in "\n".join(m.value for m in at.sidebar.markdown)
+    assert any("reference/" in c.value and "optional" in c.value for c in at.code)  # the layout says so
+    # a reference the folder does not have is a message, and the folder stays active with its own choice
+    at.selectbox(key=state.DS_REF_CHOICE).select("folder").run()
+    assert not at.exception and "needs a reference/ folder" in at.error[0].value
+    assert at.session_state[state.DATASET].reference == "auto"
+    at.selectbox(key=state.DS_REF_CHOICE).select("none").run()
+    assert_clean(at)
+    assert at.session_state[state.DATASET].reference == "none" and "chosen by the user" in texts(at)
+    # the Training page defaults to the auto preset for own images and says there is no labelled reference set
+    at.switch_page(TRAINING).run()
+    assert_clean(at)
+    assert at.radio(key=state.TR_PRESET).value == state.PRESET_AUTO
+    assert at.selectbox(key=state.TR_SCORER).disabled  # auto chooses the scorer
+    assert "no labelled reference set" in texts(at) and "synthetic defects" in texts(at)
+
+
+def test_auto_preset_trains_and_shows_its_evidence(env, no_reference_folder):
+    at = open_folder(no_reference_folder)
+    tiny(at, state.PRESET_AUTO, name="auto on parts")
+    snap = train(at)
+    run = runs.get_run(snap.run.run_id, env)
+    assert run.selection is not None and run.selection["n_fit"] + run.selection["n_holdout"] == 40
+    assert len(runs.load_scores(run.run_id, env).scores) == 20 and run.auc is not None
+    assert run.dataset["reference"] == "auto"
+    # the evidence table: every candidate, the chosen one marked, with the honest note
+    table = next(d.value for d in at.dataframe if "Candidate" in d.value.columns)
+    assert list(table["Candidate"]) == [r["name"] for r in run.selection["rows"]]
+    assert list(table["Chosen"]).count("✓") == 1
+    assert table.loc[table["Chosen"] == "✓", "Candidate"].item() == run.selection["chosen"]
+    assert {"Validation AUROC", "AUROC cutpaste", "AUROC scar", "AUROC spot", "Fit (s)", "ms / image"} <= \
+        set(table.columns)
+    assert "not a promise" in texts(at) and "no test image or label" in texts(at)
+    # a fresh session shows the same table under the active run
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    again.switch_page(TRAINING).run()
+    assert_clean(again)
+    assert any("Candidate" in d.value.columns for d in again.dataframe) and "not a promise" in texts(again)
+
+
+def test_patch_run_offers_defect_maps_wherever_gradcam_is(env, no_reference_folder):
+    at = open_folder(no_reference_folder)
+    tiny(at, state.PRESET_MANUAL, scorer="patch", name="patch on parts")
+    snap = train(at)
+    assert snap.run.scorer.name == "patch" and snap.run.selection is None
+    stored = runs.load_scores(snap.run.run_id, env)
+    assert stored.has_labels and np.isfinite(stored.scores).all()
+
+    at.switch_page(RANKED).run()
+    assert_clean(at)
+    choice = at.radio(key=state.RK_MAP)
+    assert list(choice.options) == ["Off", "Grad-CAM", "Patch defect map"] and choice.value == "Off"
+    choice.set_value("Patch defect map").run()
+    assert_clean(at)
+    assert "lowest training score" in texts(at) and "the threshold" in texts(at)  # the fixed scale, in numbers
+    assert len(at.get("image")) == 10  # the 10 anomalies, each with its map
+    at.radio(key=state.RK_MAP).set_value("Grad-CAM").run()
+    assert_clean(at)
+
+    at.switch_page(SCORE).run()
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32), 110, np.uint8)).save(buf, format="PNG")
+    at.get("file_uploader")[0].upload("flat.png", buf.getvalue()).run()
+    assert_clean(at)
+    assert at.radio(key=state.UP_MAP).value == "Patch defect map"  # a patch run shows its own maps by default
+    assert "1 images scored" in texts(at) and len(at.get("image")) >= 2
+
+
+def test_patch_map_scale_is_fixed_and_shared(env, no_reference_folder):
+    """The defect maps are drawn on the run's scale (lowest training score to threshold), not stretched per image:
+    a normal test image's map stays cooler than an anomalous one's."""
+    at = open_folder(no_reference_folder)
+    tiny(at, state.PRESET_MANUAL, scorer="patch")
+    snap = train(at)
+    from doc_core.datasets import DatasetSpec, load_dataset
+    from ui import cached
+
+    run = runs.get_run(snap.run.run_id, env)
+    stored = runs.load_scores(run.run_id, env)
+    low, high = cached.patch_map_scale(run)
+    assert low == pytest.approx(float(stored.train_scores.min())) and high == pytest.approx(run.default_threshold)
+    split, _ = load_dataset(DatasetSpec.from_dict(run.dataset))
+    det = runs.load_detector(run.run_id, env)
+    raw = det.anomaly_maps(split.test_images)
+    from doc_core.explain import map_to_unit
+
+    unit = map_to_unit(raw, low, high)
+    normal, anomalous = split.test_labels == 0, split.test_labels == 1
+    assert unit[anomalous].max(axis=(1, 2)).mean() > unit[normal].max(axis=(1, 2)).mean()
+    assert unit[normal].max(axis=(1, 2)).min() < 1.0  # some normal image has no red spot at all
+
+
+def test_runs_without_patch_scoring_offer_gradcam_only(env, no_reference_folder):
+    at = open_folder(no_reference_folder)
+    tiny(at, state.PRESET_MANUAL, scorer="knn")
+    train(at)
+    at.switch_page(RANKED).run()
+    assert_clean(at)
+    assert list(at.radio(key=state.RK_MAP).options) == ["Off", "Grad-CAM"]
+    assert "patch scorer" in at.radio(key=state.RK_MAP).help  # why there is no defect map
