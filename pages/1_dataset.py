@@ -6,16 +6,14 @@ import pandas as pd
 import streamlit as st
 
 from doc_core.data import FASHION_MNIST_CLASSES, FOLDER_LAYOUT, DataError, SplitConfig
-from doc_core.datasets import REFERENCE_CHOICES, DatasetSpec, describe_zip_limits
+from doc_core.datasets import FASHION_REFERENCE_SIZE, REFERENCE_CHOICES, DatasetSpec, describe_zip_limits
 from doc_core.datasets import resolve_server_folder
 from ui import access, cached, charts, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
 CLASS_INDEX = {name: i for i, name in enumerate(FASHION_MNIST_CLASSES)}
-REFERENCE_LABELS = {"auto": "Auto (the folder's reference/ if it has one, else none)",
-                    "folder": "The folder's reference/ classes",
-                    "fashion-mnist": "Built-in Fashion-MNIST (10 clothing classes)",
-                    "none": "None (keep the features close to the pretrained network's)"}
+REFERENCE_LABELS = {"auto": "Auto", "folder": "The folder's reference/", "fashion-mnist": "Built-in Fashion-MNIST",
+                    "none": "None"}
 
 
 def problem(exc: Exception) -> str:
@@ -71,9 +69,11 @@ def reference_choice(where) -> str:
     return where.selectbox("Reference set", REFERENCE_CHOICES, format_func=REFERENCE_LABELS.get,
                            key=state.DS_REF_CHOICE, **PERSIST,
                            help="Labelled images of other classes that keep the features descriptive while DOC "
-                                "pulls your normal images together. Without any, the features are held close to the "
-                                "pretrained network's instead (measured better than an unrelated clothing reference "
-                                "set on the magnetic tiles). Auto takes the folder's own reference/ when it has one.")
+                                "pulls your normal images together. Auto: the folder's own reference/ when it has "
+                                f"one, else none. Built-in Fashion-MNIST: {FASHION_REFERENCE_SIZE:,} clothing images "
+                                "of 10 classes. None: "
+                                "no labelled images; the features are held close to the pretrained network's instead "
+                                "(measured better than the clothing reference set on the magnetic tiles).")
 
 
 def zip_settings() -> DatasetSpec | None:
@@ -186,7 +186,9 @@ with st.container(border=True):
 if wanted is not None:
     try:
         cached.split(wanted)
-        state.set_dataset(wanted)
+        if wanted != state.dataset():
+            state.set_dataset(wanted)
+            st.rerun()  # the sidebar, drawn before this, shows the new dataset too
     except DataError as exc:
         state.drop_removed_upload()  # a zip this one replaced cannot stay active
         st.error(f"{problem(exc)}\n\nThe active dataset is still: {state.dataset().describe()}.")

@@ -90,7 +90,6 @@ def test_a_folder_without_reference_loads_with_reference_none(env, no_reference_
                                                     "Test anomaly": "10"}
     body = texts(at)
     assert "Reference set: none" in body and "no reference/ folder" in body  # the resolved reference and why
-    at.run()  # the sidebar is drawn before the page picks the dataset: it shows it from the next run on
     assert "Reference set: none" in "\n".join(m.value for m in at.sidebar.markdown)
     assert any("reference/" in c.value and "optional" in c.value for c in at.code)  # the layout says so
     # a reference the folder does not have is a message, and the folder stays active with its own choice

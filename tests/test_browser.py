@@ -1,7 +1,8 @@
 """The real app in a real browser: `streamlit run app.py` on a free port, driven by headless Chromium (Playwright).
 
 Visits every page with no run, trains a tiny run through the UI (tiny backbone, 200 normal and 200 reference images),
-uses the ROC page, reloads the browser, and trains from two browser sessions at once. Every page is checked for
+uses the ROC page, reloads the browser, trains from two browser sessions at once, and trains with the auto preset on a
+folder of own images that has no reference/ folder. Every page is checked for
 Streamlit exception boxes, error alerts and traceback text, and a screenshot of each page is saved under
 artifacts/screenshots/ (ignored by git) to be looked at.
 """
@@ -32,7 +33,15 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server_tmp(tmp_path_factory) -> Path:
+    """The server's folder: its runs, uploads, and ``datasets/``, the only folder it may read datasets from."""
+    tmp = tmp_path_factory.mktemp("browser")
+    (tmp / "datasets").mkdir()
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def server(server_tmp):
     """`streamlit run app.py` on a free localhost port, with its own empty runs folder; yields the base URL."""
     from doc_core.data import DataError, load_fashion_mnist
 
@@ -40,8 +49,7 @@ def server(tmp_path_factory):
         load_fashion_mnist(download=False)
     except DataError as exc:
         pytest.skip(f"Fashion-MNIST is not installed (scripts/setup.sh installs it): {exc}")
-    tmp = tmp_path_factory.mktemp("browser")
-    (tmp / "datasets").mkdir()
+    tmp = server_tmp
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DOC_SERVER_FOLDERS", str(tmp / "datasets"))  # "Folder on the server" reads only under it
         with running_app(tmp, tmp / "runs") as url:
@@ -210,7 +218,7 @@ def explore_rank_and_score(page, tmp_path: Path) -> None:
     check_clean(page, "Explorer, selected")
     mirrored = frame.evaluate(SELECTED_PER_MAP)
     assert mirrored[0] == mirrored[1] == mirrored[2] > 1, mirrored
-    page.get_by_text("Grad-CAM heatmaps").first.click()
+    page.locator('[data-testid="stMain"]').get_by_text("Grad-CAM", exact=True).first.click()
     wait_idle(page, 1.0)
     check_clean(page, "Explorer, Grad-CAM")
     shot(page, "09-explorer")
@@ -371,3 +379,53 @@ def test_two_browser_sessions_train_at_the_same_time(server, browser):
         assert name in message and other not in message
     for p in pages:
         p.context.close()
+
+
+def test_own_images_without_a_reference_folder(server, server_tmp, page):
+    """A folder with train/ and test/ only: the Dataset page loads it with reference "none" and says why, the auto
+    preset trains a tiny run and shows its evidence, and the ranked gallery draws its heatmaps."""
+    from conftest import smooth_noise, with_patch
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = server_tmp / "datasets" / "parts"
+    for folder, images in (("train", smooth_noise(rng, 40)), ("test/normal", smooth_noise(rng, 10)),
+                           ("test/anomaly", with_patch(rng, smooth_noise(rng, 10), patch=8))):
+        (root / folder).mkdir(parents=True)
+        for i, im in enumerate(images):
+            Image.fromarray(im[..., 0]).save(root / folder / f"{i:03d}.png")
+    page.goto(server)
+    wait_idle(page)
+    go(page, "Dataset")
+    segment(page, "Folder on the server")
+    page.get_by_label("Folder on the server", exact=True).fill(str(root))
+    page.get_by_label("Folder on the server", exact=True).press("Enter")
+    wait_idle(page)
+    check_clean(page, "Dataset, folder without reference/")
+    page.get_by_text("Reference set: none").first.wait_for()
+    assert page.get_by_text("no reference/ folder").first.is_visible()
+    assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "40"
+    shot(page, "12-dataset-own-images")
+
+    go(page, "Training")
+    check_clean(page, "Training, own images")
+    assert page.get_by_role("radio", name="auto (choose by synthetic defects)").is_checked()
+    choose(page, "Backbone", "Tiny CNN (random, for tests)")
+    set_number(page, "Epochs", 1)
+    set_number(page, "Batch size", 16)
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Training finished").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    wait_idle(page)
+    check_clean(page, "Training, own images, finished")
+    assert page.get_by_text("How the configuration was chosen").first.is_visible()
+    assert page.get_by_text("not a promise").first.is_visible()
+    shot(page, "13-training-auto-evidence")
+
+    go(page, "Ranked anomalies")
+    check_clean(page, "Ranked anomalies, own images")
+    assert page.locator('[data-testid="stImage"] img').count() == 10  # the 10 anomalies
+    patch = page.get_by_text("Patch defect map", exact=True)
+    (patch if patch.count() else page.get_by_text("Grad-CAM", exact=True)).first.click()  # the chosen run's maps
+    wait_idle(page, 1.0)
+    check_clean(page, "Ranked anomalies, own images, heatmaps")
+    shot(page, "14-ranked-own-images")
