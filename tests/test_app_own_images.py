@@ -149,6 +149,24 @@ def test_patch_run_offers_defect_maps_wherever_gradcam_is(env, no_reference_fold
     at.radio(key=state.RK_MAP).set_value("Grad-CAM").run()
     assert_clean(at)
 
+    at.session_state[state.EX_SELECTED] = ((snap.run.run_id, 2000, False), [0, 15])  # as the maps' on_select does
+    at.switch_page(EXPLORER).run()
+    assert_clean(at)
+    assert "2 selected" in texts(at)
+    at.radio(key=state.EX_MAP).set_value("Patch defect map").run()
+    assert_clean(at)
+    assert "lowest training score" in texts(at) and len(at.get("image")) == 2 * (1 + 5)
+
+    at.switch_page(nav.ROC).run()  # patch scores have their own words on the ROC page
+    assert_clean(at)
+    assert "patch k-NN, k=1" in texts(at) and "most anomalous patch" in texts(at)
+    at.switch_page(nav.COMPARE).run()
+    next(b for b in at.button if b.label == "Run comparison").click().run()
+    assert_clean(at)
+    table = at.dataframe[0].value.set_index("Method")
+    assert table.loc["DOC k-NN", "Note"] == "the run's own scorer (patch)"  # its stored (patch) scores, said so
+    assert table["Test AUC"].between(0, 1).all()
+
     at.switch_page(SCORE).run()
     buf = io.BytesIO()
     Image.fromarray(np.full((32, 32), 110, np.uint8)).save(buf, format="PNG")
@@ -190,3 +208,24 @@ def test_runs_without_patch_scoring_offer_gradcam_only(env, no_reference_folder)
     assert_clean(at)
     assert list(at.radio(key=state.RK_MAP).options) == ["Off", "Grad-CAM"]
     assert "patch scorer" in at.radio(key=state.RK_MAP).help  # why there is no defect map
+
+
+def test_a_zip_without_reference_loads(env, tmp_path, monkeypatch):
+    import zipfile
+
+    monkeypatch.setenv("DOC_UPLOADS_DIR", str(tmp_path / "uploads"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path, value in [("train/a.png", 90), ("train/b.png", 95), ("test/normal/n.png", 92),
+                            ("test/anomaly/o.png", 250)]:
+            png = io.BytesIO()
+            Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(png, format="PNG")
+            zf.writestr(f"parts/{path}", png.getvalue())
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.switch_page(DATASET).run()
+    at.get("button_group")[0].set_value(state.SOURCE_ZIP).run()
+    at.get("file_uploader")[0].upload("parts.zip", buf.getvalue()).run()
+    assert_clean(at)
+    spec = at.session_state[state.DATASET]
+    assert spec.kind == "folder" and spec.label == "parts.zip" and spec.reference == "auto"
+    assert {m.label: m.value for m in at.metric}["Reference"] == "0" and "Reference set: none" in texts(at)
