@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backbones import REPO_ROOT, BackboneConfig
+from .backbones import DEFAULT_PATCH_LAYERS, REPO_ROOT, BackboneConfig
 from .benchmark import MethodResult, machine_info, run_raw_knn
 from .data import IMAGE_EXTENSIONS, DataError, OneClassSplit, load_folder_split, read_image
 from .detector import DOCDetector, ScorerConfig
@@ -185,23 +185,24 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
         f"anomalous test images, {test.shape[1]} px")
     record("raw_knn", run_raw_knn(split))
     pre = replace(train, epochs=0)
+    coarse = DEFAULT_PATCH_LAYERS[backbone.name][-1:]
     det, fit_s = fit(DOCDetector(backbone, pre, ScorerConfig("knn")), split)
     evaluate("pretrained_knn", det, fit_s, gradcam=True)
-    t0 = time.perf_counter()
-    pdet = det.with_scorer(ScorerConfig("patch"), normal=split.train_normal)
-    evaluate("pretrained_patch", pdet, fit_s + time.perf_counter() - t0)
+    for name, layers in (("pretrained_patch", None), ("pretrained_patch_coarse", coarse)):
+        t0 = time.perf_counter()
+        pdet = det.with_scorer(ScorerConfig("patch", patch_layers=layers), normal=split.train_normal)
+        evaluate(name, pdet, fit_s + time.perf_counter() - t0)
     refs = [("none", "doc_knn_noref")]
     if len(split.reference_names) >= 2:
         refs.append(("folder", "doc_knn_folder_ref"))
     if fashion_reference:
         refs.append(("fashion-mnist", "doc_knn_fashion_ref"))
-    feature_layer = backbone.resolved().feature_layer
     for choice, name in refs:
         s = with_reference(split, choice)
         det, fit_s = fit(DOCDetector(backbone, train, ScorerConfig("knn")), s)
         evaluate(name, det, fit_s, gradcam=True)
         t0 = time.perf_counter()
-        pdet = det.with_scorer(ScorerConfig("patch", patch_layers=(feature_layer,)), normal=split.train_normal)
+        pdet = det.with_scorer(ScorerConfig("patch"), normal=split.train_normal)
         evaluate(name.replace("knn", "patch"), pdet, fit_s + time.perf_counter() - t0)
     # auto: chosen on the normal training images only, then refitted on all of them
     auto_split = with_reference(split, "auto")
@@ -214,11 +215,10 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     evaluate("auto", det, time.perf_counter() - t0)
     log(sel.table())
     # which candidate was best on the test set (reported, never used for the choice)
+    ref = "noref" if auto_split.info.get("reference") == "none" else "folder_ref"
     cand_method = {"pretrained, global k-NN": "pretrained_knn", "pretrained, patch k-NN": "pretrained_patch",
-                   "DOC, global k-NN": "doc_knn_noref" if auto_split.info.get("reference") == "none"
-                   else "doc_knn_folder_ref",
-                   "DOC, patch k-NN (fine-tuned layer)": "doc_patch_noref"
-                   if auto_split.info.get("reference") == "none" else "doc_patch_folder_ref"}
+                   "pretrained, patch k-NN (coarse layer)": "pretrained_patch_coarse",
+                   "DOC, global k-NN": f"doc_knn_{ref}", "DOC, patch k-NN": f"doc_patch_{ref}"}
     test_aucs = {c.name: methods[cand_method[c.name]]["auc"] for c in cands if cand_method.get(c.name) in methods}
     best_name = max(test_aucs, key=test_aucs.get)
     auto = {**sel.to_dict(), "test_auc_of_candidates": test_aucs, "test_best": best_name,

@@ -293,8 +293,9 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
 
 
 def auto_candidates(backbone, train, epochs: int | None = None) -> list[Candidate]:
-    """The ``auto`` preset's candidates for a backbone: pretrained and DOC-trained features, each with global k-NN and
-    patch k-NN scoring, simplest first.
+    """The ``auto`` preset's candidates for a backbone, simplest first: pretrained features with global k-NN, with
+    patch k-NN over the default pair of layers (:data:`doc_core.backbones.DEFAULT_PATCH_LAYERS`) and over the
+    coarser of the two alone; DOC-trained features with global k-NN and with patch k-NN over the default layers.
 
     Parameters
     ----------
@@ -302,15 +303,17 @@ def auto_candidates(backbone, train, epochs: int | None = None) -> list[Candidat
     train : TrainConfig
         Settings of the DOC-trained candidates (``epochs`` overridden by ``epochs`` when given; at least 1).
     """
+    from .backbones import DEFAULT_PATCH_LAYERS
     from .detector import ScorerConfig
 
     doc_train = replace(train, epochs=max(1, epochs if epochs is not None else train.epochs))
     pre_train = replace(train, epochs=0)
-    feature_layer = backbone.resolved().feature_layer
+    pair = DEFAULT_PATCH_LAYERS[backbone.name]
     return [
         Candidate("pretrained, global k-NN", backbone, pre_train, ScorerConfig("knn")),
         Candidate("pretrained, patch k-NN", backbone, pre_train, ScorerConfig("patch")),
+        Candidate("pretrained, patch k-NN (coarse layer)", backbone, pre_train,
+                  ScorerConfig("patch", patch_layers=pair[-1:])),
         Candidate("DOC, global k-NN", backbone, doc_train, ScorerConfig("knn")),
-        Candidate("DOC, patch k-NN (fine-tuned layer)", backbone, doc_train,
-                  ScorerConfig("patch", patch_layers=(feature_layer,))),
+        Candidate("DOC, patch k-NN", backbone, doc_train, ScorerConfig("patch")),
     ]

@@ -39,7 +39,7 @@ def test_train_on_a_folder_without_reference_uses_auto_and_shows_its_evidence(ow
     cap = capsys.readouterr()
     result = json.loads(cap.out)
     assert "reference: none" in cap.err and "preset auto" in cap.err and "<- chosen" in cap.err
-    assert result["preset"] == "auto" and len(result["selection"]["rows"]) == 4
+    assert result["preset"] == "auto" and len(result["selection"]["rows"]) == 5
     chosen = [r for r in result["selection"]["rows"] if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["name"] == result["selection"]["chosen"]
     assert 0.0 <= result["auc"] <= 1.0

@@ -68,9 +68,10 @@ def test_selection_prefers_what_finds_the_synthetic_defects(make_normal):
 
 def test_auto_candidates_cover_pretrained_and_doc_global_and_patch():
     cands = auto_candidates(TINY, TrainConfig(epochs=3))
-    assert [c.train.epochs for c in cands] == [0, 0, 3, 3]
-    assert [c.scorer.name for c in cands] == ["knn", "patch", "knn", "patch"]
-    assert cands[3].scorer.patch_layers == ("conv3_relu",)  # the fine-tuned layer, not the frozen defaults
+    assert [c.train.epochs for c in cands] == [0, 0, 0, 3, 3]
+    assert [c.scorer.name for c in cands] == ["knn", "patch", "patch", "knn", "patch"]
+    assert cands[1].scorer.patch_layers is None and cands[2].scorer.patch_layers == ("conv3_relu",)
+    assert len({c.name for c in cands}) == 5
 
 
 def _folder_split(make_normal) -> tuple[OneClassSplit, np.ndarray]:
@@ -90,8 +91,8 @@ def test_folder_benchmark_runs_every_method_and_its_choice_ignores_test_labels(m
     split, masks = _folder_split(make_normal)
     kw = dict(backbone=TINY, train=TrainConfig(epochs=1, batch_size=16), fashion_reference=False)
     res = benchmark_folder(split, masks, **kw)
-    assert set(res["methods"]) == {"raw_knn", "pretrained_knn", "pretrained_patch", "doc_knn_noref",
-                                   "doc_patch_noref", "auto"}
+    assert set(res["methods"]) == {"raw_knn", "pretrained_knn", "pretrained_patch", "pretrained_patch_coarse",
+                                   "doc_knn_noref", "doc_patch_noref", "auto"}
     for name, m in res["methods"].items():
         assert 0.0 <= m["auc"] <= 1.0, name
     assert res["methods"]["pretrained_patch"]["pixel_auc"] is not None
