@@ -28,6 +28,9 @@ from .scoring import _BLOCK_FLOATS, check_backend, knn_distances
 CORESETS = ("greedy", "random")
 PATCH_BACKENDS = ("exact", "faiss")
 MAX_CANDIDATES = 200_000
+# leave-one-image-out training scores (for the threshold) are computed for at most this many training images, a
+# seeded subset: each costs (patches per image) x (bank size) distances, as much as scoring a new image
+MAX_TRAIN_SCORES = 300
 """Default cap on the patches :func:`greedy_coreset` looks at: larger sets are first subsampled at random to this
 many rows (its cost is ``O(rows * m * projection_dim)``)."""
 QUERY_BLOCK_PATCHES = 8192
@@ -279,7 +282,10 @@ class PatchKNNScorer:
     neighbourhood : int
         Odd side of the :func:`neighbourhood_average` window applied to every map (training and scored); 1 = none.
     seed : int
-        Seeds the coreset.
+        Seeds the coreset and the subset of training images scored.
+    max_train_scores : int or None
+        Training images whose leave-one-image-out scores are computed (None = all); default
+        :data:`MAX_TRAIN_SCORES`.
     backend : {"exact", "faiss"}
         ``exact``: numpy (:func:`doc_core.scoring.knn_distances`); ``faiss``: exact flat faiss index
         (:mod:`doc_core.faiss_search`, needs faiss-cpu). Both give the same scores up to float rounding.
@@ -292,9 +298,12 @@ class PatchKNNScorer:
         Index of the training image each bank patch comes from.
     map_shape_ : tuple[int, int]
         (h, w) of the training maps; scored maps must match.
-    train_scores_ : np.ndarray, float32, (n,)
+    train_scores_ : np.ndarray, float32, (n',)
         Leave-one-image-out scores of the training images: each patch is scored against the bank patches of the
-        *other* images only, so a training image scores like an unseen normal image.
+        *other* images only, so a training image scores like an unseen normal image. For at most
+        ``max_train_scores`` images (a seeded subset when there are more; ``n' = min(n, max_train_scores)``).
+    n_train_ : int
+        Number of training images fitted.
     bank_bytes_ : int
         ``bank_.nbytes = m * c * 4`` (``bank_image_`` adds ``m * 8``; the faiss backend keeps another copy of the bank).
 
@@ -307,20 +316,23 @@ class PatchKNNScorer:
     """
 
     def __init__(self, k: int = 1, max_bank_size: int | None = 20000, coreset: str = "greedy",
-                 neighbourhood: int = 3, seed: int = 0, backend: str = "exact") -> None:
+                 neighbourhood: int = 3, seed: int = 0, backend: str = "exact",
+                 max_train_scores: int | None = MAX_TRAIN_SCORES) -> None:
         self.k = k
         self.max_bank_size = max_bank_size
         self.coreset = coreset
         self.neighbourhood = neighbourhood
         self.seed = seed
         self.backend = backend
+        self.max_train_scores = max_train_scores
 
     # -- configuration ------------------------------------------------------------------------------------------
 
     def get_config(self) -> dict:
         """The constructor arguments, JSON-serialisable (for :meth:`from_arrays`)."""
         return {"k": self.k, "max_bank_size": self.max_bank_size, "coreset": self.coreset,
-                "neighbourhood": self.neighbourhood, "seed": self.seed, "backend": self.backend}
+                "neighbourhood": self.neighbourhood, "seed": self.seed, "backend": self.backend,
+                "max_train_scores": self.max_train_scores}
 
     def _check_config(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
@@ -331,6 +343,10 @@ class PatchKNNScorer:
             raise ValueError(f"max_bank_size must be an integer >= 1 or None, got {self.max_bank_size!r}")
         if self.coreset not in CORESETS:
             raise ValueError(f"unknown coreset {self.coreset!r}; choose one of {', '.join(CORESETS)}")
+        if self.max_train_scores is not None and (isinstance(self.max_train_scores, bool)
+                                                  or not isinstance(self.max_train_scores, (int, np.integer))
+                                                  or self.max_train_scores < 1):
+            raise ValueError(f"max_train_scores must be an integer >= 1 or None, got {self.max_train_scores!r}")
         _check_size(self.neighbourhood)
         check_backend("knn", self.backend)
         if self.backend not in PATCH_BACKENDS:
@@ -371,7 +387,12 @@ class PatchKNNScorer:
         bank_image = image_of[keep]
         self._check_loio(bank_image, n)
         self._set_state(bank, bank_image, (h, w))
-        self.train_scores_ = self._loio_scores(feats, image_of, n, h * w)
+        self.n_train_ = n
+        scored = np.arange(n, dtype=np.int64)
+        if self.max_train_scores is not None and n > self.max_train_scores:  # bounded cost: a seeded subset
+            scored = np.sort(np.random.default_rng(self.seed).choice(n, int(self.max_train_scores), replace=False))
+        sel = feats.reshape(n, h * w, c)[scored].reshape(-1, c)
+        self.train_scores_ = self._loio_scores(sel, np.repeat(scored, h * w), len(scored), h * w)
         return self
 
     def _check_loio(self, bank_image: np.ndarray, n: int) -> None:
@@ -504,7 +525,8 @@ class PatchKNNScorer:
         ``bank_image_`` int64 (m,), ``train_scores_`` float32 (n,), ``map_shape_`` int64 (2,)."""
         self._check_fitted()
         return {"bank_": self.bank_, "bank_image_": self.bank_image_, "train_scores_": self.train_scores_,
-                "map_shape_": np.asarray(self.map_shape_, np.int64)}
+                "map_shape_": np.asarray(self.map_shape_, np.int64),
+                "n_train_": np.asarray([getattr(self, "n_train_", len(self.train_scores_))], np.int64)}
 
     @classmethod
     def from_arrays(cls, config: dict, arrays: dict) -> "PatchKNNScorer":
@@ -540,12 +562,16 @@ class PatchKNNScorer:
             raise ValueError(f"bank_image_ must have shape ({len(bank)},), got {bank_image.shape}")
         if train_scores.ndim != 1 or len(train_scores) < 1 or not np.isfinite(train_scores).all():
             raise ValueError(f"train_scores_ must be a finite non-empty (n,) array, got shape {train_scores.shape}")
-        if bank_image.min() < 0 or bank_image.max() >= len(train_scores):
-            raise ValueError(f"bank_image_ must index the {len(train_scores)} training images")
+        n_train = int(np.asarray(arrays["n_train_"]).reshape(-1)[0]) if "n_train_" in arrays else len(train_scores)
+        if not len(train_scores) <= n_train <= 10**9:
+            raise ValueError(f"n_train_ must be at least the {len(train_scores)} training scores, got {n_train}")
+        if bank_image.min() < 0 or bank_image.max() >= n_train:
+            raise ValueError(f"bank_image_ must index the {n_train} training images")
         if map_shape.shape != (2,) or map_shape.min() < 1:
             raise ValueError(f"map_shape_ must be two integers >= 1, got {map_shape.tolist()}")
         if len(bank) < scorer.k:
             raise ValueError(f"k={scorer.k} needs at least {scorer.k} bank patches, got {len(bank)}")
         scorer._set_state(bank, bank_image, (int(map_shape[0]), int(map_shape[1])))
         scorer.train_scores_ = train_scores
+        scorer.n_train_ = n_train
         return scorer

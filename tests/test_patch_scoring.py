@@ -365,3 +365,21 @@ def test_bad_input_raises_clear_errors():
         greedy_coreset(np.full((5, 2), np.nan, np.float32), 2)
     with pytest.raises(ValueError, match="size"):
         neighbourhood_average(train, 4)
+
+
+def test_training_scores_of_a_seeded_subset_are_the_brute_force_ones():
+    """max_train_scores bounds the leave-one-image-out work: only that many images are scored, exactly."""
+    rng = np.random.default_rng(7)
+    maps = rng.normal(size=(6, 3, 3, 4)).astype(np.float32)
+    sc = PatchKNNScorer(k=1, max_bank_size=None, neighbourhood=1, max_train_scores=3, seed=2).fit(maps)
+    assert sc.train_scores_.shape == (3,) and sc.n_train_ == 6
+    picked = np.sort(np.random.default_rng(2).choice(6, 3, replace=False))
+    flat = maps.reshape(6, 9, 4)
+    for score, i in zip(sc.train_scores_, picked):
+        others = np.concatenate([flat[j] for j in range(6) if j != i])
+        want = max(np.sqrt(((others - p) ** 2).sum(axis=1)).min() for p in flat[i])
+        assert score == pytest.approx(want, rel=1e-4)
+    again = PatchKNNScorer.from_arrays(sc.get_config(), sc.to_arrays())
+    assert again.n_train_ == 6 and np.array_equal(again.train_scores_, sc.train_scores_)
+    with pytest.raises(ValueError, match="max_train_scores"):
+        PatchKNNScorer(max_train_scores=0).fit(maps)
