@@ -28,11 +28,11 @@ from .scoring import _BLOCK_FLOATS, check_backend, knn_distances
 CORESETS = ("greedy", "random")
 PATCH_BACKENDS = ("exact", "faiss")
 MAX_CANDIDATES = 200_000
+"""Default cap on the patches :func:`greedy_coreset` looks at: larger sets are first subsampled at random to this
+many rows (its cost is ``O(rows * m * projection_dim)``)."""
 # leave-one-image-out training scores (for the threshold) are computed for at most this many training images, a
 # seeded subset: each costs (patches per image) x (bank size) distances, as much as scoring a new image
 MAX_TRAIN_SCORES = 300
-"""Default cap on the patches :func:`greedy_coreset` looks at: larger sets are first subsampled at random to this
-many rows (its cost is ``O(rows * m * projection_dim)``)."""
 QUERY_BLOCK_PATCHES = 8192
 """Patches (image positions) processed together when scoring: bounds the working memory for any number of images."""
 LOIO_EXTRA = 16
