@@ -212,7 +212,8 @@ def test_real_mobilenet_v2_loads_shared_weights(tmp_path, monkeypatch):
         first_kernel = f["layers/conv2d/vars/0"][()]
     np.testing.assert_array_equal(b.model.get_layer("Conv1").kernel.numpy(), first_kernel)
     assert b.config.feature_layer == "block_13_expand_relu" and b.feature_dim == 576
-    assert b.trunk is not None and "block_10_project" not in b.trainable_layer_names
-    assert "block_11_expand" in b.trainable_layer_names and "block_14_expand" not in b.trainable_layer_names
+    # blocks 9-13 train by default (trainable_from block_8_add, chosen by benchmark --protocol validation)
+    assert b.trunk is not None and "block_8_project" not in b.trainable_layer_names
+    assert "block_9_expand" in b.trainable_layer_names and "block_14_expand" not in b.trainable_layer_names
     e = b.embed(images(2, 32, 3))
     assert e.shape == (2, 576) and np.isfinite(e).all()
