@@ -25,8 +25,9 @@ def home() -> None:
         try:
             split, _ = cached.split(spec)
             c = split.summary()
-            st.markdown(f"{c['normal training']:,} normal training · {c['reference']:,} reference "
-                        f"({len(split.reference_names)} classes) · {c['test normal']:,} test normal · "
+            ref = (f"{c['reference']:,} reference ({len(split.reference_names)} classes)" if c["reference"]
+                   else "no labelled reference set")
+            st.markdown(f"{c['normal training']:,} normal training · {ref} · {c['test normal']:,} test normal · "
                         f"{c['test anomaly']:,} test anomaly" +
                         (f" · {c['test unlabelled']:,} unlabelled" if c["test unlabelled"] else ""))
         except DataError as exc:
@@ -58,10 +59,12 @@ def home() -> None:
              (nav.EXPLORER, "4 · Embedding explorer", "See the test images in 2-D maps of raw pixels, the backbone "
               "before DOC training and after it; select points to see the images and why they score as they do."),
              (nav.RANKED, "5 · Ranked anomalies", "Browse the test images by score: the surest anomalies, the "
-              "anomalies that look normal and the false alarms, with Grad-CAM heatmaps."),
+              "anomalies that look normal and the false alarms, with Grad-CAM or patch defect maps."),
              (nav.SCORE, "6 · Score new images", "Upload images: score, verdict at the run's threshold, heatmap and "
-              "the nearest normal training images.")]
-    cols = st.columns(3) + st.columns(3)
+              "the nearest normal training images."),
+             (nav.COMPARE, "7 · Compare methods", "Raw-pixel and pretrained k-NN, DOC with k-NN and LOF and a conv "
+              "autoencoder, side by side on the active run's data.")]
+    cols = st.columns(3) + st.columns(3) + st.columns(3)
     suggested = nav.TRAINING if run is None else nav.ROC
     for col, (target, label, text) in zip(cols, steps):
         with col, st.container(border=True):

@@ -20,7 +20,7 @@ from doc_core.model.training import TrainConfig
 from doc_core.scoring import make_scorer
 from doc_core.workflow import runs
 from doc_core.workflow.jobs import SUCCEEDED, steps_per_epoch
-from ui import state
+from ui import nav, state
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET, TRAINING, ROC = "pages/1_dataset.py", "pages/2_training.py", "pages/3_roc_threshold.py"
@@ -108,6 +108,10 @@ def test_home_without_a_run(empty_runs_dir):
     assert at.title[0].value == "DOC Explorer"
     body = texts(at)
     assert "No run yet" in body and "Sneaker" in body and "Suggested next step" in body
+    assert "6,000 reference (8 classes)" in body
+    # every page of the app is one of the next steps, Compare methods included
+    steps = {el.proto.label.split(" · ", 1)[1] for el in at.get("page_link") if " · " in el.proto.label}
+    assert steps == {nav.TITLES[page] for page in nav.PAGES[1:]}, steps  # the numbered next-step cards
 
 
 def test_dataset_page_defaults_to_the_reference_experiment(empty_runs_dir):
