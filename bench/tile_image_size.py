@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/tile_image_size.py --sizes 96 160 224 --json bench/results-tile-image-size.json
 
-For each image size: the magnetic-tile protocol's split (doc_core.folder_benchmark.load_magnetic_tiles, seed 0),
-then global k-NN and the patch scorer over the default layer pair and the coarse layer alone, all with the library
-defaults; image AUROC, pixel AUROC (masks at the same size), fit seconds, scoring ms per image and bank bytes.
-Nothing here is tuned: every size runs the same configuration, and the numbers only inform the default image size.
+For each image size: the magnetic-tile protocol's split (doc_core.evaluation.folder_benchmark.load_magnetic_tiles, seed
+0), then global k-NN and the patch scorer over the default layer pair and the coarse layer alone, all with the library
+defaults; image AUROC, pixel AUROC (masks at the same size), fit seconds, scoring ms per image and bank bytes. Nothing
+here is tuned: every size runs the same configuration, and the numbers only inform the default image size.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from doc_core import BackboneConfig, DOCDetector, ScorerConfig, TrainConfig  # noqa: E402
-from doc_core.backbones import DEFAULT_PATCH_LAYERS  # noqa: E402
-from doc_core.benchmark import machine_info  # noqa: E402
-from doc_core.folder_benchmark import load_magnetic_tiles, pixel_auroc  # noqa: E402
-from doc_core.metrics import roc_auc  # noqa: E402
+from doc_core.evaluation.benchmark import machine_info  # noqa: E402
+from doc_core.evaluation.folder_benchmark import load_magnetic_tiles, pixel_auroc  # noqa: E402
+from doc_core.evaluation.metrics import roc_auc  # noqa: E402
+from doc_core.model.backbones import DEFAULT_PATCH_LAYERS  # noqa: E402
 
 
 def main() -> int:

@@ -10,6 +10,20 @@ The public API::
 
 The names above are imported on first use (module ``__getattr__``), so ``import doc_core.cli`` or
 ``python -m doc_core --help`` does not load TensorFlow. The package never imports Streamlit.
+
+Subpackages, by job:
+
+==============  =====================================================================================================
+``data``        image files, Fashion-MNIST, one-class splits, the user's own datasets (folders, zips, uploads)
+``model``       backbones, DOC losses and training (also data-parallel), the detector that ties them together
+``scoring``     anomaly scores from features: k-NN / LOF per image, the patch memory bank per patch, faiss search
+``explain``     Grad-CAM and map overlays, 2-D embeddings of feature sets, what the explorer and gallery show
+``workflow``    saved runs, background training jobs, the label-free ``auto`` selection, safe artifacts and folders
+``edge``        export to a LiteRT bundle and its standalone (numpy-only) scorer
+``evaluation``  metrics, benchmarks (Fashion-MNIST, folders, k-NN scaling), validation, ROC reports, baselines
+==============  =====================================================================================================
+
+``cli`` (``python -m doc_core``) is the command line.
 """
 
 from __future__ import annotations
@@ -24,20 +38,21 @@ __version__ = "0.1.0"
 
 # public name -> the submodule that defines it
 _EXPORTS = {
-    "Backbone": "backbones", "BackboneConfig": "backbones", "WeightsNotFoundError": "backbones",
-    "DataError": "data", "OneClassSplit": "data", "SplitConfig": "data", "load_fashion_mnist": "data",
-    "load_folder_split": "data", "make_split": "data",
-    "DetectorFormatError": "detector", "DOCDetector": "detector", "ScorerConfig": "detector",
-    "DOCTrainer": "training", "StepRecord": "training", "TrainConfig": "training", "TrainingDivergedError": "training",
+    "Backbone": "model.backbones", "BackboneConfig": "model.backbones", "WeightsNotFoundError": "model.backbones",
+    "DataError": "data.images", "OneClassSplit": "data.splits", "SplitConfig": "data.splits",
+    "load_fashion_mnist": "data.fashion_mnist", "load_folder_split": "data.splits", "make_split": "data.splits",
+    "DetectorFormatError": "model.detector", "DOCDetector": "model.detector", "ScorerConfig": "model.detector",
+    "DOCTrainer": "model.training", "StepRecord": "model.training", "TrainConfig": "model.training",
+    "TrainingDivergedError": "model.training",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs only
-    from .backbones import Backbone, BackboneConfig, WeightsNotFoundError
     from .data import DataError, OneClassSplit, SplitConfig, load_fashion_mnist, load_folder_split, make_split
-    from .detector import DetectorFormatError, DOCDetector, ScorerConfig
-    from .training import DOCTrainer, StepRecord, TrainConfig, TrainingDivergedError
+    from .model.backbones import Backbone, BackboneConfig, WeightsNotFoundError
+    from .model.detector import DetectorFormatError, DOCDetector, ScorerConfig
+    from .model.training import DOCTrainer, StepRecord, TrainConfig, TrainingDivergedError
 
 
 def __getattr__(name: str) -> Any:

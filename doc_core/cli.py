@@ -15,12 +15,12 @@ import numpy as np
 DESCRIPTION = """DOC Explorer: Deep One-Class Classification (Perera & Patel) for image anomaly detection.
 Scores are higher for more anomalous images everywhere."""
 
-# The same names as doc_core.backbones.BACKBONES and doc_core.scoring.KNN_BACKENDS (a test checks), spelled out so
-# that building the parser, --help and argument errors import neither TensorFlow nor scikit-learn.
+# The same names as doc_core.model.backbones.BACKBONES and doc_core.scoring.knn.KNN_BACKENDS (a test checks), spelled
+# out so that building the parser, --help and argument errors import neither TensorFlow nor scikit-learn.
 BACKBONE_NAMES = ("mobilenet_v2", "vgg16", "tiny")
 KNN_BACKEND_NAMES = ("exact", "faiss", "faiss-ivf")
-SCORER_NAMES = ("knn", "lof", "patch")  # doc_core.detector.SCORER_NAMES
-REFERENCE_NAMES = ("auto", "folder", "fashion-mnist", "none")  # doc_core.datasets.REFERENCE_CHOICES
+SCORER_NAMES = ("knn", "lof", "patch")  # doc_core.model.detector.SCORER_NAMES
+REFERENCE_NAMES = ("auto", "folder", "fashion-mnist", "none")  # doc_core.data.datasets.REFERENCE_CHOICES
 
 # What TensorFlow's native libraries print while it is imported, before its logging is set up (so
 # TF_CPP_MIN_LOG_LEVEL does not silence it; TensorFlow 2.21 prints it twice, once per library).
@@ -140,9 +140,9 @@ def _with_backend(det, backend: str | None):
 
 
 def _configs(args):
-    from .backbones import BackboneConfig
-    from .detector import ScorerConfig
-    from .training import TrainConfig
+    from .model.backbones import BackboneConfig
+    from .model.detector import ScorerConfig
+    from .model.training import TrainConfig
 
     weights = None if str(args.weights).lower() == "none" else args.weights
     bb = BackboneConfig(args.backbone, args.alpha, args.input_size, weights, args.feature_layer, args.trainable_from)
@@ -154,10 +154,11 @@ def _configs(args):
 
 
 def _load_split(args):
-    from .data import ONE_VS_REST_SPLITS, SplitConfig, load_fashion_mnist, load_folder_split, make_split
+    from .data.fashion_mnist import load_fashion_mnist
+    from .data.splits import ONE_VS_REST_SPLITS, SplitConfig, load_folder_split, make_split
 
     if args.folder:
-        from .datasets import with_reference
+        from .data.datasets import with_reference
 
         split, skipped = load_folder_split(args.folder, image_size=args.image_size)
         for s in skipped:
@@ -187,7 +188,7 @@ def _embed_bar(total: int, desc: str):
 
 
 def _evaluation(det, split) -> dict:
-    from .metrics import average_precision, report_at_threshold, roc_auc
+    from .evaluation.metrics import average_precision, report_at_threshold, roc_auc
 
     scores = det.decision_function(split.test_images, progress=_embed_bar(len(split.test_images), "scoring test set"))
     out = {"n_test": int(len(scores)), "threshold": float(det.threshold_)}
@@ -202,8 +203,8 @@ def _evaluation(det, split) -> dict:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .detector import DETECTOR_FOLDER, DOCDetector, estimate_save_bytes
-    from .output_folders import check_target, check_writable
+    from .model.detector import DETECTOR_FOLDER, DOCDetector, estimate_save_bytes
+    from .workflow.output_folders import check_target, check_writable
 
     # --out is checked before any data is read or any step trained: foreign content, a parent that takes no file
     replaced = check_target(args.out, DETECTOR_FOLDER, args.force)
@@ -214,7 +215,7 @@ def cmd_train(args) -> int:
     preset = args.preset or ("auto" if args.folder else "manual")
     selection = None
     if preset == "auto":
-        from .selection import auto_candidates, select_configuration
+        from .workflow.selection import auto_candidates, select_configuration
 
         print(f"preset auto: choosing a configuration on the {len(split.train_normal)} normal training images "
               "(synthetic defects in held-out ones; no test labels)", file=sys.stderr)
@@ -261,7 +262,7 @@ def _say_replaced(result: dict, path: Path, replaced: str | None) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .detector import DOCDetector
+    from .model.detector import DOCDetector
 
     det = _with_backend(DOCDetector.load(args.detector), args.knn_backend)
     split = _load_split(args)
@@ -277,8 +278,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .data import read_images
-    from .detector import DOCDetector
+    from .data.images import read_images
+    from .model.detector import DOCDetector
 
     det = _with_backend(DOCDetector.load(args.detector), args.knn_backend)
     images, ok, skipped = read_images(args.images, size=det.backbone.input_size)
@@ -299,8 +300,8 @@ def _load_detector_or_run(path: str | Path):
 
     A run's detector uses the run's saved operating point (scorer and threshold) when one was saved.
     """
-    from .detector import DetectorFormatError, DOCDetector
-    from .runs import load_detector
+    from .model.detector import DetectorFormatError, DOCDetector
+    from .workflow.runs import load_detector
 
     path = Path(path).resolve()
     if (path / "detector.json").is_file():
@@ -327,9 +328,9 @@ EXPLAIN_FORMAT = "doc-explorer-explanation"
 def cmd_explain(args) -> int:
     from PIL import Image
 
-    from .data import read_images
-    from .explain import GradCAM, overlay
-    from .output_folders import OutputKind, check_target, check_writable
+    from .data.images import read_images
+    from .explain.gradcam import GradCAM, overlay
+    from .workflow.output_folders import OutputKind, check_target, check_writable
 
     if not 0.0 <= args.opacity <= 1.0:
         raise ValueError(f"--opacity must be between 0 and 1, got {args.opacity}")
@@ -348,7 +349,7 @@ def cmd_explain(args) -> int:
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     if method == "patch":
-        from .explain import map_to_unit
+        from .explain.gradcam import map_to_unit
 
         raw = det.anomaly_maps(images)
         heatmaps = map_to_unit(raw, float(det.train_scores_.min()), float(det.threshold_))
@@ -393,9 +394,9 @@ def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
 
 
 def cmd_export(args) -> int:
-    from .data import load_folder_split
-    from .export import BUNDLE_FOLDER, ExportConfig, estimate_bundle_bytes, export_bundle, normal_images_for
-    from .output_folders import check_target, check_writable
+    from .data.splits import load_folder_split
+    from .edge.export import BUNDLE_FOLDER, ExportConfig, estimate_bundle_bytes, export_bundle, normal_images_for
+    from .workflow.output_folders import check_target, check_writable
 
     out = args.out or f"{Path(args.detector).resolve().name}-{args.format}-{args.quantize}"
     replaced = check_target(out, BUNDLE_FOLDER, args.force)
@@ -433,9 +434,10 @@ def _write_json(result: dict, path: str | None) -> None:
 def _benchmark_export(args) -> int:
     import tempfile
 
-    from .data import SplitConfig, load_fashion_mnist, make_split
-    from .detector import DOCDetector
-    from .export import benchmark_export, format_export_table
+    from .data.fashion_mnist import load_fashion_mnist
+    from .data.splits import SplitConfig, make_split
+    from .edge.export import benchmark_export, format_export_table
+    from .model.detector import DOCDetector
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     split = make_split(SplitConfig.tutorial(args.seeds[0]), load_fashion_mnist(args.data_dir))
@@ -455,7 +457,7 @@ def _benchmark_export(args) -> int:
 
 
 def _benchmark_knn_scaling(args) -> int:
-    from .knn_scaling import format_scaling_table, knn_scaling
+    from .evaluation.knn_scaling import format_scaling_table, knn_scaling
 
     res = knn_scaling(tuple(args.bank_sizes), n_queries=args.queries, dim=args.dim, k=args.k or 5,
                       nprobe=args.nprobe, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -465,7 +467,8 @@ def _benchmark_knn_scaling(args) -> int:
 
 
 def _benchmark_folder(args) -> int:
-    from .folder_benchmark import benchmark_folder, format_folder_table, load_labelled_folder, load_magnetic_tiles
+    from .evaluation.folder_benchmark import (benchmark_folder, format_folder_table, load_labelled_folder,
+                                              load_magnetic_tiles)
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.protocol == "magnetic-tile":
@@ -489,8 +492,8 @@ def _benchmark_folder(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import benchmark, format_table
-    from .data import load_fashion_mnist
+    from .data.fashion_mnist import load_fashion_mnist
+    from .evaluation.benchmark import benchmark, format_table
 
     if args.protocol == "export":
         return _benchmark_export(args)
@@ -505,7 +508,7 @@ def cmd_benchmark(args) -> int:
     print(format_table(res))
     _write_json(res, args.json)
     if args.roc_html:
-        from .report import write_roc_html
+        from .evaluation.report import write_roc_html
 
         print(f"ROC curves: {write_roc_html(res, args.roc_html)}", file=sys.stderr)
     return 0
@@ -676,10 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     folder --out may not replace), 2 invalid input (data, detector, options), 130 interrupted."""
     args = build_parser().parse_args(argv)  # --help and argument errors exit here, before TensorFlow is imported
     import_tensorflow_quietly()
-    from .backbones import WeightsNotFoundError
-    from .data import DataError
-    from .detector import DetectorFormatError
-    from .training import TrainingDivergedError
+    from .data.images import DataError
+    from .model.backbones import WeightsNotFoundError
+    from .model.detector import DetectorFormatError
+    from .model.training import TrainingDivergedError
 
     try:
         return int(args.func(args) or 0)

@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from doc_core.data import FASHION_MNIST_CLASSES, FOLDER_LAYOUT, DataError, SplitConfig
-from doc_core.datasets import FASHION_REFERENCE_SIZE, REFERENCE_CHOICES, DatasetSpec, describe_zip_limits
-from doc_core.datasets import resolve_server_folder
+from doc_core.data.datasets import FASHION_REFERENCE_SIZE, REFERENCE_CHOICES, DatasetSpec, describe_zip_limits
+from doc_core.data.datasets import resolve_server_folder
 from ui import access, cached, charts, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
@@ -65,7 +65,7 @@ def fashion_settings() -> DatasetSpec:
 
 
 def reference_choice(where) -> str:
-    """The reference set of a folder or zip dataset (see doc_core.datasets.resolve_reference)."""
+    """The reference set of a folder or zip dataset (see doc_core.data.datasets.resolve_reference)."""
     return where.selectbox("Reference set", REFERENCE_CHOICES, format_func=REFERENCE_LABELS.get,
                            key=state.DS_REF_CHOICE, **PERSIST,
                            help="Labelled images of other classes that keep the features descriptive while DOC "

@@ -3,13 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from doc_core import runs
-from doc_core.backbones import BACKBONES, BackboneConfig, resolve_weights
 from doc_core.data import DataError
-from doc_core.detector import ScorerConfig
-from doc_core.jobs import FAILED, TrainingJob, steps_per_epoch
-from doc_core.selection import DEFECT_KINDS, MIN_FIT, MIN_HOLDOUT, auto_candidates, holdout_split
-from doc_core.training import TrainConfig
+from doc_core.model.backbones import BACKBONES, BackboneConfig, resolve_weights
+from doc_core.model.detector import ScorerConfig
+from doc_core.model.training import TrainConfig
+from doc_core.workflow import runs
+from doc_core.workflow.jobs import FAILED, TrainingJob, steps_per_epoch
+from doc_core.workflow.selection import DEFECT_KINDS, MIN_FIT, MIN_HOLDOUT, auto_candidates, holdout_split
 from ui import access, cached, charts, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
@@ -48,7 +48,7 @@ def scorer() -> ScorerConfig:
 
 
 def preset() -> str:
-    """The preset's code, "auto" or "manual" (doc_core.jobs.PRESETS)."""
+    """The preset's code, "auto" or "manual" (doc_core.workflow.jobs.PRESETS)."""
     return state.PRESET_CODES[st.session_state[state.TR_PRESET]]
 
 

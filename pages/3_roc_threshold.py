@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from doc_core import metrics, runs
-from doc_core.detector import ScorerConfig
+from doc_core.evaluation import metrics
+from doc_core.model.detector import ScorerConfig
 from doc_core.scoring import make_scorer
+from doc_core.workflow import runs
 from ui import access, cached, charts, nav, page, state, theme
 
 PERSIST = dict(persist_state="session")

@@ -5,8 +5,8 @@ the patch defect map of a patch run) and their nearest normal training images.""
 import numpy as np
 import streamlit as st
 
-from doc_core.embedding import FEATURE_SET_LABELS, FEATURE_SETS
-from doc_core.gallery import label_names, score_ranks
+from doc_core.explain.embedding import FEATURE_SET_LABELS, FEATURE_SETS
+from doc_core.explain.gallery import label_names, score_ranks
 from ui import cached, heatmaps, linked_maps, page, state, status, tiles
 
 PERSIST = dict(persist_state="session")

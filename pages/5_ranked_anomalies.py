@@ -3,7 +3,7 @@
 import numpy as np
 import streamlit as st
 
-from doc_core import gallery
+from doc_core.explain import gallery
 from ui import cached, heatmaps, page, state, tiles
 
 PERSIST = dict(persist_state="session")

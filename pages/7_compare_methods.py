@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from doc_core import runs
+from doc_core.workflow import runs
 from ui import cached, charts, page, state, theme
 
 ss = st.session_state

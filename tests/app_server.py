@@ -75,11 +75,11 @@ def fashion_or_skip():
 
 def make_tiny_run(where: Path, fashion, name: str, epochs: int) -> Path:
     """Train a tiny run on a small Fashion-MNIST split into ``where``, as the Training page does; returns ``where``."""
-    from doc_core.backbones import BackboneConfig
     from doc_core.data import SplitConfig
-    from doc_core.datasets import DatasetSpec, load_dataset
-    from doc_core.jobs import SUCCEEDED, TrainingJob
-    from doc_core.training import TrainConfig
+    from doc_core.data.datasets import DatasetSpec, load_dataset
+    from doc_core.model.backbones import BackboneConfig
+    from doc_core.model.training import TrainConfig
+    from doc_core.workflow.jobs import SUCCEEDED, TrainingJob
 
     spec = DatasetSpec.fashion_mnist(SplitConfig(**SMALL_SPLIT_KW))
     split, _ = load_dataset(spec, fashion)

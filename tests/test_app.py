@@ -15,11 +15,11 @@ import pytest
 from app_server import fashion_or_skip, make_tiny_run
 from streamlit.testing.v1 import AppTest
 
-from doc_core import runs
-from doc_core.datasets import DatasetSpec
-from doc_core.jobs import SUCCEEDED, steps_per_epoch
+from doc_core.data.datasets import DatasetSpec
+from doc_core.model.training import TrainConfig
 from doc_core.scoring import make_scorer
-from doc_core.training import TrainConfig
+from doc_core.workflow import runs
+from doc_core.workflow.jobs import SUCCEEDED, steps_per_epoch
 from ui import nav, state
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,10 +242,10 @@ def test_make_active_and_delete_a_run(runs_dir, tiny_run_dir):
 
 
 # what a page switch must never redo once a page has been visited (the data, the run's arrays, curves, figures)
-EXPENSIVE = ("doc_core.runs.load_scores", "doc_core.runs.load_history", "doc_core.runs.load_detector",
-             "doc_core.runs.load_features", "ui.cached.load_dataset", "ui.cached.load_fashion_mnist",
-             "doc_core.embedding.tsne_2d", "doc_core.metrics.roc_curve", "doc_core.metrics.pr_curve",
-             "ui.charts.loss_curves")
+EXPENSIVE = ("doc_core.workflow.runs.load_scores", "doc_core.workflow.runs.load_history",
+             "doc_core.workflow.runs.load_detector", "doc_core.workflow.runs.load_features", "ui.cached.load_dataset",
+             "ui.cached.load_fashion_mnist", "doc_core.explain.embedding.tsne_2d",
+             "doc_core.evaluation.metrics.roc_curve", "doc_core.evaluation.metrics.pr_curve", "ui.charts.loss_curves")
 
 
 def count_calls(monkeypatch, targets: tuple[str, ...] = EXPENSIVE) -> dict[str, int]:
@@ -279,7 +279,7 @@ def test_page_switches_recompute_nothing_once_visited(runs_dir, monkeypatch):
     at.get("button_group")[0].set_value(state.SCORER_KNN).run()
     at.number_input(key=state.ROC_K).set_value(13).run()
     assert_clean(at)
-    assert calls["doc_core.metrics.roc_curve"] >= 1, calls
+    assert calls["doc_core.evaluation.metrics.roc_curve"] >= 1, calls
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -442,7 +442,7 @@ def test_a_reloaded_tab_can_follow_its_running_job(empty_runs_dir):
 def test_live_curves_of_a_long_run_stay_small():
     """The live view redraws every second: a long run must not make the figure grow with it (epoch lines were
     quadratic once); the number of lines and points drawn is bounded."""
-    from doc_core.training import StepRecord
+    from doc_core.model.training import StepRecord
     from ui import charts
 
     records = [StepRecord(epoch=1 + i // 12, step=i + 1, steps_total=6000, l_d=2.0 / (1 + i), l_c=0.01, total=2.0,

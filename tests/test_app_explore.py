@@ -15,9 +15,9 @@ from PIL import Image
 
 from test_app import (EXPENSIVE, ROOT, TIMEOUT, assert_clean, count_calls, empty_runs_dir, fashion,  # noqa: F401
                       open_app, runs_dir, texts, tiny_run_dir)
-from doc_core import runs
-from doc_core.datasets import DatasetSpec, load_dataset
-from doc_core.gallery import explorer_sample
+from doc_core.data.datasets import DatasetSpec, load_dataset
+from doc_core.explain.gallery import explorer_sample
+from doc_core.workflow import runs
 from streamlit.testing.v1 import AppTest
 from ui import nav, state
 
@@ -161,7 +161,7 @@ def test_new_pages_recompute_nothing_once_visited(runs_dir, monkeypatch):  # noq
     at = open_with(EXPLORER, **{state.EX_POINTS: 500})
     for page in (RANKED, SCORE, ROC, EXPLORER, RANKED, SCORE):  # warm the caches once
         at.switch_page(page).run()
-    calls = count_calls(monkeypatch, EXPENSIVE + ("doc_core.embedding.pretrained_backbone",))
+    calls = count_calls(monkeypatch, EXPENSIVE + ("doc_core.explain.embedding.pretrained_backbone",))
     for page in (EXPLORER, RANKED, SCORE, ROC):
         at.switch_page(page).run()
         assert_clean(at)
@@ -169,8 +169,8 @@ def test_new_pages_recompute_nothing_once_visited(runs_dir, monkeypatch):  # noq
 
 
 def test_explorer_without_pretrained_weights_shows_a_note_and_two_maps(runs_dir, monkeypatch):  # noqa: F811
-    from doc_core import embedding
-    from doc_core.backbones import WeightsNotFoundError
+    from doc_core.explain import embedding
+    from doc_core.model.backbones import WeightsNotFoundError
 
     def missing(detector):
         raise WeightsNotFoundError("no ImageNet weights in /nowhere")

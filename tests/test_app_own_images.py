@@ -17,8 +17,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from test_app import ROOT, TIMEOUT, assert_clean, texts, wait_for_job
-from doc_core import runs
-from doc_core.jobs import SUCCEEDED
+from doc_core.workflow import runs
+from doc_core.workflow.jobs import SUCCEEDED
 from ui import nav, state
 
 DATASET, TRAINING, RANKED, SCORE, EXPLORER = nav.DATASET, nav.TRAINING, nav.RANKED, nav.SCORE, nav.EXPLORER
@@ -182,7 +182,7 @@ def test_patch_map_scale_is_fixed_and_shared(env, no_reference_folder):
     at = open_folder(no_reference_folder)
     tiny(at, state.PRESET_MANUAL, scorer="patch")
     snap = train(at)
-    from doc_core.datasets import DatasetSpec, load_dataset
+    from doc_core.data.datasets import DatasetSpec, load_dataset
     from ui import cached
 
     run = runs.get_run(snap.run.run_id, env)

@@ -19,12 +19,12 @@ import pytest
 from numpy.lib import format as npy_format
 from PIL import Image
 
-from doc_core import artifacts, runs
-from doc_core.artifacts import ArraySpec, ArtifactError, Fields, parse_json, read_json, read_npz
-from doc_core.backbones import MAX_INPUT_SIZE, BackboneConfig
 from doc_core.data import DataError, read_image, read_images
-from doc_core.detector import DetectorFormatError, DOCDetector, ScorerConfig
-from doc_core.training import StepRecord, TrainConfig
+from doc_core.model.backbones import MAX_INPUT_SIZE, BackboneConfig
+from doc_core.model.detector import DetectorFormatError, DOCDetector, ScorerConfig
+from doc_core.model.training import StepRecord, TrainConfig
+from doc_core.workflow import artifacts, runs
+from doc_core.workflow.artifacts import ArraySpec, ArtifactError, Fields, parse_json, read_json, read_npz
 from test_runs import _save, fitted  # noqa: F401 - the runs tests' tiny detector and save helper
 
 RAW = "__raw__"  # placeholder replaced by raw JSON text (json.dumps cannot write 1e999 or a 5,000-digit number)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from doc_core.autoencoder import ConvAutoencoder
-from doc_core.metrics import roc_auc
+from doc_core.evaluation.autoencoder import ConvAutoencoder
+from doc_core.evaluation.metrics import roc_auc
 
 
 @pytest.fixture(scope="module")

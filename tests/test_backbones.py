@@ -1,4 +1,4 @@
-"""Tests of doc_core.backbones: the tiny CNN, trunk/tail split, trainability and weight lookup."""
+"""Tests of doc_core.model.backbones: the tiny CNN, trunk/tail split, trainability and weight lookup."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import doc_core.backbones as backbones
-from doc_core.backbones import (Backbone, BackboneConfig, WeightsNotFoundError, known_weight_files, preprocess,
+import doc_core.model.backbones as backbones
+from doc_core.model.backbones import (Backbone, BackboneConfig, WeightsNotFoundError, known_weight_files, preprocess,
                                 resolve_weights)
 
 SHARED_MOBILENET = backbones.SHARED_WEIGHTS_DIR / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"

@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from doc_core import benchmark as bench
-from doc_core import validation as val
-from doc_core.backbones import BackboneConfig
 from doc_core.data import FashionMNIST
-from doc_core.detector import DOCDetector
-from doc_core.training import TrainConfig
+from doc_core.evaluation import benchmark as bench
+from doc_core.evaluation import validation as val
+from doc_core.model.backbones import BackboneConfig
+from doc_core.model.detector import DOCDetector
+from doc_core.model.training import TrainConfig
 
 
 class Poison:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from doc_core import benchmark as bench
 from doc_core.cli import build_parser, main
 from doc_core.data import FASHION_MNIST_FILES, FashionMNIST
-from doc_core.report import roc_figure
+from doc_core.evaluation import benchmark as bench
+from doc_core.evaluation.report import roc_figure
 
 TINY = ["--backbone", "tiny", "--input-size", "32", "--weights", "none", "--epochs", "1", "--batch-size", "16"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,11 +91,11 @@ def test_tensorflow_start_up_notices_are_not_printed(tmp_path):
 
 def test_parser_choices_match_the_core():
     from doc_core import cli
-    from doc_core.backbones import BACKBONES
+    from doc_core.model.backbones import BACKBONES
     from doc_core.scoring import KNN_BACKENDS
 
-    from doc_core.datasets import REFERENCE_CHOICES
-    from doc_core.detector import SCORER_NAMES
+    from doc_core.data.datasets import REFERENCE_CHOICES
+    from doc_core.model.detector import SCORER_NAMES
 
     assert cli.BACKBONE_NAMES == BACKBONES and cli.KNN_BACKEND_NAMES == KNN_BACKENDS
     assert cli.SCORER_NAMES == SCORER_NAMES and cli.REFERENCE_NAMES == REFERENCE_CHOICES
@@ -104,7 +104,7 @@ def test_parser_choices_match_the_core():
 def test_lazy_package_names():
     import doc_core
     from doc_core import DOCDetector
-    from doc_core.detector import DOCDetector as defined
+    from doc_core.model.detector import DOCDetector as defined
 
     assert DOCDetector is defined is doc_core.DOCDetector
     with pytest.raises(AttributeError):
@@ -181,9 +181,9 @@ def test_benchmark_json_schema(tmp_path, fake_fmnist, capsys):
 
 @pytest.mark.parametrize("protocol", ["one-vs-rest", "one-vs-rest-disjoint"])
 def test_one_vs_rest_per_class(fake_fmnist, protocol):
-    from doc_core.backbones import BackboneConfig
     from doc_core.data import load_fashion_mnist
-    from doc_core.training import TrainConfig
+    from doc_core.model.backbones import BackboneConfig
+    from doc_core.model.training import TrainConfig
 
     data = load_fashion_mnist(fake_fmnist)
     small = FashionMNIST(data.train_images, data.train_labels, data.test_images, data.test_labels, "fake")

@@ -11,7 +11,7 @@ from PIL import Image
 from doc_core import BackboneConfig, DOCDetector, TrainConfig
 from doc_core.cli import main
 from doc_core.data import read_images
-from doc_core.runs import save_run, save_threshold
+from doc_core.workflow.runs import save_run, save_threshold
 
 TINY = BackboneConfig(name="tiny", input_size=32, weights=None)
 

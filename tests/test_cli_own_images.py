@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from doc_core.cli import main
-from doc_core.selection import synthetic_defects
+from doc_core.workflow.selection import synthetic_defects
 
 TINY = ["--backbone", "tiny", "--input-size", "32", "--weights", "none", "--epochs", "1", "--batch-size", "16"]
 

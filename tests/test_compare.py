@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from doc_core import backbones
-from doc_core.benchmark import COMPARE_METHODS, compare_methods
 from doc_core.data import OneClassSplit
-from doc_core.detector import DOCDetector, ScorerConfig
-from doc_core.training import TrainConfig
+from doc_core.evaluation.benchmark import COMPARE_METHODS, compare_methods
+from doc_core.model import backbones
+from doc_core.model.detector import DOCDetector, ScorerConfig
+from doc_core.model.training import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def split(make_normal, make_reference, make_anomalous) -> OneClassSplit:
 
 @pytest.fixture(scope="module")
 def detector(split) -> DOCDetector:
-    from doc_core.backbones import BackboneConfig
+    from doc_core.model.backbones import BackboneConfig
 
     return DOCDetector(BackboneConfig(name="tiny", input_size=32, weights=None), TrainConfig(epochs=1, batch_size=16),
                        ScorerConfig("knn")).fit_split(split)

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import doc_core.data as data
+import doc_core.data.fashion_mnist as fashion_mnist
 from doc_core.data import (FASHION_MNIST_FILES, FOLDER_LAYOUT, DataError, FashionMNIST, SplitConfig,
                            load_fashion_mnist, load_folder_split, make_split, read_idx, read_image)
 
@@ -77,7 +78,7 @@ def no_system_fashion(monkeypatch, tmp_path):
     """No Debian package and an empty Keras cache, so only the places a test sets up can be found."""
     empty = tmp_path / "no-debian"
     empty.mkdir()
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", empty)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", empty)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     return empty
 

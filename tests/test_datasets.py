@@ -1,4 +1,4 @@
-"""doc_core.datasets: dataset specs, counts and samples per role, and safe extraction of zip uploads."""
+"""doc_core.data.datasets: dataset specs, counts and samples per role, and safe extraction of zip uploads."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from doc_core.data import DataError, FashionMNIST, OneClassSplit, SplitConfig
-from doc_core.datasets import (DatasetSpec, extract_zip, find_dataset_root, load_dataset, resolve_reference, role_counts,
-                               role_samples, with_reference)
+from doc_core.data.datasets import (DatasetSpec, extract_zip, find_dataset_root, load_dataset, resolve_reference,
+                                    role_counts, role_samples, with_reference)
 
 
 def _png(value: int = 128, size: int = 12) -> bytes:

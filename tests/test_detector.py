@@ -1,4 +1,4 @@
-"""Tests of doc_core.detector: end-to-end detection on synthetic images, persistence and scorer swaps."""
+"""Tests of doc_core.model.detector: end-to-end detection on synthetic images, persistence and scorer swaps."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from doc_core import BackboneConfig, DetectorFormatError, DOCDetector, ScorerConfig, TrainConfig
-from doc_core.backbones import Backbone
 from doc_core.data import OneClassSplit
-from doc_core.metrics import roc_auc
+from doc_core.evaluation.metrics import roc_auc
+from doc_core.model.backbones import Backbone
 
 TINY = BackboneConfig(name="tiny", input_size=32, weights=None)
 

@@ -22,7 +22,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
 from doc_core import Backbone, BackboneConfig, DOCTrainer, TrainConfig
-from doc_core.distribute import resolve_strategy
+from doc_core.model.distribute import resolve_strategy
 
 rng = np.random.default_rng(0)
 normal = np.clip(110 + 12 * np.kron(rng.normal(size=(24, 8, 8)), np.ones((4, 4))), 0, 255).astype(np.uint8)[..., None]
@@ -90,12 +90,12 @@ def test_two_logical_cpus_give_one_device_losses(results, case):
 
 
 def test_replica_shares_of_the_losses_add_up_to_the_batch_losses():
-    """The per-replica shares distribute.py takes from doc_core.losses: compactness with the batch's mean and size,
-    descriptiveness weighted by the slice's share of the reference batch; slices of 0 and 1 rows included."""
+    """The per-replica shares distribute.py takes from doc_core.model.losses: compactness with the batch's mean and
+    size, descriptiveness weighted by the slice's share of the reference batch; slices of 0 and 1 rows included."""
     import tensorflow as tf
 
-    from doc_core import distribute
-    from doc_core.losses import compactness_loss, descriptiveness_loss
+    from doc_core.model import distribute
+    from doc_core.model.losses import compactness_loss, descriptiveness_loss
 
     assert distribute.compactness_loss is compactness_loss and distribute.descriptiveness_loss is descriptiveness_loss
     rng = np.random.default_rng(0)

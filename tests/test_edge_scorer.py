@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from doc_core import edge_scorer as es
-from doc_core.edge_scorer import ImageError, decode_netpbm, decode_png, fit_image, read_image, resize
+from doc_core.edge import edge_scorer as es
+from doc_core.edge.edge_scorer import ImageError, decode_netpbm, decode_png, fit_image, read_image, resize
 
 N = int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "60"))
 FUZZ = settings(max_examples=N, deadline=None, derandomize=True, database=None,

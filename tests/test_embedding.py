@@ -1,4 +1,4 @@
-"""Tests of doc_core.embedding: t-SNE maps, the explorer's three feature sets and the nearest normal images."""
+"""Tests of doc_core.explain.embedding: t-SNE maps, the explorer's three feature sets and the nearest normal images."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from doc_core import BackboneConfig, DOCDetector, ScorerConfig, TrainConfig, WeightsNotFoundError
-from doc_core.embedding import (FEATURE_SET_LABELS, FEATURE_SETS, feature_sets, nearest_normal, pretrained_backbone,
-                                raw_pixel_features, tsne_2d)
+from doc_core.explain.embedding import (FEATURE_SET_LABELS, FEATURE_SETS, feature_sets, nearest_normal,
+                                        pretrained_backbone, raw_pixel_features, tsne_2d)
 from doc_core.scoring import knn_distances
 
 TINY = BackboneConfig(name="tiny", input_size=32, weights=None)

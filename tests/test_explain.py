@@ -1,4 +1,4 @@
-"""Tests of doc_core.explain: Grad-CAM of the k-NN anomaly score and heatmap overlays, on the tiny backbone."""
+"""Tests of doc_core.explain.gradcam: Grad-CAM of the k-NN anomaly score and heatmap overlays, on the tiny backbone."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from doc_core import DOCDetector, ScorerConfig, TrainConfig
-from doc_core.edge_scorer import BundleError, EdgeScorer, decode_png, fit_image, read_image
-from doc_core.export import ExportConfig, ExportError, export_bundle, infer_input_shape
-from doc_core.metrics import roc_auc
+from doc_core.edge.edge_scorer import BundleError, EdgeScorer, decode_png, fit_image, read_image
+from doc_core.edge.export import ExportConfig, ExportError, export_bundle, infer_input_shape
+from doc_core.evaluation.metrics import roc_auc
 
 pytest.importorskip("ai_edge_litert")
 
@@ -155,7 +155,7 @@ def test_scorer_script_runs_without_tensorflow(fitted, tmp_path, block_pillow):
 
 
 def test_scorer_cli_pixel_limit(fitted, tmp_path, monkeypatch, capsys):
-    from doc_core.edge_scorer import main
+    from doc_core.edge.edge_scorer import main
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # main() sets it; restored after
     paths = _write_pngs(tmp_path, fitted["test"][[0]])
@@ -251,8 +251,8 @@ def test_export_cli_finds_a_runs_training_images(fitted, tmp_path, monkeypatch):
     """A dashboard run on a folder dataset: int8 calibration reads the run's own train/ images."""
     from doc_core.cli import main
     from doc_core.data import load_folder_split
-    from doc_core.datasets import DatasetSpec
-    from doc_core.runs import save_run
+    from doc_core.data.datasets import DatasetSpec
+    from doc_core.workflow.runs import save_run
 
     root = tmp_path / "data"
     for sub, imgs in (("train", fitted["normal"][:24]), ("reference/a", fitted["test"][:4]),
@@ -267,7 +267,7 @@ def test_export_cli_finds_a_runs_training_images(fitted, tmp_path, monkeypatch):
     assert main(["export", "--detector", str(summary.path), "--quantize", "int8", "--out", str(out)]) == 0
     doc = json.loads((out / "bundle.json").read_text())
     assert doc["bank_size"] == 24 and doc["calibration_images"] == 24 + 3 and doc["input"]["shape"] == [32, 32, 3]
-    from doc_core.export import infer_input_shape
+    from doc_core.edge.export import infer_input_shape
 
     run_json = json.loads((summary.path / "run.json").read_text())
     run_json["dataset"] = {"kind": "fashion-mnist"}
@@ -276,7 +276,7 @@ def test_export_cli_finds_a_runs_training_images(fitted, tmp_path, monkeypatch):
 
 
 def test_benchmark_export_measures_every_quantization(fitted, tmp_path):
-    from doc_core.export import benchmark_export, format_export_table
+    from doc_core.edge.export import benchmark_export, format_export_table
 
     res = benchmark_export(fitted["det"], fitted["normal"], fitted["test"], fitted["labels"], tmp_path,
                            quantizations=("none", "int8"), n_timed=10, onnx=False, log=lambda m: None)

@@ -92,7 +92,7 @@ def test_missing_faiss_says_how_to_install(monkeypatch, data):
 
 
 def test_knn_scaling_benchmark_small():
-    from doc_core.knn_scaling import format_scaling_table, knn_scaling
+    from doc_core.evaluation.knn_scaling import format_scaling_table, knn_scaling
 
     res = knn_scaling((200, 2000), n_queries=50, dim=32, k=5, log=lambda m: None)
     assert [r["bank_size"] for r in res["results"]] == [200, 2000]

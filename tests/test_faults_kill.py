@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from doc_core import runs
 from doc_core.data import FASHION_MNIST_FILES
-from doc_core.detector import DOCDetector
+from doc_core.model.detector import DOCDetector
+from doc_core.workflow import runs
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
@@ -30,10 +30,10 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 SAVE_LOOP = r"""
 import sys
 import numpy as np
-from doc_core import runs
-from doc_core.backbones import BackboneConfig
-from doc_core.detector import DOCDetector, ScorerConfig
-from doc_core.training import TrainConfig
+from doc_core.model.backbones import BackboneConfig
+from doc_core.model.detector import DOCDetector, ScorerConfig
+from doc_core.model.training import TrainConfig
+from doc_core.workflow import runs
 
 det_dir, runs_dir, attempt = sys.argv[1], sys.argv[2], sys.argv[3]
 rng = np.random.default_rng(0)

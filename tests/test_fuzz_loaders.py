@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from doc_core.data import DataError, load_folder_split, read_image
-from doc_core.datasets import extract_zip
+from doc_core.data.datasets import extract_zip
 
 N = int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "60"))
 FUZZ = settings(max_examples=N, deadline=None, derandomize=True, database=None,
@@ -194,8 +194,8 @@ def test_damaged_zip_bytes_give_a_data_error_or_a_safe_extraction(entries, flips
 @given(data=st.one_of(st.binary(max_size=512), mutated_image().map(lambda t: t[0])),
        shape=st.sampled_from([(8, 8, 1), (16, 16, 3)]))
 def test_decode_upload_returns_an_image_or_a_data_error(data, shape):
-    """The Score-images page decodes uploads in memory with doc_core.gallery.decode_upload: same property."""
-    from doc_core.gallery import decode_upload
+    """The Score-images page decodes uploads in memory with doc_core.explain.gallery.decode_upload: same property."""
+    from doc_core.explain.gallery import decode_upload
 
     try:
         with warnings.catch_warnings():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from doc_core.data import DataError
-from doc_core.gallery import (decode_upload, explorer_sample, label_names, n_pages, page_of, rank, score_ranks,
+from doc_core.explain.gallery import (decode_upload, explorer_sample, label_names, n_pages, page_of, rank, score_ranks,
                               thumbnail_atlas)
 
 SCORES = np.array([0.1, 0.9, 0.5, 0.3, 0.8, 0.2])

@@ -1,4 +1,4 @@
-"""doc_core.jobs: background training with live records, stop, errors, saving, and jobs side by side."""
+"""doc_core.workflow.jobs: background training with live records, stop, errors, saving, and jobs side by side."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from doc_core import runs
-from doc_core.backbones import BackboneConfig
 from doc_core.data import OneClassSplit
-from doc_core.jobs import FAILED, STOPPED, SUCCEEDED, JobRegistry, TrainingJob, steps_per_epoch
-from doc_core.training import StepRecord, TrainConfig
+from doc_core.model.backbones import BackboneConfig
+from doc_core.model.training import StepRecord, TrainConfig
+from doc_core.workflow import runs
+from doc_core.workflow.jobs import FAILED, STOPPED, SUCCEEDED, JobRegistry, TrainingJob, steps_per_epoch
 
 SIZE = 32
 TINY = BackboneConfig(name="tiny", input_size=SIZE)
@@ -180,7 +180,7 @@ def test_steps_per_epoch():
 
 
 def test_patch_scorer_job_scores_images_and_keeps_pooled_features(split, tmp_path):
-    from doc_core.detector import ScorerConfig
+    from doc_core.model.detector import ScorerConfig
 
     job = TrainingJob(split, TINY, TrainConfig(epochs=1, batch_size=16), ScorerConfig("patch", max_bank_size=500),
                       runs_dir=tmp_path).start()
@@ -205,7 +205,7 @@ def test_unknown_preset_is_refused(split):
 def test_auto_preset_selects_on_training_normals_only_and_saves_the_evidence(split, tmp_path, monkeypatch):
     """The auto preset hands select_configuration the normal training images (never a test image or label),
     trains what it chose on all of them, and saves the selection table with the run."""
-    from doc_core import selection as selection_module
+    from doc_core.workflow import selection as selection_module
 
     real = selection_module.select_configuration
     seen = {}

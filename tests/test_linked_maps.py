@@ -10,7 +10,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from doc_core.gallery import thumbnail_atlas
+from doc_core.explain.gallery import thumbnail_atlas
 from ui import charts, linked_maps
 
 

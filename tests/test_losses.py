@@ -1,4 +1,4 @@
-"""Tests of doc_core.losses against brute-force numpy formulas."""
+"""Tests of doc_core.model.losses against brute-force numpy formulas."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from doc_core.losses import compactness_loss, descriptiveness_loss, preservation_loss
+from doc_core.model.losses import compactness_loss, descriptiveness_loss, preservation_loss
 
 
 def loo_compactness(x: np.ndarray) -> float:

@@ -1,11 +1,11 @@
-"""Tests of doc_core.metrics against brute-force counts."""
+"""Tests of doc_core.evaluation.metrics against brute-force counts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from doc_core import metrics
+from doc_core.evaluation import metrics
 
 
 def brute_auc(y: np.ndarray, s: np.ndarray) -> float:

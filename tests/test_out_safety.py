@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from doc_core import output_folders
-from doc_core.backbones import BackboneConfig
 from doc_core.cli import main
 from doc_core.data import FASHION_MNIST_FILES
-from doc_core.detector import DOCDetector
-from doc_core.output_folders import OutputExistsError, remove_stale
-from doc_core.training import TrainConfig
+from doc_core.model.backbones import BackboneConfig
+from doc_core.model.detector import DOCDetector
+from doc_core.model.training import TrainConfig
+from doc_core.workflow import output_folders
+from doc_core.workflow.output_folders import OutputExistsError, remove_stale
 
 TINY = ["--backbone", "tiny", "--input-size", "32", "--weights", "none", "--epochs", "1", "--batch-size", "16"]
 DAY = 24 * 3600
@@ -108,7 +108,7 @@ def test_train_refuses_a_foreign_folder_and_keeps_every_file(fmnist, tmp_path, c
 
 
 def test_export_refuses_a_foreign_folder_and_keeps_every_file(detector, tmp_path, capsys, monkeypatch):
-    from doc_core import export
+    from doc_core.edge import export
 
     det_dir = detector.save(tmp_path / "det")
     out = tmp_path / "thesis"
@@ -206,7 +206,7 @@ def test_too_little_free_space_fails_before_any_training_step(fmnist, tmp_path, 
 
 
 def test_a_full_disk_while_saving_is_one_error_line(fmnist, tmp_path, capsys, monkeypatch):
-    import doc_core.detector as detector_module
+    import doc_core.model.detector as detector_module
 
     def savez(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from doc_core import BackboneConfig, DetectorFormatError, DOCDetector, ScorerConfig, TrainConfig
-from doc_core.backbones import DEFAULT_PATCH_LAYERS
-from doc_core.metrics import roc_auc
+from doc_core.evaluation.metrics import roc_auc
+from doc_core.model.backbones import DEFAULT_PATCH_LAYERS
 
 TINY = BackboneConfig(name="tiny", input_size=32, weights=None)
 PATCH = ScorerConfig("patch", max_bank_size=400)

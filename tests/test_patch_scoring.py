@@ -1,4 +1,4 @@
-"""Tests of doc_core.patch_scoring against brute force: neighbourhood averaging, patch and image scores, the
+"""Tests of doc_core.scoring.patch against brute force: neighbourhood averaging, patch and image scores, the
 leave-one-image-out training scores, the greedy coreset, map alignment, combining layers, faiss, saving, bad input."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from doc_core import patch_scoring
-from doc_core.patch_scoring import (PatchKNNScorer, combine_maps, greedy_coreset, neighbourhood_average,
+from doc_core.scoring import patch as patch_scoring
+from doc_core.scoring.patch import (PatchKNNScorer, combine_maps, greedy_coreset, neighbourhood_average,
                                     random_subset, resize_bilinear)
 
 

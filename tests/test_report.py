@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from doc_core.benchmark import thin_roc
-from doc_core.metrics import roc_auc
-from doc_core.report import roc_figure
+from doc_core.evaluation.benchmark import thin_roc
+from doc_core.evaluation.metrics import roc_auc
+from doc_core.evaluation.report import roc_figure
 
 
 def brute_force_upper_roc(y: np.ndarray, s: np.ndarray, fpr_grid: np.ndarray) -> np.ndarray:

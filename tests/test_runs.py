@@ -1,4 +1,4 @@
-"""doc_core.runs: saving, listing, loading, thresholds and deleting runs; atomic, pickle-free, safe ids."""
+"""doc_core.workflow.runs: saving, listing, loading, thresholds and deleting runs; atomic, pickle-free, safe ids."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from doc_core import runs
-from doc_core.backbones import BackboneConfig
-from doc_core.detector import DOCDetector, ScorerConfig
-from doc_core.training import TrainConfig
+from doc_core.model.backbones import BackboneConfig
+from doc_core.model.detector import DOCDetector, ScorerConfig
+from doc_core.model.training import TrainConfig
+from doc_core.workflow import runs
 
 SIZE = 32
 

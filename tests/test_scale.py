@@ -13,9 +13,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from doc_core.backbones import Backbone, BackboneConfig
-from doc_core.detector import DOCDetector, ScorerConfig
-from doc_core.training import TRUNK_CACHE_ENV, TrainConfig, trunk_cache_limit
+from doc_core.model.backbones import Backbone, BackboneConfig
+from doc_core.model.detector import DOCDetector, ScorerConfig
+from doc_core.model.training import TRUNK_CACHE_ENV, TrainConfig, trunk_cache_limit
 
 N_NORMAL, N_REFERENCE, N_TEST = 50_000, 10_000, 10_000
 

@@ -1,4 +1,4 @@
-"""Tests of doc_core.scoring: exact k-NN against brute force, the scorers and their factory."""
+"""Tests of doc_core.scoring.knn: exact k-NN against brute force, the scorers and their factory."""
 
 from __future__ import annotations
 

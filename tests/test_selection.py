@@ -9,8 +9,8 @@ import pytest
 
 from doc_core import BackboneConfig, ScorerConfig, TrainConfig
 from doc_core.data import OneClassSplit
-from doc_core.folder_benchmark import benchmark_folder, format_folder_table, pixel_auroc
-from doc_core.selection import (DEFECT_KINDS, MIN_HOLDOUT, Candidate, auto_candidates, holdout_split,
+from doc_core.evaluation.folder_benchmark import benchmark_folder, format_folder_table, pixel_auroc
+from doc_core.workflow.selection import (DEFECT_KINDS, MIN_HOLDOUT, Candidate, auto_candidates, holdout_split,
                                 select_configuration, synthetic_defects)
 
 TINY = BackboneConfig(name="tiny", input_size=32, weights=None)

@@ -18,10 +18,10 @@ from PIL import Image
 from streamlit.config import ShowErrorDetailsConfigOptions
 from streamlit.testing.v1 import AppTest
 
-from doc_core import runs
 from doc_core.data import DataError
-from doc_core.datasets import (SERVER_FOLDER_REFUSED, SERVER_FOLDERS_ENV, resolve_server_folder,
+from doc_core.data.datasets import (SERVER_FOLDER_REFUSED, SERVER_FOLDERS_ENV, resolve_server_folder,
                                server_folder_roots)
+from doc_core.workflow import runs
 from ui import access, state
 
 ROOT = Path(__file__).resolve().parent.parent

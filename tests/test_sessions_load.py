@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from app_server import fashion_or_skip, make_tiny_run, running_app
 
-from doc_core import runs
-from doc_core.jobs import SUCCEEDED
+from doc_core.workflow import runs
+from doc_core.workflow.jobs import SUCCEEDED
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_SECONDS = float(os.environ.get("DOC_LOAD_SECONDS", "20"))

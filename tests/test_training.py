@@ -1,4 +1,4 @@
-"""Tests of doc_core.training on the tiny backbone and small synthetic images."""
+"""Tests of doc_core.model.training on the tiny backbone and small synthetic images."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from doc_core.backbones import Backbone, preprocess
-from doc_core.losses import compactness_loss
-from doc_core.training import DOCTrainer, StepRecord, TrainConfig, TrainingDivergedError, eta_seconds, smooth
+from doc_core.model.backbones import Backbone, preprocess
+from doc_core.model.losses import compactness_loss
+from doc_core.model.training import DOCTrainer, StepRecord, TrainConfig, TrainingDivergedError, eta_seconds, smooth
 
 
 @pytest.fixture

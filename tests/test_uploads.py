@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from doc_core import datasets
+from doc_core.data import datasets
 from doc_core.data import DataError
-from doc_core.datasets import (MAX_ZIP_RATIO, UploadArea, clean_stale_uploads, extract_zip, folder_bytes,
+from doc_core.data.datasets import (MAX_ZIP_RATIO, UploadArea, clean_stale_uploads, extract_zip, folder_bytes,
                                uploads_cap_bytes)
 from test_app import assert_clean, empty_runs_dir, fashion, open_app, runs_dir, tiny_run_dir  # noqa: F401
 from ui import nav, state
@@ -361,7 +361,7 @@ def _noise_png(seed: int, size: int = 300) -> bytes:
 
 
 def test_the_score_page_decodes_each_upload_once(runs_dir, monkeypatch):  # noqa: F811
-    from doc_core import gallery
+    from doc_core.explain import gallery
 
     calls = []
     decode = gallery.decode_upload

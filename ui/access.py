@@ -6,7 +6,7 @@ Both are set by whoever starts the server, through environment variables read on
   look at the runs (curves, thresholds, maps, rankings) and download scores, but not train, stop, delete runs,
   upload zips or images, or save thresholds; the pages show :func:`read_only_note` instead of those controls.
 - ``DOC_SERVER_FOLDERS``: the folders under which "Folder on the server" may read a dataset
-  (:func:`doc_core.datasets.server_folder_roots`); unset, the option is off.
+  (:func:`doc_core.data.datasets.server_folder_roots`); unset, the option is off.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from doc_core.datasets import server_folder_roots
+from doc_core.data.datasets import server_folder_roots
 
 READ_ONLY_ENV = "DOC_READ_ONLY"
 _OFF = {"", "0", "false", "no", "off"}

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from doc_core import runs
 from doc_core.data import FashionMNIST, OneClassSplit, SkippedFile, load_fashion_mnist
-from doc_core.datasets import DatasetSpec, UploadArea, load_dataset, role_counts, role_samples, uploads_dir
-from doc_core.detector import DOCDetector, ScorerConfig
-from doc_core.jobs import JobRegistry
-from doc_core import metrics
+from doc_core.data.datasets import DatasetSpec, UploadArea, load_dataset, role_counts, role_samples, uploads_dir
+from doc_core.evaluation import metrics
+from doc_core.model.detector import DOCDetector, ScorerConfig
+from doc_core.workflow import runs
+from doc_core.workflow.jobs import JobRegistry
 
 from . import charts, state
 
@@ -116,11 +116,11 @@ def _upload_area(base: str) -> UploadArea:
 
 
 def upload_area() -> UploadArea:
-    """This session's private upload folder (:class:`doc_core.datasets.UploadArea`).
+    """This session's private upload folder (:class:`doc_core.data.datasets.UploadArea`).
 
     Held in a session-scoped resource cache, which Streamlit clears when the browser session disconnects (a closed
     tab, a reload): its ``on_release`` deletes the folder at once. Garbage collection of the area and
-    :func:`doc_core.datasets.clean_stale_uploads` are the fall-backs. A tab that reconnects after a network drop
+    :func:`doc_core.data.datasets.clean_stale_uploads` are the fall-backs. A tab that reconnects after a network drop
     gets a new, empty folder. Raises DataError when the uploads folder cannot be created.
     """
     return _upload_area(str(uploads_dir()))  # a new one if this one was cleaned up (validate)
@@ -277,8 +277,8 @@ def _embedded_test_features(run_id: str, created: str, where: str) -> np.ndarray
 @st.cache_resource(show_spinner="Building the backbone as it was before DOC training…", max_entries=2)
 def _pretrained(run_id: str, created: str, where: str):
     """(backbone, None), or (None, why not) when its original weights cannot be found."""
-    from doc_core.backbones import WeightsNotFoundError
-    from doc_core.embedding import pretrained_backbone
+    from doc_core.explain.embedding import pretrained_backbone
+    from doc_core.model.backbones import WeightsNotFoundError
 
     try:
         return pretrained_backbone(detector(run_id, created, where)), None
@@ -294,7 +294,7 @@ def explorer_rows(run: runs.RunSummary, max_points: int, with_train: bool) -> tu
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _explorer_rows(run_id: str, created: str, where: str, max_points: int, with_train: bool):
-    from doc_core.gallery import explorer_sample
+    from doc_core.explain.gallery import explorer_sample
 
     stored = run_scores(run_id, created, where)
     n_train = len(detector(run_id, created, where).bank_) if with_train else 0
@@ -315,7 +315,7 @@ def explorer_map(run: runs.RunSummary, feature_set: str, max_points: int, with_t
 def _explorer_map(run_id: str, created: str, where: str, feature_set: str, max_points: int, with_train: bool) -> dict:
     import time
 
-    from doc_core.embedding import raw_pixel_features, tsne_2d
+    from doc_core.explain.embedding import raw_pixel_features, tsne_2d
 
     t0 = time.perf_counter()
     run = runs.get_run(run_id, where)
@@ -371,7 +371,7 @@ def patch_map_scale(run: runs.RunSummary) -> tuple[float, float]:
 
 def patch_maps(run: runs.RunSummary, images: np.ndarray) -> np.ndarray:
     """Defect maps of a patch run's images, float32 (n, h, w) in [0, 1] on the run's fixed scale
-    (:func:`patch_map_scale`, :func:`doc_core.explain.map_to_unit`): not stretched per image, so a normal image
+    (:func:`patch_map_scale`, :func:`doc_core.explain.gradcam.map_to_unit`): not stretched per image, so a normal image
     stays cool. The maps in score units are cached per run and images."""
     from doc_core.explain import map_to_unit
 
@@ -380,7 +380,7 @@ def patch_maps(run: runs.RunSummary, images: np.ndarray) -> np.ndarray:
 
 def nearest_normals(run: runs.RunSummary, features: np.ndarray, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Distances and indices (into the run's normal training images) of the nearest normal training images."""
-    from doc_core.embedding import nearest_normal
+    from doc_core.explain.embedding import nearest_normal
 
     return nearest_normal(detector_of(run), features, n)
 
@@ -403,14 +403,14 @@ def _score_images(run_id: str, created: str, where: str, scorer_json: str, image
 
 
 def _nearest_normals(run_id: str, created: str, where: str, feats: np.ndarray):
-    from doc_core.embedding import nearest_normal
+    from doc_core.explain.embedding import nearest_normal
 
     return nearest_normal(detector(run_id, created, where), feats, 5)
 
 
 def decoded_upload(file, shape: tuple[int, ...]) -> np.ndarray:
-    """An uploaded image decoded by :func:`doc_core.gallery.decode_upload` into ``shape`` (h, w, c) uint8, once per
-    file content, name and shape: moving a slider decodes nothing again.
+    """An uploaded image decoded by :func:`doc_core.explain.gallery.decode_upload` into ``shape`` (h, w, c) uint8, once
+    per file content, name and shape: moving a slider decodes nothing again.
 
     ``file`` is a Streamlit ``UploadedFile`` (``name``, ``size``, ``file_id``, ``getvalue()``). Its SHA-256 is
     computed once per upload (remembered in the session by file id, name and size); the decoded image, or the reason
@@ -434,8 +434,8 @@ def decoded_upload(file, shape: tuple[int, ...]) -> np.ndarray:
 
 @st.cache_data(show_spinner="Decoding the uploaded images…", max_entries=256)
 def _decoded_upload(digest: str, name: str, shape: tuple[int, ...], _file) -> tuple[bool, np.ndarray | str]:
-    from doc_core import gallery
     from doc_core.data import DataError
+    from doc_core.explain import gallery
 
     try:
         return True, gallery.decode_upload(_file.getvalue(), name, shape)
@@ -476,7 +476,7 @@ def explorer_thumbnails(run: runs.RunSummary, max_points: int, with_train: bool)
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _explorer_thumbnails(run_id: str, created: str, where: str, max_points: int, with_train: bool) -> dict:
-    from doc_core.gallery import thumbnail_atlas
+    from doc_core.explain.gallery import thumbnail_atlas
 
     from .linked_maps import atlas_arg
 
@@ -490,14 +490,14 @@ def _explorer_thumbnails(run_id: str, created: str, where: str, max_points: int,
 
 
 def method_comparison(run: runs.RunSummary) -> list:
-    """The run's DOC scorers and the baselines on its own split (:func:`doc_core.benchmark.compare_methods`),
+    """The run's DOC scorers and the baselines on its own split (:func:`doc_core.evaluation.benchmark.compare_methods`),
     computed once per run: a minute or so with MobileNetV2."""
     return _method_comparison(*_key(run))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _method_comparison(run_id: str, created: str, where: str) -> list:
-    from doc_core.benchmark import compare_methods
+    from doc_core.evaluation.benchmark import compare_methods
 
     run = runs.get_run(run_id, where)
     stored = run_scores(run_id, created, where)

@@ -9,8 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from doc_core.metrics import ThresholdReport
-from doc_core.training import StepRecord, smooth
+from doc_core.evaluation.metrics import ThresholdReport
+from doc_core.model.training import StepRecord, smooth
 
 from . import theme
 

@@ -2,8 +2,8 @@
 or the patch scorer's defect map (runs trained with the patch scorer), and the maps themselves in [0, 1].
 
 Grad-CAM is normalised per image (its hottest region is always red); the patch defect map is drawn on one fixed
-scale for every image (:func:`doc_core.explain.map_to_unit`): blue at the lowest training score, red at the run's
-threshold, so an image that looks normal stays blue instead of showing a made-up hot spot.
+scale for every image (:func:`doc_core.explain.gradcam.map_to_unit`): blue at the lowest training score, red at the
+run's threshold, so an image that looks normal stays blue instead of showing a made-up hot spot.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from doc_core import runs
+from doc_core.workflow import runs
 
 from . import cached, state
 

@@ -3,7 +3,7 @@
 Plotly's own hover labels cannot show images, so the maps are drawn by plotly.js inside a component: hovering a point
 shows its image thumbnail with its class, label and score and rings the same image in the other maps; a click, box or
 lasso selection selects the same images in every map and comes back to Python as their rows. The thumbnails travel
-once per map set, as one PNG sprite sheet (:func:`doc_core.gallery.thumbnail_atlas`).
+once per map set, as one PNG sprite sheet (:func:`doc_core.explain.gallery.thumbnail_atlas`).
 
 The component's folder is assembled when this module is first imported, in the temp directory: the HTML from
 ui/frontend and plotly.js from the installed plotly package (no network and no build step).
@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import streamlit.components.v1 as components
 from plotly.utils import PlotlyJSONEncoder
 
-from doc_core.gallery import Atlas
+from doc_core.explain.gallery import Atlas
 
 _HTML = Path(__file__).with_name("frontend") / "linked_maps.html"
 _PLOTLY_JS = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from doc_core.datasets import DatasetSpec
+from doc_core.data.datasets import DatasetSpec
 
 from . import access, cached, nav, runtime, state, status, theme
 
@@ -66,7 +66,7 @@ def setup(title: str) -> None:
 def run_or_stop(what: str):
     """The active run, with a line saying which it is; without a run, a note on what the page will show and a link
     to Training, and the page stops there."""
-    from doc_core import runs
+    from doc_core.workflow import runs
 
     run = cached.active_run(state.chosen_run_id())
     if run is None:

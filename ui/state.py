@@ -11,10 +11,10 @@ from typing import Any
 
 import streamlit as st
 
-from doc_core.backbones import BackboneConfig
 from doc_core.data import FASHION_MNIST_CLASSES, SplitConfig
-from doc_core.datasets import DatasetSpec
-from doc_core.training import TrainConfig
+from doc_core.data.datasets import DatasetSpec
+from doc_core.model.backbones import BackboneConfig
+from doc_core.model.training import TrainConfig
 
 # ---------------------------------------------------------------------------------------------- app state (no widgets)
 DATASET = "dataset"        # DatasetSpec: the active dataset (only ever a valid one)
@@ -36,7 +36,7 @@ DS_FOLDER = "ds_folder"
 DS_IMAGE_SIZE = "ds_image_size"
 DS_UPLOAD = "ds_upload"
 DS_UPLOAD_ROOT = "ds_upload_root"  # (upload folder, upload file id, dataset root): reruns do not unpack again
-DS_REF_CHOICE = "ds_ref_choice"  # reference set of a folder or zip: one of doc_core.datasets.REFERENCE_CHOICES
+DS_REF_CHOICE = "ds_ref_choice"  # reference set of a folder or zip: one of doc_core.data.datasets.REFERENCE_CHOICES
 
 SOURCE_FASHION = "Built-in Fashion-MNIST"
 SOURCE_ZIP = "Upload a zip"
@@ -63,7 +63,7 @@ FOLLOW_JOB = "tr_follow_"  # prefix: one "follow this job" button per job runnin
 PRESET_AUTO = "auto (choose by synthetic defects)"
 PRESET_MANUAL = "manual"
 PRESETS = (PRESET_AUTO, PRESET_MANUAL)
-PRESET_CODES = {PRESET_AUTO: "auto", PRESET_MANUAL: "manual"}  # doc_core.jobs.PRESETS
+PRESET_CODES = {PRESET_AUTO: "auto", PRESET_MANUAL: "manual"}  # doc_core.workflow.jobs.PRESETS
 
 
 def default_preset(kind: str) -> str:
@@ -126,7 +126,7 @@ VIEW_MISSED = "Anomalies that look normal"
 VIEW_ALARMS = "Normal images that look anomalous"
 VIEW_CUSTOM = "Any filter"
 VIEWS = (VIEW_TOP, VIEW_MISSED, VIEW_ALARMS, VIEW_CUSTOM)
-# (labels, side, order) of each preset view; see doc_core.gallery.rank
+# (labels, side, order) of each preset view; see doc_core.explain.gallery.rank
 VIEW_FILTERS = {VIEW_TOP: (["anomaly"], "all", "highest"), VIEW_MISSED: (["anomaly"], "all", "lowest"),
                 VIEW_ALARMS: (["normal"], "all", "highest")}
 SIDE_LABELS = {"all": "Both sides", "above": "Flagged (above threshold)", "below": "Passed (at or below)"}
@@ -219,7 +219,7 @@ def drop_removed_upload() -> bool:
     connection dropped, or a newer zip replaced it), go back to the default dataset and say so; True if it did."""
     from pathlib import Path
 
-    from doc_core.datasets import is_upload_path
+    from doc_core.data.datasets import is_upload_path
 
     spec = st.session_state.get(DATASET)
     if not (isinstance(spec, DatasetSpec) and spec.kind == "folder" and spec.root and is_upload_path(spec.root)):

@@ -7,7 +7,7 @@ import math
 
 import streamlit as st
 
-from doc_core.jobs import FAILED, STOPPED, SUCCEEDED, JobSnapshot, TrainingJob
+from doc_core.workflow.jobs import FAILED, STOPPED, SUCCEEDED, JobSnapshot, TrainingJob
 
 from . import cached, state
 
@@ -48,7 +48,7 @@ REFERENCE_WORDS = {"folder": "the folder's reference/ classes", "fashion-mnist":
 
 
 def reference_of(spec) -> tuple[str, str] | None:
-    """The reference set a folder dataset trains with and why, in words (``doc_core.datasets.resolve_reference``,
+    """The reference set a folder dataset trains with and why, in words (``doc_core.data.datasets.resolve_reference``,
     read from the loaded split); None for Fashion-MNIST or a folder that cannot be loaded."""
     if spec.kind != "folder":
         return None

@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from doc_core.explain import overlay
-from doc_core.gallery import enlarge
+from doc_core.explain.gallery import enlarge
 
 from . import theme
 

@@ -14,11 +14,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
+from ..evaluation.metrics import threshold_percentile
+from ..scoring.knn import KNN_BACKENDS, SCORERS, check_backend, make_scorer
+from ..workflow.artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
+from ..workflow.output_folders import OutputKind, install_folder, prepare_save, restore_previous
 from .backbones import Backbone, BackboneConfig
-from .metrics import threshold_percentile
-from .output_folders import OutputKind, install_folder, prepare_save, restore_previous
-from .scoring import KNN_BACKENDS, SCORERS, check_backend, make_scorer
 from .training import DOCTrainer, StepRecord, TrainConfig
 
 FORMAT_VERSION = 1
@@ -54,7 +54,7 @@ class ScorerConfig:
     name : {"knn", "lof", "patch"}
         ``knn``/``lof`` score the pooled feature vector (:mod:`doc_core.scoring`); ``patch`` keeps a memory bank of
         local features and scores an image by its most anomalous patch, which also gives a defect map
-        (:mod:`doc_core.patch_scoring`).
+        (:mod:`doc_core.scoring.patch`).
     k : int or None
         Neighbours (None = the scorer's default: 5 for k-NN, 20 for LOF, 1 for patch).
     max_bank_size : int or None
@@ -62,10 +62,10 @@ class ScorerConfig:
         :data:`PATCH_BANK_DEFAULT`, chosen by a greedy coreset).
     backend : str
         Search backend: "exact" numpy, "faiss" exact flat index, "faiss-ivf" approximate (knn only); see
-        :class:`doc_core.scoring.KNNScorer`. Saved with the detector and rebuilt on load.
+        :class:`doc_core.scoring.knn.KNNScorer`. Saved with the detector and rebuilt on load.
     patch_layers : tuple of str or None
         Layers whose maps the patch scorer combines (None = the backbone's
-        :data:`doc_core.backbones.DEFAULT_PATCH_LAYERS`); ignored by knn/lof.
+        :data:`doc_core.model.backbones.DEFAULT_PATCH_LAYERS`); ignored by knn/lof.
     neighbourhood : int
         Odd side of the window each patch feature is averaged over (patch scorer; 1 = none).
     """
@@ -158,7 +158,7 @@ class DOCDetector:
             Normal (target) training images.
         reference : np.ndarray, uint8, shape (r, h, w, c), or None
             Reference images; None (or no labels) trains without a labelled reference set: the descriptiveness
-            loss is then the preservation loss (:func:`doc_core.losses.preservation_loss`) on these images, or on
+            loss is then the preservation loss (:func:`doc_core.model.losses.preservation_loss`) on these images, or on
             the normal images when None.
         reference_labels : np.ndarray, int, shape (r,), or None
             Reference class indices in ``[0, n_classes)``; None or empty = no labelled reference set.
@@ -208,7 +208,7 @@ class DOCDetector:
         return self
 
     def fit_split(self, split, callback: Callable[[StepRecord], None] | None = None) -> "DOCDetector":
-        """:meth:`fit` on a :class:`doc_core.data.OneClassSplit`."""
+        """:meth:`fit` on a :class:`doc_core.data.splits.OneClassSplit`."""
         return self.fit(split.train_normal, split.reference, split.reference_labels, split.reference_names, callback)
 
     def stop(self) -> None:
@@ -223,7 +223,7 @@ class DOCDetector:
         return self.scorer.name == "patch"
 
     def _patch_scorer(self) -> "PatchKNNScorer":
-        from .patch_scoring import PatchKNNScorer
+        from ..scoring.patch import PatchKNNScorer
 
         c = self.scorer
         return PatchKNNScorer(k=1 if c.k is None else c.k,
@@ -338,13 +338,14 @@ class DOCDetector:
         Returns
         -------
         np.ndarray, float32, shape (n, H, W): each patch's distance to the normal patch bank, upsampled bilinearly
-        and smoothed (:meth:`doc_core.patch_scoring.PatchKNNScorer.anomaly_maps`); its maximum is close to the
+        and smoothed (:meth:`doc_core.scoring.patch.PatchKNNScorer.anomaly_maps`); its maximum is close to the
         image's score.
         """
         self._check_fitted()
         if not self.is_patch:
             raise ValueError("anomaly maps come from the patch scorer; this detector scores pooled features "
-                             f"({self.scorer.name}); use Grad-CAM (doc_core.explain.GradCAM) or with_scorer(patch)")
+                             f"({self.scorer.name}); use Grad-CAM (doc_core.explain.gradcam.GradCAM) or "
+                             "with_scorer(patch)")
         images = _as_images(images)
         size = tuple(images.shape[1:3]) if size is None else tuple(size)
         layers = self.backbone_.patch_layers(self.scorer.patch_layers)
@@ -369,8 +370,8 @@ class DOCDetector:
 
         Everything is written to a temporary folder beside ``path`` and then renamed into place, so a crash
         mid-save leaves any earlier detector at ``path`` intact. Only a detector folder written by this tool, or an
-        empty folder, is replaced, unless ``force`` (see :mod:`doc_core.output_folders`); hidden temporary siblings
-        of ``path`` left by a killed save more than a day ago are removed.
+        empty folder, is replaced, unless ``force`` (see :mod:`doc_core.workflow.output_folders`); hidden temporary
+        siblings of ``path`` left by a killed save more than a day ago are removed.
 
         Raises
         ------
@@ -472,7 +473,7 @@ class DOCDetector:
             det.reference_names_, det.history_, det.fit_seconds_ = reference_names, history, fit_seconds
             det.metadata_ = dict(metadata)
             if det.is_patch:
-                from .patch_scoring import PatchKNNScorer
+                from ..scoring.patch import PatchKNNScorer
 
                 det.bank_ = bank.astype(np.float32, copy=False)
                 det.scorer_ = PatchKNNScorer.from_arrays(det._patch_scorer().get_config(), patch_arrays)

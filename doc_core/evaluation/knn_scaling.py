@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .scoring import KNNScorer
+from ..scoring.knn import KNNScorer
 
 BACKENDS = ("exact", "faiss", "faiss-ivf")
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 import keras
 
-from .artifacts import ArtifactError, Fields
+from ..workflow.artifacts import ArtifactError, Fields
 from .backbones import Backbone, preprocess
 from .losses import compactness_loss, descriptiveness_loss, preservation_loss
 
@@ -82,8 +82,8 @@ class TrainConfig:
     max_loss: float = 1e4
 
     def validate(self, where: str = "train config") -> None:
-        """Raise ValueError (an :class:`doc_core.artifacts.ArtifactError`) naming the first setting of the wrong type
-        or outside its range (see :data:`TRAIN_LIMITS`); ``where`` starts the message."""
+        """Raise ValueError (an :class:`doc_core.workflow.artifacts.ArtifactError`) naming the first setting of the
+        wrong type or outside its range (see :data:`TRAIN_LIMITS`); ``where`` starts the message."""
         self._values(asdict(self), where)
 
     def to_dict(self) -> dict:
@@ -172,7 +172,7 @@ class DOCTrainer:
         Number of reference classes (outputs of the head ``h``).
     config : TrainConfig
     strategy : tf.distribute.Strategy, "auto" or None
-        Data-parallel training over several devices (see :mod:`doc_core.distribute`: same losses and gradients as
+        Data-parallel training over several devices (see :mod:`doc_core.model.distribute`: same losses and gradients as
         one device, the compactness loss computed on the global batch). ``"auto"`` (default) uses the strategy of an
         enclosing ``strategy.scope()``, else a ``MirroredStrategy`` when two or more GPUs are visible; a strategy
         with one replica, or None, trains on one device as before.

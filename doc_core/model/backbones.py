@@ -16,9 +16,9 @@ import tensorflow as tf
 
 import keras
 
-from .artifacts import ArtifactError, Fields, short_repr
+from ..workflow.artifacts import ArtifactError, Fields, short_repr
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # doc_core/model/backbones.py -> the repository root
 SHARED_WEIGHTS_DIR = REPO_ROOT.parent / "shared" / "weights"
 BACKBONES = ("mobilenet_v2", "vgg16", "tiny")
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 512  # pixels; the dashboard offers 32-224
@@ -86,9 +86,9 @@ class BackboneConfig:
         return asdict(self)
 
     def validate(self, where: str = "backbone config") -> None:
-        """Raise ValueError (an :class:`doc_core.artifacts.ArtifactError`) for an unknown backbone, ``alpha`` outside
-        (0, :data:`MAX_ALPHA`], ``input_size`` outside [:data:`MIN_INPUT_SIZE`, :data:`MAX_INPUT_SIZE`], or a value
-        of the wrong type; ``where`` starts the message."""
+        """Raise ValueError (an :class:`doc_core.workflow.artifacts.ArtifactError`) for an unknown backbone, ``alpha``
+        outside (0, :data:`MAX_ALPHA`], ``input_size`` outside [:data:`MIN_INPUT_SIZE`, :data:`MAX_INPUT_SIZE`], or a
+        value of the wrong type; ``where`` starts the message."""
         self._values(asdict(self), where)
 
     @classmethod
@@ -351,10 +351,10 @@ class Backbone:
 
         The maps of ``layers`` (default :data:`DEFAULT_PATCH_LAYERS`) are computed batch by batch; coarser maps are
         resized bilinearly to the finest one's grid and the channels concatenated
-        (:func:`doc_core.patch_scoring.combine_maps`). At 96 px the default MobileNetV2 layers give 12 x 12 x 576
+        (:func:`doc_core.scoring.patch.combine_maps`). At 96 px the default MobileNetV2 layers give 12 x 12 x 576
         (332 KB per image). ``progress``, if given, is called with the number of images done after each batch.
         """
-        from .patch_scoring import combine_maps
+        from ..scoring.patch import combine_maps
 
         layers = self.patch_layers(layers)
         if not hasattr(self, "_patch_models"):

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backbones import Backbone, WeightsNotFoundError
-from .detector import DOCDetector
-from .scoring import knn_distances
+from ..model.backbones import Backbone, WeightsNotFoundError
+from ..model.detector import DOCDetector
+from ..scoring.knn import knn_distances
 
 FEATURE_SETS = ("raw", "pretrained", "doc")
 FEATURE_SET_LABELS = {"raw": "raw pixels", "pretrained": "pretrained backbone (before DOC)",
@@ -97,7 +97,7 @@ def pretrained_backbone(detector: DOCDetector) -> Backbone:
     """The detector's backbone as it was before DOC training: same config, original weights.
 
     For ``weights="imagenet"`` the ImageNet weights are looked up as in
-    :func:`doc_core.backbones.resolve_weights`; with ``weights=None`` it is a freshly initialised network (for the
+    :func:`doc_core.model.backbones.resolve_weights`; with ``weights=None`` it is a freshly initialised network (for the
     ``tiny`` backbone, the same seeded initialisation that DOC training started from). Building it takes a second or
     two for MobileNetV2, so keep it if you embed several batches.
 

@@ -100,7 +100,7 @@ class KNNScorer:
     backend : {"exact", "faiss", "faiss-ivf"}
         ``exact``: numpy matrix products (:func:`knn_distances`), the default. ``faiss``: exact search with faiss'
         ``IndexFlatL2`` (same neighbours; faster on large banks). ``faiss-ivf``: approximate ``IndexIVFFlat`` for
-        very large banks (see :mod:`doc_core.faiss_search`). The faiss backends need ``pip install faiss-cpu``.
+        very large banks (see :mod:`doc_core.scoring.faiss_search`). The faiss backends need ``pip install faiss-cpu``.
     nlist : int or None
         ``faiss-ivf``: number of k-means cells (None: about sqrt(bank size)).
     nprobe : int

@@ -1,9 +1,9 @@
 """Selection of the default hyper-parameters on a validation split cut from the Fashion-MNIST *training* set.
 
 ``python -m doc_core benchmark --protocol validation`` runs :func:`select_defaults`: the procedure that re-derives
-the defaults of :class:`doc_core.training.TrainConfig` (learning rate, lambda, epochs), of
-:class:`doc_core.backbones.BackboneConfig` (feature layer, trained layers) and of the k-NN scorer (k), without ever
-touching the Fashion-MNIST test set.
+the defaults of :class:`doc_core.model.training.TrainConfig` (learning rate, lambda, epochs), of
+:class:`doc_core.model.backbones.BackboneConfig` (feature layer, trained layers) and of the k-NN scorer (k), without
+ever touching the Fashion-MNIST test set.
 
 Data (:func:`validation_split`; only ``data.train_images`` and ``data.train_labels`` are read): the training images
 of the normal class (Sneaker) are shuffled and cut into a *fit* part (trained on, and the scorer's memory bank) and a
@@ -29,11 +29,12 @@ from typing import Callable
 
 import numpy as np
 
-from .backbones import BackboneConfig
-from .data import FASHION_MNIST_CLASSES, FashionMNIST, OneClassSplit
+from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
+from ..data.splits import OneClassSplit
+from ..model.backbones import BackboneConfig
+from ..model.training import TrainConfig, TrainingDivergedError
+from ..scoring.knn import KNNScorer, make_scorer
 from .metrics import roc_auc
-from .scoring import KNNScorer, make_scorer
-from .training import TrainConfig, TrainingDivergedError
 
 PARAMS = ("feature_layer", "trainable_from", "learning_rate", "lam", "epochs", "k")
 # parameters that need a training run of their own (epochs and k are read off a run)
@@ -252,7 +253,7 @@ def make_evaluator(split: OneClassSplit, backbone: BackboneConfig, train: TrainC
     weights, input size, batch size, optimizer, seed). Each result also holds ``run_s``, the seconds of the training
     run (or pretrained embedding) it was read off.
     """
-    from .detector import DOCDetector, ScorerConfig
+    from ..model.detector import DOCDetector, ScorerConfig
 
     def features_auc(det, ks, bank: np.ndarray | None = None) -> dict[int, float]:
         bank = det.backbone_.embed(split.train_normal) if bank is None else bank

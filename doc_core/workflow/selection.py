@@ -149,7 +149,7 @@ class Candidate:
     """One configuration the ``auto`` preset may pick.
 
     ``train.epochs == 0`` means the pretrained backbone's features (no DOC training). Candidates that differ only in
-    their scorer share one fitted backbone (:meth:`doc_core.detector.DOCDetector.with_scorer`).
+    their scorer share one fitted backbone (:meth:`doc_core.model.detector.DOCDetector.with_scorer`).
     """
 
     name: str
@@ -246,7 +246,7 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
     -------
     Selection
     """
-    from .detector import DOCDetector
+    from ..model.detector import DOCDetector
 
     if not candidates:
         raise ValueError("no candidates to select from")
@@ -294,7 +294,7 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
 
 def auto_candidates(backbone, train, epochs: int | None = None) -> list[Candidate]:
     """The ``auto`` preset's candidates for a backbone, simplest first: pretrained features with global k-NN, with
-    patch k-NN over the default pair of layers (:data:`doc_core.backbones.DEFAULT_PATCH_LAYERS`) and over the
+    patch k-NN over the default pair of layers (:data:`doc_core.model.backbones.DEFAULT_PATCH_LAYERS`) and over the
     coarser of the two alone; DOC-trained features with global k-NN and with patch k-NN over the default layers.
 
     Parameters
@@ -303,8 +303,8 @@ def auto_candidates(backbone, train, epochs: int | None = None) -> list[Candidat
     train : TrainConfig
         Settings of the DOC-trained candidates (``epochs`` overridden by ``epochs`` when given; at least 1).
     """
-    from .backbones import DEFAULT_PATCH_LAYERS
-    from .detector import ScorerConfig
+    from ..model.backbones import DEFAULT_PATCH_LAYERS
+    from ..model.detector import ScorerConfig
 
     doc_train = replace(train, epochs=max(1, epochs if epochs is not None else train.epochs))
     pre_train = replace(train, epochs=0)

@@ -7,7 +7,7 @@ PNG, PGM/PPM and ``.npy`` files are read by the small decoders below). It never 
 (:data:`MAX_PIXELS`, :data:`MAX_SIDE`), decompression is bounded, truncated or corrupt files raise
 :class:`ImageError` (a ``ValueError``), and resizing costs O(input + output).
 
-``doc_core.export`` copies this file into every bundle as ``scorer.py``, so on the device::
+``doc_core.edge.export`` copies this file into every bundle as ``scorer.py``, so on the device::
 
     pip install numpy ai-edge-litert            # no TensorFlow needed (onnxruntime for model.onnx)
     python scorer.py IMAGE [IMAGE ...]          # JSON out: score, threshold, verdict per image
@@ -63,8 +63,8 @@ class BundleError(ValueError):
 MAX_PIXELS = 50_000_000
 """Largest image (width x height) read, about 7,000 x 7,000; larger ones are refused from their header.
 
-The same number as ``doc_core.data.MAX_IMAGE_PIXELS`` (duplicated because this file must run without ``doc_core``;
-``tests/test_edge_scorer.py`` checks that the two agree). Lower it with ``read_image(..., max_pixels=)``,
+The same number as ``doc_core.data.images.MAX_IMAGE_PIXELS`` (duplicated because this file must run without
+``doc_core``; ``tests/test_edge_scorer.py`` checks that the two agree). Lower it with ``read_image(..., max_pixels=)``,
 ``EdgeScorer(..., max_pixels=)`` or ``scorer.py --max-pixels`` on devices with little memory.
 """
 MAX_SIDE = 65_535
@@ -222,8 +222,8 @@ def _composite_on_white(img: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def decode_png(data: bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a non-interlaced 1- to 16-bit PNG (gray, RGB, palette, with or without alpha) to uint8 (h, w, c).
 
-    ``c`` is 1 (gray) or 3. Alpha is composited on white, as :func:`doc_core.data.read_image` does; 16-bit samples
-    keep their high byte. ``data`` is the file's bytes or a binary file open for reading.
+    ``c`` is 1 (gray) or 3. Alpha is composited on white, as :func:`doc_core.data.images.read_image` does; 16-bit
+    samples keep their high byte. ``data`` is the file's bytes or a binary file open for reading.
 
     Safe for untrusted files: the size in the header is checked (``max_pixels``, :data:`MAX_SIDE`) before anything is
     decompressed; the image data may not inflate beyond the size the header declares, nor be more than 1/8 larger
@@ -534,8 +534,8 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize uint8 (h, w, c) to float64 (height, width, c), unrounded.
 
     Area averaging when both sides shrink, else bilinear interpolation on both (the choice
-    :func:`doc_core.data.resize_image` makes with OpenCV). Separable: one pass per axis, the cheaper order first, so
-    time and memory are O(input + output) (never h * w * height * width).
+    :func:`doc_core.data.images.resize_image` makes with OpenCV). Separable: one pass per axis, the cheaper order first,
+    so time and memory are O(input + output) (never h * w * height * width).
     """
     h, w = image.shape[:2]
     one = _area_axis if (height < h and width < w) else _linear_axis
@@ -553,7 +553,7 @@ def fit_image(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
     Gray becomes RGB by repetition, RGB becomes gray by the ITU-R 601 luma weights (as Pillow's ``convert("L")``);
     the size changes by :func:`resize` (area averaging when shrinking, bilinear interpolation when enlarging, as
-    :func:`doc_core.data.resize_image`), in O(input + output) time. Returns uint8 (H, W, C).
+    :func:`doc_core.data.images.resize_image`), in O(input + output) time. Returns uint8 (H, W, C).
     """
     img = np.asarray(image)
     if img.ndim == 2:

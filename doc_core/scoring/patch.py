@@ -13,7 +13,7 @@ Roth et al. 2022, *Towards Total Recall in Industrial Anomaly Detection* (PatchC
    and the patch scores upsampled to the image and smoothed are the anomaly map.
 
 Every score is a Euclidean distance in feature space: higher = more anomalous. Only numpy and scipy are needed;
-faiss (optional, ``backend="faiss"``) through :mod:`doc_core.faiss_search`.
+faiss (optional, ``backend="faiss"``) through :mod:`doc_core.scoring.faiss_search`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
 
-from .scoring import _BLOCK_FLOATS, check_backend, knn_distances
+from .knn import _BLOCK_FLOATS, check_backend, knn_distances
 
 CORESETS = ("greedy", "random")
 PATCH_BACKENDS = ("exact", "faiss")
@@ -287,8 +287,8 @@ class PatchKNNScorer:
         Training images whose leave-one-image-out scores are computed (None = all); default
         :data:`MAX_TRAIN_SCORES`.
     backend : {"exact", "faiss"}
-        ``exact``: numpy (:func:`doc_core.scoring.knn_distances`); ``faiss``: exact flat faiss index
-        (:mod:`doc_core.faiss_search`, needs faiss-cpu). Both give the same scores up to float rounding.
+        ``exact``: numpy (:func:`doc_core.scoring.knn.knn_distances`); ``faiss``: exact flat faiss index
+        (:mod:`doc_core.scoring.faiss_search`, needs faiss-cpu). Both give the same scores up to float rounding.
 
     Attributes (after :meth:`fit`)
     ------------------------------
@@ -311,7 +311,7 @@ class PatchKNNScorer:
     -----
     Scoring works on blocks of at most :data:`QUERY_BLOCK_PATCHES` patches (whole images, at least one): working
     memory is about ``2 * block * c * 4`` bytes for the block's maps plus, for the exact backend, about 6 x 64 MiB for
-    the distance blocks of :func:`doc_core.scoring.knn_distances`, whatever the number of images.
+    the distance blocks of :func:`doc_core.scoring.knn.knn_distances`, whatever the number of images.
     :meth:`fit` holds all ``n * h * w`` training patches (``n * h * w * c * 4`` bytes) while it selects the bank.
     """
 

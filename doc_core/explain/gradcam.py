@@ -2,7 +2,7 @@
 
 Classic Grad-CAM explains a class logit. DOC has no logit at test time: an image's anomaly score is the mean
 Euclidean distance of its pooled feature vector to its ``k`` nearest features of normal training images (exactly
-what :class:`doc_core.scoring.KNNScorer` computes). :class:`GradCAM` differentiates *that score* with respect to a
+what :class:`doc_core.scoring.knn.KNNScorer` computes). :class:`GradCAM` differentiates *that score* with respect to a
 convolutional feature map ``A`` (shape (h', w', C)) of the backbone, inside one ``tf.function`` that also finds the
 neighbours:
 
@@ -20,9 +20,9 @@ import tensorflow as tf
 
 import keras
 
-from .backbones import preprocess
-from .detector import DOCDetector
-from .scoring import KNNScorer
+from ..model.backbones import preprocess
+from ..model.detector import DOCDetector
+from ..scoring.knn import KNNScorer
 
 
 class GradCAM:

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.metrics import average_precision, roc_auc
+from ..model.backbones import BackboneConfig
+from ..model.detector import DetectorFormatError, DOCDetector, ScorerConfig
+from ..model.training import StepRecord, TrainConfig
 from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
-from .backbones import BackboneConfig
-from .detector import DetectorFormatError, DOCDetector, ScorerConfig
-from .metrics import average_precision, roc_auc
 from .output_folders import remove_stale
-from .training import StepRecord, TrainConfig
 
 RUNS_DIR_ENV = "DOC_RUNS_DIR"
 RUN_FORMAT = "doc-explorer-run"
@@ -123,7 +123,7 @@ class RunSummary:
     threshold : dict or None
         The operating point chosen and saved by a user: ``value``, ``policy``, ``param``, ``scorer``, ``saved``.
     selection : dict or None
-        The evidence of the ``auto`` preset (:meth:`doc_core.selection.Selection.to_dict`): ``rows`` (one per
+        The evidence of the ``auto`` preset (:meth:`doc_core.workflow.selection.Selection.to_dict`): ``rows`` (one per
         candidate: ``name``, ``val_auroc``, ``val_auroc_by_kind``, ``fit_s``, ``score_ms``, ``chosen``, optional
         ``error``), ``chosen``, ``n_fit``, ``n_holdout``, ``seed``, ``rule``; None for runs trained with manual
         settings (and runs saved before the preset existed).
@@ -350,8 +350,8 @@ def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.nda
     steps_total, stopped_early, total_seconds
         Training facts to record (steps done are read from the detector's history).
     selection : dict, optional
-        How the ``auto`` preset chose the configuration (:meth:`doc_core.selection.Selection.to_dict`), stored as
-        :attr:`RunSummary.selection`.
+        How the ``auto`` preset chose the configuration (:meth:`doc_core.workflow.selection.Selection.to_dict`),
+        stored as :attr:`RunSummary.selection`.
 
     Returns
     -------

@@ -8,12 +8,13 @@ The compactness loss stays the paper's formula **on the global batch** (not an a
 would use the wrong ``n`` and a per-replica mean). With ``n`` target features ``x_i`` of ``k`` dimensions,
 ``l_C = c * sum_i |x_i - mean|^2`` with ``c = n / ((n - 1)^2 k)`` and the mean over the whole batch. Replica ``r``
 gets the global mean by an all-reduce of its feature sums and computes its share
-``c * sum_{i in r} |x_i - stop_gradient(mean)|^2`` with :func:`doc_core.losses.compactness_loss` (given the batch's
-mean and size). These shares add up to ``l_C``, and so do their gradients: the gradient of ``l_C`` through the mean
-vanishes (``sum_i (x_i - mean) = 0``), so stopping it changes nothing. The descriptiveness loss is shared the same
-way: each replica's :func:`doc_core.losses.descriptiveness_loss` (the mean cross-entropy of its ``n_r`` reference
-images) weighted by ``n_r`` over the global reference batch size. Both formulas live only in :mod:`doc_core.losses`.
-The losses and gradients are therefore those of one device on the same batch, up to float rounding.
+``c * sum_{i in r} |x_i - stop_gradient(mean)|^2`` with :func:`doc_core.model.losses.compactness_loss` (given the
+batch's mean and size). These shares add up to ``l_C``, and so do their gradients: the gradient of ``l_C`` through the
+mean vanishes (``sum_i (x_i - mean) = 0``), so stopping it changes nothing. The descriptiveness loss is shared the same
+way: each replica's :func:`doc_core.model.losses.descriptiveness_loss` (the mean cross-entropy of its ``n_r`` reference
+images) weighted by ``n_r`` over the global reference batch size. Both formulas live only in
+:mod:`doc_core.model.losses`. The losses and gradients are therefore those of one device on the same batch, up to float
+rounding.
 
 The trainer's variables stay as they are. Created outside the strategy's scope (the usual case, e.g. an explicit
 ``strategy=`` argument) they are one copy that every replica reads, and the summed gradients are applied once in

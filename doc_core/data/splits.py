@@ -1,145 +1,22 @@
-"""Datasets: Fashion-MNIST, one-class splits, and the user's own images from folders.
+"""One-class problems: cut Fashion-MNIST into a split (:func:`make_split`) or load the user's own image folders.
 
 Images are kept as ``uint8`` arrays of shape (n, h, w, c) with ``c`` 1 (gray) or 3 (RGB) at their stored size;
-resizing and the backbone's normalisation happen batch by batch in :mod:`doc_core.backbones`, so no float copy of a
-whole dataset is ever held.
+resizing and the backbone's normalisation happen batch by batch in :mod:`doc_core.model.backbones`, so no float copy
+of a whole dataset is ever held.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import warnings
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-FASHION_MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
-}
-DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-class DataError(ValueError):
-    """A dataset could not be found or read; the message says what to do."""
-
-
-# --------------------------------------------------------------------------------------------------- Fashion-MNIST
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) of unsigned bytes into an array of its stated shape.
-
-    Raises
-    ------
-    DataError
-        When the file is not an IDX file of unsigned bytes, or is truncated or corrupt (also inside the gzip stream).
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{path} is truncated or corrupt: {exc}") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = 4 + 4 * ndim + int(np.prod(dims))
-    if len(data) != expected:
-        raise DataError(f"{path} is truncated or corrupt: {len(data)} bytes, expected {expected}")
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-@dataclass(frozen=True)
-class FashionMNIST:
-    """The Fashion-MNIST arrays: images uint8 (n, 28, 28, 1), labels int64 (n,) in 0-9."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    source: str
-    class_names: tuple[str, ...] = FASHION_MNIST_CLASSES
-
-
-def _keras_cache_dir() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets" / "fashion-mnist"
-
-
-def fashion_mnist_candidates(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """The folders searched for the four Fashion-MNIST ``.gz`` files, in order, each with a label."""
-    places: list[tuple[str, Path]] = []
-    if data_dir is not None:
-        places.append(("data_dir argument", Path(data_dir)))
-    if os.environ.get("DOC_DATA_DIR"):
-        places.append(("DOC_DATA_DIR", Path(os.environ["DOC_DATA_DIR"])))
-    places.append(("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST_DIR))
-    places.append(("Keras cache", _keras_cache_dir()))
-    return places
-
-
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> FashionMNIST:
-    """Load Fashion-MNIST from the first place that has it.
-
-    Searched in order: ``data_dir``, ``$DOC_DATA_DIR``, ``/usr/share/datasets/fashion-mnist`` (Debian package
-    ``dataset-fashion-mnist``), the Keras cache, then (if ``download``) Keras' own download.
-
-    Raises
-    ------
-    DataError
-        Naming every place tried and how to fix it, when none works.
-    """
-    tried: list[str] = []
-    for label, folder in fashion_mnist_candidates(data_dir):
-        paths = {k: folder / v for k, v in FASHION_MNIST_FILES.items()}
-        missing = [p.name for p in paths.values() if not p.is_file()]
-        if missing:
-            tried.append(f"{label}: {folder} (missing {', '.join(missing)})")
-            continue
-        try:
-            arrays = {k: read_idx(p) for k, p in paths.items()}
-        except (OSError, EOFError, DataError) as exc:
-            tried.append(f"{label}: {folder} (unreadable: {exc})")
-            continue
-        return _fashion_from_arrays(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                                    arrays["test_labels"], str(folder))
-    if download:
-        try:
-            import keras
-
-            (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
-            return _fashion_from_arrays(xtr, ytr, xte, yte, "keras download")
-        except Exception as exc:  # noqa: BLE001 - any network or file failure ends up in the one message below
-            tried.append(f"Keras download (failed: {type(exc).__name__}: {exc})")
-    else:
-        tried.append("Keras download (not attempted: download=False)")
-    raise DataError(
-        "Fashion-MNIST was not found. Tried:\n  - " + "\n  - ".join(tried)
-        + "\nFix: install the Debian package (`apt-get install dataset-fashion-mnist`), or put the four files "
-        + ", ".join(FASHION_MNIST_FILES.values()) + " in a folder and set DOC_DATA_DIR to it."
-    )
-
-
-def _fashion_from_arrays(xtr, ytr, xte, yte, source: str) -> FashionMNIST:
-    xtr, xte = np.asarray(xtr, np.uint8), np.asarray(xte, np.uint8)
-    if xtr.shape[1:] != (28, 28) or xte.shape[1:] != (28, 28) or len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise DataError(f"Fashion-MNIST from {source} has unexpected shapes {xtr.shape}, {xte.shape}")
-    return FashionMNIST(xtr[..., None], np.asarray(ytr, np.int64), xte[..., None], np.asarray(yte, np.int64), source)
-
-
-# --------------------------------------------------------------------------------------------------- splits
+from .fashion_mnist import FashionMNIST, load_fashion_mnist
+from .images import DataError, SkippedFile, list_images, read_images
 
 
 @dataclass(frozen=True)
@@ -310,134 +187,6 @@ def make_split(config: SplitConfig = SplitConfig(), data: FashionMNIST | None = 
     )
 
 
-# --------------------------------------------------------------------------------------------------- image files
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file that could not be used, and why."""
-
-    path: str
-    reason: str
-
-
-MAX_IMAGE_PIXELS = 50_000_000  # about 7,000 x 7,000; larger files are skipped with a message (see read_image)
-
-
-def read_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode one image file into an RGB ``uint8`` array (h, w, 3), resized to (size, size) when given.
-
-    Handles gray, palette, 16-bit, 32-bit float, alpha (composited on white) and EXIF-rotated images; a float image
-    with a NaN or infinite pixel is refused (never silently turned black). The pixel count is checked
-    from the file header before anything is decoded, so an image over ``max_pixels`` (default
-    :data:`MAX_IMAGE_PIXELS`, e.g. 10,000 x 10,000) costs no memory: it is refused with a message naming the file.
-
-    Raises
-    ------
-    DataError
-        For unreadable, non-image, empty or oversized files and NaN/infinite float pixels, naming the file.
-    """
-    from PIL import Image, ImageOps
-
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            # our own pixel limit (checked from the header, before decoding) replaces PIL's bomb warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > max_pixels:
-                    raise DataError(f"{path}: {im.width}x{im.height} pixels is more than the limit of "
-                                    f"{max_pixels:,} pixels; the image was skipped (downscale it first)")
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                arr = _pil_to_rgb(im)
-    except DataError:
-        raise
-    except NonFinitePixelsError as exc:
-        raise DataError(f"{path}: {exc}; the image was skipped") from exc
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: too many pixels to decode safely ({exc}); the image was skipped") from exc
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    if size is not None:
-        arr = resize_image(arr, size)
-    return arr
-
-
-class NonFinitePixelsError(ValueError):
-    """A float image holds NaN or infinite pixels; it is refused, never silently turned into another image."""
-
-
-def _pil_to_rgb(im) -> np.ndarray:
-    """A decoded PIL image as RGB uint8 (h, w, 3).
-
-    16-bit, 32-bit integer and 32-bit float ("F") gray images are rescaled so their minimum is 0 and their maximum
-    255 (a constant image becomes 0). A float image with any NaN or infinite pixel raises
-    :class:`NonFinitePixelsError`: there is no honest way to rescale it.
-    """
-    from PIL import Image
-
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im)
-        if a.dtype.kind == "f":
-            bad = int(np.count_nonzero(~np.isfinite(a)))
-            if bad:
-                raise NonFinitePixelsError(f"{bad:,} of {a.size:,} pixels of this floating-point image are NaN or "
-                                           "infinite; such images are refused rather than guessed at")
-        out = np.zeros(a.shape, np.uint8)
-        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-        if hi > lo:  # in float64 and in blocks: no overflow for float32 extremes, no full-size float64 copy
-            scale = 255.0 / (hi - lo)
-            flat_in, flat_out = a.reshape(-1), out.reshape(-1)
-            for i in range(0, a.size, 1 << 20):
-                block = (flat_in[i:i + (1 << 20)].astype(np.float64) - lo) * scale
-                flat_out[i:i + (1 << 20)] = np.clip(np.round(block), 0, 255)
-        return np.repeat(out[..., None], 3, axis=-1)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, im)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an (h, w, c) uint8 image to (size, size, c): area averaging when shrinking, bilinear when enlarging."""
-    import cv2
-
-    h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
-    out = cv2.resize(image, (size, size), interpolation=interp)
-    return out.reshape(size, size, -1) if out.ndim == 2 else out
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files (by extension) directly inside ``folder`` and its subfolders, sorted; hidden files skipped."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def read_images(paths: Sequence[str | os.PathLike], size: int) -> tuple[np.ndarray, list[Path], list[SkippedFile]]:
-    """Read many images at (size, size, 3), skipping bad files.
-
-    Returns
-    -------
-    images : np.ndarray, uint8, shape (n_ok, size, size, 3)
-    ok : list of Path, the files that were read, in order
-    skipped : list of SkippedFile
-    """
-    images, ok, skipped = [], [], []
-    for p in paths:
-        try:
-            images.append(read_image(p, size))
-            ok.append(Path(p))
-        except DataError as exc:
-            skipped.append(SkippedFile(str(p), str(exc)))
-    arr = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return arr, ok, skipped
-
-
 FOLDER_LAYOUT = """\
 my_data/
   train/                 normal training images (any names, subfolders allowed)
@@ -518,7 +267,7 @@ def load_folder_split(root: str | os.PathLike, image_size: int = 96, min_train: 
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable file(s), first: {skipped[0].path}: {skipped[0].reason}",
                       stacklevel=2)
-    if not refs:  # no reference/ folder: an empty reference set (see doc_core.datasets.REFERENCE_CHOICES)
+    if not refs:  # no reference/ folder: an empty reference set (see doc_core.data.datasets.REFERENCE_CHOICES)
         refs, ref_labels = [np.zeros((0,) + train.shape[1:], np.uint8)], [np.zeros(0, np.int64)]
     split = OneClassSplit(
         train_normal=train, reference=np.concatenate(refs), reference_labels=np.concatenate(ref_labels),

@@ -8,7 +8,7 @@ A bundle is a folder::
                   normalisation are inside the model, so the device only decodes images
                   (``model.onnx`` instead for ``format="onnx"``: the same graph via tf2onnx, run by onnxruntime)
     bank.npy      float32 (n, d): features of the normal training images (optionally a random subsample)
-    scorer.py     a copy of :mod:`doc_core.edge_scorer` (numpy + ai_edge_litert or onnxruntime; Pillow optional)
+    scorer.py     a copy of :mod:`doc_core.edge.edge_scorer` (numpy + ai_edge_litert or onnxruntime; Pillow optional)
 
 Quantization (``quantize``):
 
@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import DOCDetector
+from ..model.detector import DOCDetector
+from ..scoring.knn import knn_distances, subsample_bank
+from ..workflow.output_folders import OutputKind, check_target, install_folder, prepare_save
 from .edge_scorer import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, EdgeScorer
-from .output_folders import OutputKind, check_target, install_folder, prepare_save
-from .scoring import knn_distances, subsample_bank
 
 EXPORT_FORMATS = ("tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -151,7 +151,7 @@ def tflite_model(detector: DOCDetector, input_shape: tuple[int, int, int], quant
 
     import keras
 
-    from .backbones import preprocess
+    from ..model.backbones import preprocess
 
     model, cfg = detector.backbone_.model, detector.backbone_.config
     archive = keras.export.ExportArchive()
@@ -185,7 +185,7 @@ def onnx_model(detector: DOCDetector, input_shape: tuple[int, int, int], opset: 
     """
     import tensorflow as tf
 
-    from .backbones import preprocess
+    from ..model.backbones import preprocess
 
     try:
         import tf2onnx
@@ -245,8 +245,8 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     """Write an edge bundle folder (replaced atomically) and return its ``bundle.json`` content.
 
     Only an edge bundle written by this tool, or an empty folder, is replaced at ``out`` unless ``force`` (checked
-    before the model is converted; see :mod:`doc_core.output_folders`); hidden temporary siblings of ``out`` left by
-    a killed export more than a day ago are removed.
+    before the model is converted; see :mod:`doc_core.workflow.output_folders`); hidden temporary siblings of ``out``
+    left by a killed export more than a day ago are removed.
 
     Parameters
     ----------
@@ -398,10 +398,11 @@ def normal_images_for(detector: DOCDetector, path: str | os.PathLike | None = No
     Looks at a dashboard run's ``run.json`` dataset (when ``path`` is a run folder) and at the detector's saved
     metadata (``split``: a Fashion-MNIST split config, or a folder). Never reads test labels.
     """
-    from .data import SplitConfig, load_fashion_mnist, load_folder_split, make_split
+    from ..data.fashion_mnist import load_fashion_mnist
+    from ..data.splits import SplitConfig, load_folder_split, make_split
 
     if path is not None and (Path(path) / "run.json").is_file():
-        from .datasets import DatasetSpec, load_dataset
+        from ..data.datasets import DatasetSpec, load_dataset
 
         doc = json.loads((Path(path) / "run.json").read_text())
         if doc.get("dataset", {}).get("kind"):
@@ -481,8 +482,8 @@ def benchmark_export(detector: DOCDetector, normal_images: np.ndarray, test_imag
     """
     from scipy.stats import spearmanr
 
-    from .benchmark import machine_info
-    from .metrics import roc_auc
+    from ..evaluation.benchmark import machine_info
+    from ..evaluation.metrics import roc_auc
 
     det_scores = detector.decision_function(test_images[:64])
     t0 = time.perf_counter()

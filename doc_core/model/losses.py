@@ -24,7 +24,7 @@ def compactness_loss(features: tf.Tensor, batch_mean: tf.Tensor | None = None,
     features : tf.Tensor, shape (n, k), float
         Features of one batch of target (normal) images; ``n >= 2``.
     batch_mean, batch_size : optional, both or neither
-        For one slice of a batch split across devices (:mod:`doc_core.distribute`): ``features`` are the slice's
+        For one slice of a batch split across devices (:mod:`doc_core.model.distribute`): ``features`` are the slice's
         rows (any number, also 0 or 1), ``batch_mean`` (shape (k,), float; treated as a constant) the mean of the
         whole batch and ``batch_size`` its ``n >= 2``. The sum then runs over the slice only, with the whole batch's
         ``n`` and mean, so the slices' results add up to the batch's ``l_C``, and so do their gradients (the

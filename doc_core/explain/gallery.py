@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import DataError, _pil_to_rgb, resize_image
+from ..data.images import DataError, _pil_to_rgb, resize_image
 
 LABELS = ("anomaly", "normal", "unlabelled")
 LABEL_CODES = {"anomaly": 1, "normal": 0, "unlabelled": -1}

@@ -1,7 +1,7 @@
 """Nearest-neighbour search with faiss for large memory banks (the ``backend`` of :class:`KNNScorer`).
 
 ``faiss`` (``IndexFlatL2``)
-    Exact search, like :func:`doc_core.scoring.knn_distances`, in faiss' blocked BLAS kernels; the same neighbours
+    Exact search, like :func:`doc_core.scoring.knn.knn_distances`, in faiss' blocked BLAS kernels; the same neighbours
     (up to ties and float rounding).
 ``faiss-ivf`` (``IndexIVFFlat``)
     Approximate: the bank is split into ``nlist`` k-means cells and a query looks in the ``nprobe`` nearest cells
@@ -79,7 +79,7 @@ def build_index(bank: np.ndarray, backend: str = "faiss", nlist: int | None = No
 
 def search(index, queries: np.ndarray, k: int, nprobe: int | None = None,
            exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest bank vectors by Euclidean distance, like :func:`doc_core.scoring.knn_distances`.
+    """k nearest bank vectors by Euclidean distance, like :func:`doc_core.scoring.knn.knn_distances`.
 
     Parameters
     ----------

@@ -2,8 +2,9 @@
 
 One-vs-rest comes in two forms: ``one-vs-rest`` (the reference set is drawn from the other nine classes, which are
 also the scored anomalies: a form of outlier exposure) and ``one-vs-rest-disjoint`` (reference and anomaly classes
-are disjoint, :meth:`doc_core.data.SplitConfig.one_vs_rest_disjoint`, so the anomalies are unseen in training).
-``validation`` re-derives the defaults on a split cut from the training set only (:mod:`doc_core.validation`).
+are disjoint, :meth:`doc_core.data.splits.SplitConfig.one_vs_rest_disjoint`, so the anomalies are unseen in training).
+``validation`` re-derives the defaults on a split cut from the training set only
+(:mod:`doc_core.evaluation.validation`).
 
 Every method runs with one fixed default configuration for every class and protocol; nothing is tuned on test labels.
 AUCs are averaged over seeds (the seed changes the reference draw, the head's initialisation and the batch order);
@@ -20,17 +21,18 @@ import subprocess
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .data import (FASHION_MNIST_CLASSES, ONE_VS_REST_SPLITS, FashionMNIST, OneClassSplit, SplitConfig,
-                   load_fashion_mnist, make_split)
-from .detector import DOCDetector, ScorerConfig
+from ..data.fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST, load_fashion_mnist
+from ..data.splits import ONE_VS_REST_SPLITS, OneClassSplit, SplitConfig, make_split
+from ..model.backbones import BackboneConfig
+from ..model.detector import DOCDetector, ScorerConfig
+from ..model.training import TrainConfig
+from ..scoring.knn import KNNScorer
 from .metrics import roc_auc, roc_curve
-from .backbones import BackboneConfig
-from .scoring import KNNScorer
-from .training import TrainConfig
 
 if TYPE_CHECKING:
     from .validation import ValidationConfig
@@ -145,8 +147,8 @@ def measure_explain(det: DOCDetector, images: np.ndarray, n_gradcam: int = 256, 
     dict
         ``{"gradcam_ms_per_image": float, "tsne_s": float, "explain_timing": {...details...}}``
     """
-    from .embedding import tsne_2d
-    from .explain import GradCAM
+    from ..explain.embedding import tsne_2d
+    from ..explain.gradcam import GradCAM
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cam = GradCAM(det)
@@ -196,7 +198,7 @@ def code_version(repo: str | os.PathLike | None = None) -> dict:
         the ``doc_core`` package) is not a git checkout or git is missing. ``dirty`` counts changes to tracked files
         (staged or not), not untracked files such as the result being written.
     """
-    where = str(repo) if repo is not None else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    where = str(repo) if repo is not None else str(Path(__file__).resolve().parents[2])  # the repository root
 
     def git(*args: str) -> str | None:
         try:
@@ -228,7 +230,7 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
     ``{"protocol": ..., "methods": {NAME: {"auc", "auc_std", "aucs", "fit_s", "score_ms_per_image", ...}}, ...}``;
     for one-vs-rest each method also has ``per_class`` (mean AUC per normal class) and the top-level AUC is the mean
     over classes of the per-class means. ROC curves of the first seed (:func:`thin_roc`) are kept as ``roc``
-    (tutorial) or ``per_class_roc`` (one-vs-rest); :func:`doc_core.report.roc_figure` draws them. Methods:
+    (tutorial) or ``per_class_roc`` (one-vs-rest); :func:`doc_core.evaluation.report.roc_figure` draws them. Methods:
     ``raw_knn`` (pixels), ``conv_ae`` (convolutional autoencoder, reconstruction error, trained per seed;
     ``train_epoch_s`` is its fit time per epoch), ``pretrained_knn``, ``doc_knn`` and ``doc_lof``. The tutorial
     protocol also times the explorer's tools on the first seed's ``doc_knn`` detector (see :func:`measure_explain`):
@@ -236,10 +238,10 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
     (what was measured, and the load average). ``auc_std`` is the sample std over seeds (None for one seed) and
     ``per_seed`` lists each seed's AUC and timings. ``machine`` includes the git commit (:func:`machine_info`).
 
-    ``protocol="validation"`` runs :func:`doc_core.validation.select_defaults` instead (the selection of the
+    ``protocol="validation"`` runs :func:`doc_core.evaluation.validation.select_defaults` instead (the selection of the
     defaults on a split of the training set; ``backbone`` and ``train`` are its starting point, ``validation`` its
-    split and search settings (default :class:`~doc_core.validation.ValidationConfig` with the first of ``seeds`` as
-    its seed), ``classes`` is unused) and returns its result with ``machine`` added.
+    split and search settings (default :class:`~doc_core.evaluation.validation.ValidationConfig` with the first of
+    ``seeds`` as its seed), ``classes`` is unused) and returns its result with ``machine`` added.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -383,8 +385,8 @@ def compare_methods(split: OneClassSplit, detector: DOCDetector, test_scores: np
     skipped, with a note, when the backbone's pretrained weights cannot be found. Scoring speed of the DOC methods
     is timed end to end on the first ``timing_images`` test images; the fit time of DOC k-NN is the run's own.
     """
+    from ..model.backbones import WeightsNotFoundError
     from .autoencoder import ConvAutoencoder
-    from .backbones import WeightsNotFoundError
 
     labels, test = split.test_labels, split.test_images
     timing = test[:max(1, min(timing_images, len(test)))]

@@ -1,4 +1,4 @@
-"""ROC curves of every method of a benchmark result (:func:`doc_core.benchmark.benchmark`) on one chart.
+"""ROC curves of every method of a benchmark result (:func:`doc_core.evaluation.benchmark.benchmark`) on one chart.
 
 :func:`roc_figure` draws the ``roc`` curves of the tutorial protocol on one chart, or one small chart per normal
 class for one-vs-rest (``per_class_roc``); :func:`write_roc_html` saves it as a self-contained HTML file (plotly.js

@@ -2,10 +2,10 @@
 
 A :class:`TrainingJob` runs :meth:`DOCDetector.fit_steps` on a daemon thread, keeps every :class:`StepRecord` in a
 thread-safe buffer, reports its phase, progress and errors through :meth:`TrainingJob.snapshot`, and when training
-ends scores the test set and saves the run with :mod:`doc_core.runs`. With ``preset="auto"`` it first chooses the
-configuration without labels (:func:`doc_core.selection.select_configuration` on the normal training images only)
-and saves that evidence with the run. Nothing here knows about a UI framework: a
-front end polls ``snapshot()`` (for example once a second) and calls ``stop()``.
+ends scores the test set and saves the run with :mod:`doc_core.workflow.runs`. With ``preset="auto"`` it first chooses
+the configuration without labels (:func:`doc_core.workflow.selection.select_configuration` on the normal training
+images only) and saves that evidence with the run. Nothing here knows about a UI framework: a front end polls
+``snapshot()`` (for example once a second) and calls ``stop()``.
 
 :class:`JobRegistry` is a process-wide, thread-safe table of jobs by id, so a front end can find a job again after
 its page was reloaded, and can tell how many jobs run at once.
@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-from .backbones import BackboneConfig, WeightsNotFoundError
-from .data import DataError, OneClassSplit
-from .detector import DOCDetector, ScorerConfig
+from ..data.images import DataError
+from ..data.splits import OneClassSplit
+from ..model.backbones import BackboneConfig, WeightsNotFoundError
+from ..model.detector import DOCDetector, ScorerConfig
+from ..model.training import StepRecord, TrainConfig, TrainingDivergedError, eta_seconds
 from .runs import RunSummary, save_run
-from .training import StepRecord, TrainConfig, TrainingDivergedError, eta_seconds
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, SUCCEEDED, FAILED, STOPPED = "queued", "running", "succeeded", "failed", "stopped"
 FINISHED = (SUCCEEDED, FAILED, STOPPED)
 PHASES = ("starting", "selecting", "preparing", "training", "memory bank", "scoring", "saving", "done")
-# "manual": train the configuration given; "auto": choose it first from doc_core.selection.auto_candidates
+# "manual": train the configuration given; "auto": choose it first from doc_core.workflow.selection.auto_candidates
 PRESETS = ("manual", "auto")
 
 
@@ -76,8 +77,8 @@ class JobSnapshot:
     run : RunSummary or None
         The saved run, once ``status == "succeeded"``.
     selection : dict or None
-        The ``auto`` preset's evidence (:meth:`doc_core.selection.Selection.to_dict`) once it has chosen; None for
-        manual settings.
+        The ``auto`` preset's evidence (:meth:`doc_core.workflow.selection.Selection.to_dict`) once it has chosen; None
+        for manual settings.
     started, finished : float
         ``time.time()`` stamps (``finished`` is NaN while running).
     """
@@ -123,15 +124,15 @@ class TrainingJob:
         With a patch scorer the test images are scored by their most anomalous patch
         (:meth:`DOCDetector.score_images`); their pooled features are still saved for the explorer.
     preset : {"manual", "auto"}
-        ``auto`` first runs :func:`doc_core.selection.select_configuration` on the split's normal training images
-        (never the test set) over :func:`doc_core.selection.auto_candidates` built from ``backbone`` and ``train``
-        (``scorer`` is ignored), then trains the chosen configuration on all normal training images.
+        ``auto`` first runs :func:`doc_core.workflow.selection.select_configuration` on the split's normal training
+        images (never the test set) over :func:`doc_core.workflow.selection.auto_candidates` built from ``backbone`` and
+        ``train`` (``scorer`` is ignored), then trains the chosen configuration on all normal training images.
     dataset : dict, optional
         Description of the data stored with the run (e.g. ``DatasetSpec.to_dict()``).
     name : str, optional
         Name of the saved run.
     runs_dir : path, optional
-        Default: :func:`doc_core.runs.default_runs_dir` at the time the job saves.
+        Default: :func:`doc_core.workflow.runs.default_runs_dir` at the time the job saves.
     save : bool
         Save the run when training ends (tests may turn it off).
 

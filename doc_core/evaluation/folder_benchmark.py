@@ -1,7 +1,7 @@
 """Benchmarks on the user's kind of data: any image folder with test labels, and the magnetic-tile defects.
 
 ``python -m doc_core benchmark --protocol folder --folder DIR`` runs on a folder laid out as
-:data:`doc_core.data.FOLDER_LAYOUT` whose ``test/`` has ``normal/`` and ``anomaly/`` images; pixel masks are read
+:data:`doc_core.data.splits.FOLDER_LAYOUT` whose ``test/`` has ``normal/`` and ``anomaly/`` images; pixel masks are read
 from an optional ``ground_truth/`` folder that mirrors ``test/anomaly/`` (same relative path and stem, any image
 extension, ``_mask`` suffix allowed; white = defect).
 
@@ -11,8 +11,8 @@ saliency of magnetic tile", The Visual Computer 36 (2020) 85-96) from ``../share
 with their pixel masks.
 
 Every method runs with one fixed configuration (the library defaults); ``auto`` chooses among its candidates with
-:func:`doc_core.selection.select_configuration`, which sees the normal training images only. Test labels are used
-for the reported numbers and nothing else. The result says whether ``auto`` picked the candidate that was best on
+:func:`doc_core.workflow.selection.select_configuration`, which sees the normal training images only. Test labels are
+used for the reported numbers and nothing else. The result says whether ``auto`` picked the candidate that was best on
 the test set, and by how much it missed.
 """
 
@@ -25,12 +25,13 @@ from typing import Callable
 
 import numpy as np
 
-from .backbones import DEFAULT_PATCH_LAYERS, REPO_ROOT, BackboneConfig
+from ..data.images import IMAGE_EXTENSIONS, DataError, read_image
+from ..data.splits import OneClassSplit, load_folder_split
+from ..model.backbones import DEFAULT_PATCH_LAYERS, REPO_ROOT, BackboneConfig
+from ..model.detector import DOCDetector, ScorerConfig
+from ..model.training import TrainConfig
 from .benchmark import MethodResult, machine_info, run_raw_knn
-from .data import IMAGE_EXTENSIONS, DataError, OneClassSplit, load_folder_split, read_image
-from .detector import DOCDetector, ScorerConfig
 from .metrics import roc_auc
-from .training import TrainConfig
 
 MAGNETIC_TILE_DIR = REPO_ROOT.parent / "shared" / "datasets" / "magnetic-tile"
 MT_DEFECTS = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
@@ -121,7 +122,7 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
 
 
 def _gradcam_maps(det: DOCDetector, images: np.ndarray) -> np.ndarray:
-    from .explain import GradCAM
+    from ..explain.gradcam import GradCAM
 
     return GradCAM(det).explain(images)[0]
 
@@ -139,8 +140,8 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     Returns a JSON-serialisable dict: ``methods`` (name -> auc, pixel_auc, fit_s, score_ms_per_image, bank_bytes,
     config), ``auto`` (the selection table, its pick, the test-best candidate and the miss), ``machine`` and the data.
     """
-    from .datasets import with_reference
-    from .selection import auto_candidates, select_configuration
+    from ..data.datasets import with_reference
+    from ..workflow.selection import auto_candidates, select_configuration
 
     log = log or (lambda msg: None)
     if not split.has_test_labels or len(set(split.test_labels.tolist()) - {-1}) < 2:

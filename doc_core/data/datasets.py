@@ -1,9 +1,9 @@
 """Dataset sources: a small, JSON-serialisable description of where a one-class split comes from.
 
-A :class:`DatasetSpec` names either the built-in Fashion-MNIST cut by a :class:`~doc_core.data.SplitConfig`, or a
-folder of the user's own images laid out as :data:`~doc_core.data.FOLDER_LAYOUT` (a folder on the machine, or a zip
-upload extracted by :func:`extract_zip`). The spec is what the app keeps as "the active dataset" and what a saved run
-records about its data; :func:`load_dataset` turns it into a :class:`~doc_core.data.OneClassSplit`.
+A :class:`DatasetSpec` names either the built-in Fashion-MNIST cut by a :class:`~doc_core.data.splits.SplitConfig`, or a
+folder of the user's own images laid out as :data:`~doc_core.data.splits.FOLDER_LAYOUT` (a folder on the machine, or a
+zip upload extracted by :func:`extract_zip`). The spec is what the app keeps as "the active dataset" and what a saved
+run records about its data; :func:`load_dataset` turns it into a :class:`~doc_core.data.splits.OneClassSplit`.
 
 The module also describes a split for display: image counts per class and role (:func:`role_counts`) and a few
 sample images per role (:func:`role_samples`).
@@ -32,8 +32,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .data import (FASHION_MNIST_CLASSES, FOLDER_LAYOUT, IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, DataError, FashionMNIST,
-                   OneClassSplit, SkippedFile, SplitConfig, load_folder_split, make_split)
+from .fashion_mnist import FASHION_MNIST_CLASSES, FashionMNIST
+from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, DataError, SkippedFile
+from .splits import FOLDER_LAYOUT, OneClassSplit, SplitConfig, load_folder_split, make_split
 
 KINDS = ("fashion-mnist", "folder")
 # What keeps a folder detector's features descriptive (DatasetSpec.reference):
@@ -197,7 +198,8 @@ def with_reference(split: OneClassSplit, choice: str, fashion: FashionMNIST | No
     elif resolved == "none":
         ref, labels, names = np.zeros((0,) + split.train_normal.shape[1:], np.uint8), np.zeros(0, np.int64), ()
     else:
-        from .data import load_fashion_mnist, resize_image
+        from .fashion_mnist import load_fashion_mnist
+        from .images import resize_image
 
         fm = fashion or load_fashion_mnist()
         idx = np.sort(np.random.default_rng(seed).choice(len(fm.train_images), min(n, len(fm.train_images)),

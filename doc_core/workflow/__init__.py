@@ -1,0 +1,12 @@
+"""Workflow: what happens around a training run, shared by the CLI and the dashboard.
+
+==================  =================================================================================================
+``runs``            the runs folder: finished training runs on disk, listed, loaded and removed safely
+``jobs``            background training jobs a UI can watch, stop and collect
+``selection``       label-free model selection: synthetic defects and the ``auto`` preset
+``artifacts``       reading saved JSON and ``.npz`` files safely (sizes, types and ranges checked first)
+``output_folders``  folders written as a whole (a detector, a bundle): checked first, then renamed into place
+==================  =================================================================================================
+
+Import the modules by their full path (``from doc_core.workflow.runs import save_run``).
+"""
