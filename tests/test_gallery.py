@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from doc_core.data import DataError
-from doc_core.explain.gallery import (decode_upload, explorer_sample, label_names, n_pages, page_of, rank, score_ranks,
-                              thumbnail_atlas)
+from doc_core.explain.gallery import (decode_upload, explorer_sample, identities, label_names, matches, n_pages,
+                                     page_bounds, page_of, rank, score_ranks, search, sort_selection, thumbnail_atlas)
 
 SCORES = np.array([0.1, 0.9, 0.5, 0.3, 0.8, 0.2])
 LABELS = np.array([0, 1, 1, 0, 0, -1])
@@ -138,3 +138,43 @@ def test_thumbnail_atlas_rejects_bad_images_and_handles_none():
         thumbnail_atlas([np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32)])
     empty = thumbnail_atlas([])
     assert empty.count == 0 and Image.open(io.BytesIO(empty.png)).size == (1, 1)
+
+
+def test_identities_name_files_by_their_folder_below_the_label_or_by_test_index():
+    classes = ["anomaly", "normal", "unlabelled", "unlabelled"]
+    paths = ["test/anomaly/MT_Crack/exp1_num_123.jpg", "test/normal/ok 1.png", "test/loose.jpg",
+             "test/unlabelled/sub/x.PNG"]
+    assert identities(classes, paths).tolist() == ["MT_Crack/exp1_num_123.jpg", "ok 1.png", "loose.jpg", "sub/x.PNG"]
+    assert identities(["Sneaker", "Ankle boot"]).tolist() == ["test #0 · Sneaker", "test #1 · Ankle boot"]
+    with pytest.raises(ValueError):
+        identities(classes, paths[:2])
+
+
+def test_search_keeps_matching_names_in_ranking_order_with_their_ranks():
+    names = identities(["normal", "anomaly", "anomaly", "normal", "normal", "unlabelled"],
+                       ["test/normal/a.png", "test/anomaly/MT_Crack/c1.png", "test/anomaly/MT_Blowhole/b.png",
+                        "test/normal/crack_like.png", "test/normal/e.png", "test/f.png"])
+    r = rank(SCORES, LABELS, 0.4)  # indices [1, 4, 2, 3, 5, 0]
+    hit = search(r, names, "  CRACK ")
+    assert hit.indices.tolist() == [1, 3] and hit.ranks.tolist() == [1, 4] and hit.total == 6
+    assert search(r, names, "").indices.tolist() == r.indices.tolist()
+    assert len(search(r, names, "no such file")) == 0
+    assert matches(["Test #12 · Ankle boot", "test #3 · Sneaker"], "ankle").tolist() == [True, False]
+
+
+def test_sort_selection_by_score_label_and_index():
+    scores = np.array([0.5, 0.9, 0.1, 0.7, 0.3])
+    labels = np.array([0, 1, -1, -2, 1])  # -2: a normal training image
+    assert sort_selection(scores, labels).tolist() == [1, 3, 0, 4, 2]  # highest score first by default
+    assert sort_selection(scores, labels, "score_asc").tolist() == [2, 4, 0, 3, 1]
+    assert sort_selection(scores, labels, "label").tolist() == [1, 4, 0, 2, 3]  # anomalies, normal, unlabelled, train
+    assert sort_selection(scores, labels, "index").tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError):
+        sort_selection(scores, labels, "colour")
+
+
+def test_page_bounds_cut_any_list_like_the_gallery():
+    assert page_bounds(30, 1, 12) == (1, 0, 12)
+    assert page_bounds(30, 3, 12) == (3, 24, 30)
+    assert page_bounds(30, 9, 12) == (3, 24, 30) and page_bounds(30, 0, 12) == (1, 0, 12)
+    assert page_bounds(0, 2, 12) == (1, 0, 0)

@@ -1,7 +1,10 @@
 """What the ranked-anomalies gallery, the embedding explorer and the upload page show, without any UI.
 
 * :func:`rank` orders test images by anomaly score and filters them by true label and by side of the threshold;
-  :func:`page_of` cuts one page of a ranking.
+  :func:`page_of` cuts one page of a ranking (:func:`page_bounds` of any list).
+* :func:`identities` names each test image the way every page shows it (its file name and sub-folder, or its test
+  index and class), and :func:`search` keeps the images whose name contains a text.
+* :func:`sort_selection` orders a selection of images (by score, label or index) for paging, like a ranking.
 * :func:`explorer_sample` picks the images the explorer embeds: all of them, or a seeded, label-stratified sample
   when there are more than the cap.
 * :func:`decode_upload` turns an uploaded file into an image shaped like the run's dataset images.
@@ -110,6 +113,100 @@ def rank(scores: np.ndarray, labels: np.ndarray, threshold: float, label: str | 
     return Ranking(indices=ordered.astype(np.int64), ranks=all_ranks[ordered], total=len(scores))
 
 
+def _display_path(path: str) -> str:
+    """A test path relative to the dataset folder as shown to people: ``test/`` and the label folder
+    (``normal/``, ``anomaly/``, ``unlabelled/``) dropped, so the sub-folder left is the user's own (a defect type)."""
+    parts = [p for p in str(path).replace("\\", "/").split("/") if p]
+    if parts and parts[0] == "test":
+        parts = parts[1:]
+    if len(parts) > 1 and parts[0] in LABELS:
+        parts = parts[1:]
+    return "/".join(parts) or str(path)
+
+
+def identities(classes: Sequence[str] | np.ndarray, paths: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
+    """The name of each test image, the same on every tile, hover and detail view.
+
+    Parameters
+    ----------
+    classes : sequence of str, length m
+        Each test image's class (Fashion-MNIST class name, or ``normal``/``anomaly``/``unlabelled`` for folders).
+    paths : sequence of str, length m, or None
+        Test image paths relative to the dataset folder (folder datasets, ``RunScores.paths``); None otherwise.
+
+    Returns
+    -------
+    np.ndarray of str, shape (m,)
+        With paths: the path below the label folder, e.g. ``MT_Crack/exp1_num_123.jpg`` for
+        ``test/anomaly/MT_Crack/exp1_num_123.jpg`` (``test/`` alone is dropped for loose unlabelled images).
+        Without: ``test #<index> · <class>``, e.g. ``test #12 · Ankle boot``.
+    """
+    classes = np.asarray(classes).astype(str)
+    if paths is None:
+        return np.asarray([f"test #{i} · {c}" for i, c in enumerate(classes)], dtype=str)
+    paths = np.asarray(paths).astype(str)
+    if paths.shape != classes.shape:
+        raise ValueError(f"{len(paths)} paths for {len(classes)} test images")
+    return np.asarray([_display_path(p) for p in paths], dtype=str)
+
+
+def matches(names: Sequence[str] | np.ndarray, query: str) -> np.ndarray:
+    """Boolean mask, shape (m,): which names contain ``query`` (case-insensitive; blank matches every name)."""
+    names = np.asarray(names).astype(str)
+    q = str(query).strip().casefold()
+    if not q:
+        return np.ones(len(names), bool)
+    return np.fromiter((q in n.casefold() for n in names), bool, count=len(names))
+
+
+def search(ranking: Ranking, names: Sequence[str] | np.ndarray, query: str) -> Ranking:
+    """The images of ``ranking`` whose name (:func:`identities`, indexed by test index) contains ``query``
+    (case-insensitive substring; blank keeps all), in the same order with the same overall ranks."""
+    keep = matches(np.asarray(names)[ranking.indices], query) if len(ranking) else np.zeros(0, bool)
+    return Ranking(indices=ranking.indices[keep], ranks=ranking.ranks[keep], total=ranking.total)
+
+
+SELECTION_ORDERS = ("score_desc", "score_asc", "label", "index")
+SELECTION_ORDER_LABELS = {"score_desc": "Score, highest first", "score_asc": "Score, lowest first",
+                          "label": "Label (anomaly, normal, unlabelled, training), then score",
+                          "index": "Index"}
+
+
+def sort_selection(scores: np.ndarray, labels: np.ndarray, order: str = "score_desc") -> np.ndarray:
+    """The display order of selected images (positions into the given arrays).
+
+    Parameters
+    ----------
+    scores : np.ndarray, shape (n,)
+        Higher = more anomalous.
+    labels : np.ndarray of int, shape (n,)
+        1 anomaly, 0 normal, -1 unlabelled; any other value (e.g. -2 for a normal training image) sorts last.
+    order : {"score_desc", "score_asc", "label", "index"}
+        Score highest first (the default), lowest first, by label (anomalies first) and then score highest first,
+        or as given (the positions' own order, i.e. by index when the selection is listed by index).
+
+    Returns
+    -------
+    np.ndarray, int64, shape (n,)
+        A permutation of ``range(n)``; ties keep the given order.
+    """
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels)
+    if scores.shape != labels.shape or scores.ndim != 1:
+        raise ValueError(f"scores and labels must be 1-D of the same length, got {scores.shape} and {labels.shape}")
+    if order not in SELECTION_ORDERS:
+        raise ValueError(f"order must be one of {SELECTION_ORDERS}, got {order!r}")
+    if order == "index":
+        return np.arange(len(scores), dtype=np.int64)
+    if order == "score_asc":
+        return np.argsort(scores, kind="stable").astype(np.int64)
+    by_score = np.argsort(-scores, kind="stable")
+    if order == "score_desc":
+        return by_score.astype(np.int64)
+    group = {1: 0, 0: 1, -1: 2}
+    rank_of_label = np.asarray([group.get(int(v), 3) for v in labels], np.int64)
+    return by_score[np.argsort(rank_of_label[by_score], kind="stable")].astype(np.int64)
+
+
 def n_pages(n: int, page_size: int) -> int:
     """Pages needed for ``n`` items (at least 1, so an empty gallery still has page 1)."""
     if page_size < 1:
@@ -117,11 +214,18 @@ def n_pages(n: int, page_size: int) -> int:
     return max(1, -(-int(n) // page_size))
 
 
+def page_bounds(n: int, page: int, page_size: int) -> tuple[int, int, int]:
+    """``(page, lo, hi)`` of page ``page`` (1-based, clipped to the pages there are) of ``n`` items: items
+    ``lo:hi`` are on it."""
+    page = min(max(1, int(page)), n_pages(n, page_size))
+    lo = (page - 1) * page_size
+    return page, lo, min(int(n), lo + page_size)
+
+
 def page_of(ranking: Ranking, page: int, page_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and ranks of page ``page`` (1-based; clipped to the pages there are)."""
-    page = min(max(1, int(page)), n_pages(len(ranking), page_size))
-    lo = (page - 1) * page_size
-    return ranking.indices[lo:lo + page_size], ranking.ranks[lo:lo + page_size]
+    _, lo, hi = page_bounds(len(ranking), page, page_size)
+    return ranking.indices[lo:hi], ranking.ranks[lo:hi]
 
 
 def explorer_sample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
