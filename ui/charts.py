@@ -15,11 +15,80 @@ from doc_core.model.training import StepRecord, smooth
 from . import theme
 
 
-def _layout(fig: go.Figure, height: int, **kw) -> go.Figure:
-    base = dict(height=height, margin=dict(l=10, r=10, t=40, b=10), font=theme.FONT, hovermode="closest",
+# Plotly's toolbar (modebar) floats over the top right corner of every chart, about 28 px high: every figure keeps a
+# band this high free above whatever it draws over its plot area (titles, top tick labels, notes), so the toolbar
+# never covers them.
+MODEBAR_PX = 32
+# Colour by score: normal blue, a mid grey at the threshold, anomaly vermillion. Every colour on the way has a WCAG
+# contrast of at least 3 against white and against Streamlit's dark background, so no point fades into either.
+SCORE_MID = "#8C8C8C"
+BACKGROUNDS = ("#FFFFFF", "#0E1117")
+
+
+def _layout(fig: go.Figure, height: int, top: int = 0, **kw) -> go.Figure:
+    """Shared layout; ``top`` is the height (px) of what the figure draws above its plot area, placed under the
+    toolbar's band."""
+    margin = {**dict(l=10, r=10, b=10), **kw.pop("margin", {}), "t": MODEBAR_PX + top}
+    base = dict(height=height + MODEBAR_PX, margin=margin, font=theme.FONT, hovermode="closest",
                 legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
     fig.update_layout(**{**base, **kw})
     return fig
+
+
+def histogram_range(values: np.ndarray, threshold: float | None = None, percentile: float = 99.5,
+                    slack: float = 1.5) -> tuple[float, float, int]:
+    """The x range of a score histogram, cut short of a few far outliers, and how many values lie beyond it.
+
+    Parameters
+    ----------
+    values : (n,) float array
+        Scores (non-finite values are ignored).
+    threshold : float or None
+        The threshold, always inside the range.
+    percentile : float
+        The axis may stop at this percentile of ``values``...
+    slack : float
+        ...but only when the largest value lies more than ``slack`` times as far from the low end; it never stops
+        below ``threshold + (threshold - lo)`` (twice the threshold for scores from 0).
+
+    Returns
+    -------
+    lo, hi : float
+        The range (``lo < hi``).
+    beyond : int
+        Number of values above ``hi`` (0 when the range reaches the largest value).
+    """
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    t = float(threshold) if threshold is not None and np.isfinite(threshold) else None
+    if not len(v):
+        centre = t if t is not None else 0.0
+        return centre - 0.5, centre + 0.5, 0
+    lo, top = float(v.min()), float(v.max())
+    robust = float(np.percentile(v, percentile))
+    if t is not None:
+        lo, top = min(lo, t), max(top, t)
+        robust = max(robust, t + (t - lo))
+    hi = top if top - lo <= slack * (robust - lo) else robust
+    if hi <= lo:
+        return lo - 0.5, lo + 0.5, 0
+    return lo, hi, int(np.sum(v > hi))
+
+
+def score_color_scale(scores: np.ndarray, threshold: float, percentile: float = 99.0
+                      ) -> tuple[float, float, list[list]]:
+    """Colour scale for points coloured by anomaly score: ``(cmin, cmax, colorscale)``.
+
+    Low scores are normal blue, the threshold ``SCORE_MID`` grey, high scores anomaly vermillion; the top
+    ``100 - percentile`` % of scores share the end colour. ``scores`` is a (n,) float array."""
+    s = np.asarray(scores, np.float64)
+    s = s[np.isfinite(s)]
+    lo = float(np.min(s)) if len(s) else 0.0
+    hi = float(np.percentile(s, percentile)) if len(s) else 1.0
+    lo, hi = min(lo, threshold), max(hi, threshold)
+    hi = hi if hi > lo else lo + 1.0
+    mid = float(np.clip((threshold - lo) / (hi - lo), 0.05, 0.95))
+    return lo, hi, [[0, theme.NORMAL], [mid, SCORE_MID], [1, theme.ANOMALY]]
 
 
 def _inside(x: str, y: str) -> dict:
@@ -56,7 +125,7 @@ def loss_curves(records: list[StepRecord] | tuple[StepRecord, ...], alpha: float
                                    x1=x - 0.5, y0=0, y1=1, line=dict(color="#BBBBBB", dash="dot", width=1))
                               for ax in axes for x in starts])
     fig.update_annotations(font_size=13)
-    return _layout(fig, 300, showlegend=False)
+    return _layout(fig, 300, top=26, showlegend=False)
 
 
 def roc(curve: dict, op_fpr: float | None = None, op_tpr: float | None = None,
@@ -78,7 +147,7 @@ def roc(curve: dict, op_fpr: float | None = None, op_tpr: float | None = None,
     fig.update_xaxes(title_text="false-positive rate (share of normal images flagged)", range=[-0.01, 1.01],
                      tickformat=".0%")
     fig.update_yaxes(title_text="true-positive rate (anomalies caught)", range=[-0.01, 1.02], tickformat=".0%")
-    return _layout(fig, 380, margin=dict(l=10, r=10, t=10, b=10), legend=_inside("right", "bottom"))
+    return _layout(fig, 350, legend=_inside("right", "bottom"))
 
 
 def pr(curve: dict, op_recall: float | None = None, op_precision: float | None = None) -> go.Figure:
@@ -97,32 +166,39 @@ def pr(curve: dict, op_recall: float | None = None, op_precision: float | None =
                                                "<extra></extra>"))
     fig.update_xaxes(title_text="recall (share of anomalies caught)", range=[-0.01, 1.01], tickformat=".0%")
     fig.update_yaxes(title_text="precision (flagged that are anomalies)", range=[-0.01, 1.02], tickformat=".0%")
-    return _layout(fig, 380, margin=dict(l=10, r=10, t=10, b=10), legend=_inside("left", "bottom"))
+    return _layout(fig, 350, legend=_inside("left", "bottom"))
 
 
 def score_histogram(groups: list[tuple[str, np.ndarray, str]], threshold: float | None, x_title: str,
                     bins: int = 60) -> go.Figure:
-    """Overlaid histograms of score groups ``(name, scores, colour)`` on shared bins, with the threshold line."""
+    """Overlaid histograms of score groups ``(name, scores, colour)`` on shared bins, with the threshold line.
+
+    A few far outliers do not stretch the axis: it stops as :func:`histogram_range` says, and a note at its right end
+    says how many images lie beyond (their scores in its hover)."""
     values = [np.asarray(s, np.float64) for _, s, _ in groups if len(s)]
     fig = go.Figure()
-    lo = hi = 0.0
+    lo, hi, beyond = histogram_range(np.concatenate(values) if values else np.zeros(0), threshold)
     if values:
-        allv = np.concatenate(values)
-        lo, hi = float(np.min(allv)), float(np.max(allv))
-        if threshold is not None and np.isfinite(threshold):
-            lo, hi = min(lo, threshold), max(hi, threshold)
-        size = (hi - lo) / bins if hi > lo else 1.0
+        size = (hi - lo) / bins
         fig.update_xaxes(range=[lo - size, hi + 2 * size])
         for name, s, color in groups:
             if len(s):
                 fig.add_trace(go.Histogram(x=s, name=f"{name} ({len(s):,} images)", marker_color=color, opacity=0.6,
                                            xbins=dict(start=lo, end=hi + size, size=size),
                                            hovertemplate="score %{x}<br>%{y} images<extra>" + name + "</extra>"))
+    if beyond:
+        parts = [f"{int(np.sum(np.asarray(s, np.float64) > hi)):,} {name}" for name, s, _ in groups if len(s)]
+        top = max(float(np.nanmax(v)) for v in values)
+        fig.add_annotation(x=1, xref="paper", y=0.5, yref="paper", xanchor="right", showarrow=False,
+                           text=f"{beyond:,} beyond →", font=dict(size=12, color=theme.THRESHOLD),
+                           bgcolor="rgba(255,255,255,0.85)", bordercolor="#BBBBBB", borderwidth=1,
+                           hovertext=f"Scores above {hi:.4g}, up to {top:.4g}: " + ", ".join(p for p in parts
+                                                                                           if not p.startswith("0 ")))
     if threshold is not None and np.isfinite(threshold):
         fig.add_vline(x=threshold, line=dict(color=theme.THRESHOLD, width=2, dash="dash"))
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"threshold {threshold:.4g}",
                                  line=dict(color=theme.THRESHOLD, width=2, dash="dash")))
-        where = (threshold - lo) / (hi - lo) if values and hi > lo else 0.5
+        where = (threshold - lo) / (hi - lo) if values else 0.5
         for text, anchor, fits in (("predicted normal ◀ ", "right", where > 0.18), (" ▶ predicted anomaly", "left",
                                                                                      where < 0.82)):
             if fits:  # only where the words stay inside the chart
@@ -131,7 +207,7 @@ def score_histogram(groups: list[tuple[str, np.ndarray, str]], threshold: float 
     fig.update_layout(barmode="overlay", bargap=0.02)
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text="number of images")
-    return _layout(fig, 380, margin=dict(l=10, r=10, t=30, b=10), legend=_inside("right", "top"))
+    return _layout(fig, 350, top=22, legend=_inside("right", "top"))
 
 
 def confusion(report: ThresholdReport) -> go.Figure:
@@ -150,7 +226,7 @@ def confusion(report: ThresholdReport) -> go.Figure:
     fig.update_yaxes(autorange="reversed", title_text="true class", tickvals=["normal", "anomaly"], ticktext=labels)
     fig.update_xaxes(side="top", tickvals=["predicted normal", "predicted anomaly"],
                      ticktext=["predicted " + labels[0], "predicted " + labels[1]])
-    return _layout(fig, 300, margin=dict(l=10, r=10, t=40, b=10))
+    return _layout(fig, 270, top=30)
 
 
 def role_counts(rows: list[dict]) -> go.Figure:
@@ -166,7 +242,7 @@ def role_counts(rows: list[dict]) -> go.Figure:
     fig.update_yaxes(autorange="reversed", categoryorder="array",
                      categoryarray=[f"{r['class']} · {r['role']}" for r in rows])
     fig.update_xaxes(title_text="number of images")
-    return _layout(fig, max(220, 24 * len(rows) + 90), showlegend=False, bargap=0.25)
+    return _layout(fig, max(200, 24 * len(rows) + 70), showlegend=False, bargap=0.25)
 
 
 def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, info: np.ndarray, color_by: str,
@@ -184,16 +260,12 @@ def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, inf
     custom = np.column_stack([info[:, 0].astype(object), info[:, 1], scores.astype(object), info[:, 2]]) \
         if len(coords) else np.zeros((0, 4), object)
     if color_by == "score":
-        # blue below the threshold, grey at it, vermillion above; the top 1 % of scores share the darkest colour
-        lo = float(np.min(scores)) if len(scores) else 0.0
-        hi = float(np.percentile(scores, 99)) if len(scores) else 1.0
-        lo, hi = min(lo, threshold), max(hi, threshold)
-        hi = hi if hi > lo else lo + 1.0
-        mid = float(np.clip((threshold - lo) / (hi - lo), 0.05, 0.95))
+        # blue below the threshold, grey at it, vermillion above; the top 1 % of scores share the end colour
+        lo, hi, scale = score_color_scale(scores, threshold)
+        mid = scale[1][0]
         fig.add_trace(go.Scattergl(
             x=coords[:, 0], y=coords[:, 1], mode="markers", customdata=custom, hovertemplate=hover, showlegend=False,
-            marker=dict(size=5, color=scores, colorscale=[[0, theme.NORMAL], [mid, "#E4E4E4"], [1, theme.ANOMALY]],
-                        cmin=lo, cmax=hi,
+            marker=dict(size=5, color=scores, colorscale=scale, cmin=lo, cmax=hi,
                         symbol=np.where(roles == "normal training", "circle-open", "circle"),
                         colorbar=dict(title=dict(text=score_title, side="right"), thickness=10, len=0.9,
                                       # the ends are labelled only where they do not run into the threshold's label
@@ -201,7 +273,7 @@ def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, inf
                                                                  (hi, mid < 0.88)) if far],
                                       ticktext=[t for t, far in ((f"{lo:.3g}", mid > 0.12),
                                                                  (f"threshold {threshold:.3g}", True),
-                                                                 (f"{hi:.3g}", mid < 0.88)) if far]))))
+                                                                 (f"≥ {hi:.3g}", mid < 0.88)) if far]))))
     else:
         for role in ("normal training", "test normal", "test unlabelled", "test anomaly"):
             m = roles == role
@@ -215,5 +287,5 @@ def embedding_map(coords: np.ndarray, roles: np.ndarray, scores: np.ndarray, inf
     fig.update_xaxes(showticklabels=False, title_text=None, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, title_text=None, zeroline=False, showgrid=False)
     # the legend goes under the map: above it, Plotly's toolbar would cover it
-    return _layout(fig, 400, margin=dict(l=5, r=5, t=30, b=5), dragmode="lasso",
+    return _layout(fig, 370, margin=dict(l=5, r=5, b=5), dragmode="lasso",
                    legend=dict(orientation="h", yanchor="top", y=-0.01, xanchor="left", x=0, font=dict(size=12)))
