@@ -10,9 +10,11 @@ from doc_core.model.training import TrainConfig
 from doc_core.workflow import runs
 from doc_core.workflow.jobs import FAILED, TrainingJob, steps_per_epoch
 from doc_core.workflow.selection import DEFECT_KINDS, MIN_FIT, MIN_HOLDOUT, auto_candidates, holdout_split
-from ui import access, cached, charts, nav, page, state, status, theme
+from ui import access, cached, charts, feedback, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
+START = "training_start"  # where the outcome of the Start and Stop buttons is shown
+RUNS = "training_runs"    # where the outcome of Make active and Delete is shown
 BACKBONE_LABELS = {"mobilenet_v2": "MobileNetV2 (ImageNet)", "vgg16": "VGG16 (ImageNet)",
                    "tiny": "Tiny CNN (random, for tests)"}
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -150,16 +152,20 @@ def start_training() -> None:
                           name=st.session_state[state.TR_NAME].strip(),
                           dataset={**spec.to_dict(), "description": spec.describe()}, runs_dir=cached.runs_dir())
     except (DataError, ValueError) as exc:
-        state.flash("error", f"Cannot start: {exc}")
+        feedback.note(START, "error", f"Cannot start: {exc}")
         return
     cached.job_registry().add(job).start()
     state.set_job(job.job_id)
+    feedback.note(START, "info", f"Training started{f': {job.name}' if job.name else ''}. Its progress and loss "
+                                 "curves appear below; you can use the other pages meanwhile.")
 
 
 def stop_training() -> None:
     job = status.session_job()
     if job is not None:
         job.stop()
+        feedback.note(START, "info", "Stopping after the current step: the model trained so far is still scored and "
+                                     "saved.")
 
 
 def live_view() -> None:
@@ -248,7 +254,10 @@ def runs_table(all_runs: list, active_id: str | None) -> None:
 
 
 def make_active() -> None:
-    state.set_run(st.session_state[state.TR_PICK_RUN])
+    run_id = st.session_state[state.TR_PICK_RUN]
+    state.set_run(run_id)
+    run = next((r for r in cached.list_runs() if r.run_id == run_id), None)
+    feedback.note(RUNS, "success", f"Active run: **{run.name if run else run_id}**. The other pages show it now.")
 
 
 def delete_picked() -> None:
@@ -257,9 +266,9 @@ def delete_picked() -> None:
     run_id = st.session_state[state.TR_PICK_RUN]
     try:
         runs.delete_run(run_id, cached.runs_dir())
-        state.flash("success", f"Deleted run {run_id}.")
+        feedback.note(RUNS, "success", f"Deleted run {run_id}.")
     except runs.RunError as exc:
-        state.flash("error", str(exc))
+        feedback.note(RUNS, "error", str(exc))
     if state.chosen_run_id() == run_id:
         state.set_run(None)
 
@@ -269,6 +278,7 @@ def saved_runs() -> None:
     all_runs = cached.list_runs()
     if not all_runs:
         st.info(f"No saved runs yet. Finished runs are saved in `{cached.runs_dir()}` and appear here.")
+        feedback.show(RUNS)  # e.g. the last run was just deleted
         return
     active = cached.active_run(state.chosen_run_id())
     runs_table(all_runs, active.run_id if active else None)
@@ -282,6 +292,7 @@ def saved_runs() -> None:
     c2.button("Make active", on_click=make_active, width="stretch",
               disabled=active is not None and st.session_state[state.TR_PICK_RUN] == active.run_id,
               help="Use this run on the ROC and threshold page.")
+    feedback.show(RUNS)  # under the buttons that were pressed, and as a toast
     if access.read_only():
         return
     with c3.popover("Delete…", width="stretch"):
@@ -325,6 +336,7 @@ else:
                   icon=":material/play_arrow:")
         b2.button("Stop", on_click=stop_training, disabled=not running, width="stretch", icon=":material/stop:",
                   help="End training after the current step; the model trained so far is still scored and saved.")
+        feedback.show(START)
 
 if job is not None:
     st.subheader("This session's training", anchor=False)

@@ -8,10 +8,11 @@ from doc_core.evaluation import metrics
 from doc_core.model.detector import ScorerConfig
 from doc_core.scoring import make_scorer
 from doc_core.workflow import runs
-from ui import access, cached, charts, nav, page, state, theme
+from ui import access, cached, charts, feedback, nav, page, state, theme
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
+SAVE = "roc_save_threshold"  # where the outcome of "Save threshold into run" is shown
 
 
 def scorer_label(cfg: ScorerConfig) -> str:
@@ -190,16 +191,17 @@ def threshold_section(run: runs.RunSummary, scorer: ScorerConfig, stored: runs.R
         try:
             runs.save_threshold(run.run_id, threshold, state.POLICY_CODES[policy], policy_param(policy), scorer,
                                 cached.runs_dir())
-            state.flash("success", f"Saved threshold {threshold:.4g} into run **{run.name}** (set by: {policy}; "
-                                   f"scorer: {scorer_label(scorer)}).")
+            feedback.note(SAVE, "success", f"Saved threshold {threshold:.4g} into run **{run.name}** (set by: "
+                                           f"{policy}; scorer: {scorer_label(scorer)}).")
         except (runs.RunError, ValueError, OSError) as exc:
-            state.flash("error", f"Could not save the threshold: {exc}")
-        st.rerun()
+            feedback.note(SAVE, "error", f"Could not save the threshold: {exc}")
+        st.rerun()  # the whole page: the saved operating point above and the sidebar show the new threshold
     comment = (f"run {run.run_id} ({run.name}); scorer {scorer_label(scorer)}; threshold {threshold:.7g}\n"
                "predicted = anomaly where score > threshold; higher scores are more anomalous")
     c2.download_button("Download scores (CSV)", data=lambda: runs.scores_csv(stored, scores, threshold, comment),
                        file_name=f"{run.run_id}-scores.csv", mime="text/csv", on_click="ignore",
                        icon=":material/download:", width="stretch")
+    feedback.show(SAVE)  # under the button that was pressed, and as a toast
 
 
 def request_compare() -> None:
