@@ -1,16 +1,17 @@
 """Embedding explorer: 2-D t-SNE maps of the test images in three feature spaces side by side (raw pixels, the
 backbone before DOC training, the DOC-trained backbone), with the selected images, their heatmaps (Grad-CAM, or
-the patch defect map of a patch run) and their nearest normal training images."""
+the patch defect map of a patch run) and their nearest normal training images, paged and sorted (by score by
+default) like the Ranked anomalies page."""
 
 import numpy as np
 import streamlit as st
 
 from doc_core.explain.embedding import FEATURE_SET_LABELS, FEATURE_SETS
+from doc_core.explain import gallery
 from doc_core.explain.gallery import label_names, score_ranks
 from ui import cached, heatmaps, linked_maps, page, state, status, tiles
 
 PERSIST = dict(persist_state="session")
-MAX_SHOWN = 12  # selected images shown at once
 ss = st.session_state
 
 page.setup("Embedding explorer")
@@ -35,10 +36,10 @@ roles = np.concatenate([np.where(labels == 1, "test anomaly", np.where(labels ==
                         np.full(len(train_idx), "normal training")])
 point_scores = np.concatenate([scores[test_idx], train_scores[train_idx]]).astype(np.float64)
 ranks = score_ranks(scores)
-classes, names = np.asarray(stored.classes), label_names(stored.labels)
+names, label_words = gallery.identities(stored.classes, stored.paths), label_names(stored.labels)
 info = np.column_stack([
     np.arange(n_points).astype(object),
-    np.concatenate([[f"{classes[i]} · {names[i]} · test #{i}" for i in test_idx],
+    np.concatenate([[f"{names[i]} · {label_words[i]}" for i in test_idx],
                     [f"normal training #{i}" for i in train_idx]]).astype(object),
     np.concatenate([[f"rank {ranks[i]:,} of {len(scores):,}" for i in test_idx],
                     ["leave-one-out score"] * len(train_idx)]).astype(object)])
@@ -57,6 +58,11 @@ selected = [r for r in picked[1] if 0 <= r < n_points] if picked and picked[0] =
 def on_select() -> None:
     """The last selection made in any map (its points' rows) becomes the selection shown below."""
     ss[state.EX_SELECTED] = (context, linked_maps.selected_rows(ss.get(state.EX_MAPS)))
+    ss[state.EX_PAGE] = 1
+
+
+def to_first_page() -> None:
+    ss[state.EX_PAGE] = 1
 
 
 figures, titles, notes = [], [], []
@@ -80,14 +86,24 @@ st.subheader("Selected images", anchor=False)
 if not selected:
     st.caption("Nothing selected yet: click a point, or drag a lasso or box around some points in any map.")
     st.stop()
-sel = np.asarray(selected[:MAX_SHOWN])
-more = f" (the first {MAX_SHOWN} of {len(selected):,})" if len(selected) > MAX_SHOWN else ""
-st.caption(f"{len(selected):,} selected{more}, each with its 5 nearest normal training images in the DOC feature "
-           "space (d = Euclidean distance).")
-c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
-shown_map = heatmaps.choose(c1, run, state.EX_MAP)
-opacity = c2.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.EX_OPACITY, **PERSIST,
+rows = np.sort(np.asarray(selected, np.int64))  # by index: test images, then normal training images
+row_labels = np.concatenate([labels, np.full(len(train_idx), -2)])  # -2: a normal training image, sorted last
+ordered = rows[gallery.sort_selection(point_scores[rows], row_labels[rows], ss[state.EX_SORT])]
+size = state.EX_PAGE_SIZE
+pages = gallery.n_pages(len(ordered), size)
+ss[state.EX_PAGE] = min(max(1, int(ss[state.EX_PAGE])), pages)
+c1, c2, c3, c4 = st.columns([1.6, 1, 2.2, 1.5], vertical_alignment="bottom")
+c1.selectbox("Sort by", gallery.SELECTION_ORDERS, key=state.EX_SORT, on_change=to_first_page, **PERSIST,
+             format_func=gallery.SELECTION_ORDER_LABELS.get)
+c2.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, step=1, key=state.EX_PAGE)
+shown_map = heatmaps.choose(c3, run, state.EX_MAP)
+opacity = c4.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.EX_OPACITY, **PERSIST,
                     disabled=shown_map == heatmaps.OFF)
+page_no, lo, hi = gallery.page_bounds(len(ordered), ss[state.EX_PAGE], size)
+sel = ordered[lo:hi]
+st.markdown(f"**{len(ordered):,} selected** · page {page_no:,} of {pages:,} (images {lo + 1:,}–{hi:,}), "
+            f"sorted by {gallery.SELECTION_ORDER_LABELS[ss[state.EX_SORT]].lower()}")
+st.caption("Each with its 5 nearest normal training images in the DOC feature space (d = Euclidean distance).")
 is_test = sel < n_test
 images = [data.test_images[test_idx[r]] if t else data.train_normal[train_idx[r - n_test]]
           for r, t in zip(sel, is_test)]
@@ -103,8 +119,8 @@ for j, (r, t) in enumerate(zip(sel, is_test)):
         s = point_scores[r]
         if t:
             i = int(test_idx[r])
-            caption = (f"test #{i} · rank {ranks[i]:,}<br>score {s:.4g} · {tiles.verdict(s, threshold)}<br>"
-                       + tiles.label_text(stored.labels[i], classes[i]))
+            caption = (f"{tiles.name_text(names[i])}<br>rank {ranks[i]:,} · score {s:.4g} · "
+                       f"{tiles.verdict(s, threshold)}<br>" + tiles.label_text(stored.labels[i]))
         else:
             caption = f"normal training #{int(train_idx[r - n_test])}<br>leave-one-out score {s:.4g}"
         tiles.grid([images[j]], [caption], per_row=1, heatmaps=None if heat is None else heat[j:j + 1],

@@ -1,4 +1,5 @@
-"""Ranked anomalies: the test images ordered by anomaly score, from both ends, at the run's operating threshold."""
+"""Ranked anomalies: the test images ordered by anomaly score, from both ends, at the run's operating threshold,
+searchable by name (file name and sub-folder, or test index and class)."""
 
 import numpy as np
 import streamlit as st
@@ -28,7 +29,8 @@ run = page.run_or_stop("its test images ranked by anomaly score")
 data = page.split_or_stop(run)
 scorer, scores, _, threshold = cached.operating_point(run)
 stored = cached.scores_of(run)
-labels, classes = stored.labels, np.asarray(stored.classes)
+labels = stored.labels
+names = gallery.identities(stored.classes, stored.paths)
 source = "the run's saved threshold" if run.threshold else "the detector's default threshold (no threshold saved yet)"
 st.caption(f"Threshold {threshold:.4g}: {source}. Images scoring above it are flagged as anomalies. Rank 1 is the "
            f"most anomalous of all {len(scores):,} test images.")
@@ -51,7 +53,14 @@ else:
                 state.VIEW_ALARMS: "The normal images that look most anomalous: the first ones are the false "
                                    "alarms (flagged)."}[ss[state.RK_VIEW]])
 
+st.text_input("Search by name", key=state.RK_QUERY, on_change=to_first_page, **PERSIST,
+              placeholder="part of a file name or folder, e.g. crack" if stored.paths is not None
+              else "e.g. test #12, or a class name",
+              help="Keeps the images whose name contains this text (not case-sensitive): "
+                   + ("the file's path below its label folder, e.g. MT_Crack/exp1_num_123.jpg."
+                      if stored.paths is not None else "test #<index> · <class>."))
 ranking = gallery.rank(scores, labels, threshold, ss[state.RK_LABEL], ss[state.RK_SIDE], ss[state.RK_ORDER])
+ranking = gallery.search(ranking, names, ss[state.RK_QUERY])
 size = int(ss[state.RK_PAGE_SIZE])
 pages = gallery.n_pages(len(ranking), size)
 ss[state.RK_PAGE] = min(max(1, int(ss[state.RK_PAGE])), pages)
@@ -64,7 +73,9 @@ opacity = c4.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.RK_OPACITY
 
 idx, ranks = gallery.page_of(ranking, ss[state.RK_PAGE], size)
 if not len(idx):
-    st.info(f"No test image matches these filters at threshold {threshold:.4g}.")
+    query = ss[state.RK_QUERY].strip()
+    st.info(f"No test image matches these filters at threshold {threshold:.4g}"
+            + (f" and the name search {query!r}." if query else "."))
     st.stop()
 first = (ss[state.RK_PAGE] - 1) * size
 st.markdown(f"**{len(ranking):,} images** · page {ss[state.RK_PAGE]:,} of {pages:,} (images {first + 1:,}–"
@@ -73,6 +84,6 @@ images = data.test_images[idx]
 heat = heatmaps.maps(run, images, shown_map)
 if heat is not None:
     st.caption(heatmaps.note(run, shown_map))
-captions = [f"<b>#{r:,}</b> · {scores[i]:.4g} · {tiles.verdict(scores[i], threshold)}<br>"
-            f"{tiles.label_text(labels[i], classes[i])}" for i, r in zip(idx, ranks)]
+captions = [f"{tiles.name_text(names[i])}<br><b>#{r:,}</b> · {scores[i]:.4g} · {tiles.verdict(scores[i], threshold)}"
+            f" · {tiles.label_text(labels[i])}" for i, r in zip(idx, ranks)]
 tiles.grid(list(images), captions, per_row=6, heatmaps=heat, opacity=opacity)

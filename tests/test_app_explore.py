@@ -100,6 +100,45 @@ def test_explorer_selection_shows_images_neighbours_and_gradcam(runs_dir, monkey
     assert len(at.get("image")) == 12 and "Grad-CAM, scaled per image" in texts(at)
 
 
+def selected_scores(at: AppTest) -> list[float]:
+    """The scores on the selected images' tiles, in the order shown."""
+    return [float(v) for v in re.findall(r"· score ([-\d.e+]+) ·", texts(at))]
+
+
+def test_explorer_selection_pages_and_sorts(runs_dir):  # noqa: F811
+    """A lasso of 30 points is listed 12 per page, highest score first, and can be sorted otherwise."""
+    at = open_with(EXPLORER, **{state.EX_POINTS: 500})
+    run = runs.list_runs(runs_dir)[0]
+    stored = runs.load_scores(run.run_id, runs_dir)
+    shown = explorer_sample(stored.labels, 500, seed=0)
+    rows = list(range(0, 500, 17))  # 30 rows across the sample (normal and anomalous images), in index order
+    at.session_state[state.EX_SELECTED] = ((run.run_id, 500, False), rows)  # as the maps' on_select leaves it
+    at.run()
+    assert_clean(at)
+    body = texts(at)
+    assert "30 selected" in body and "page 1 of 3" in body and "the first 12" not in body
+    assert len(at.get("image")) == 12 * (1 + 5)
+    want = np.sort(stored.scores[shown[rows]])[::-1]  # every selected score, highest first
+    first = selected_scores(at)
+    np.testing.assert_allclose(first, want[:12], rtol=1e-3)
+    assert f"test #{shown[rows][int(np.argmax(stored.scores[shown[rows]]))]} · " in body  # named by index and class
+    at.number_input(key=state.EX_PAGE).set_value(3).run()
+    assert_clean(at)
+    assert "page 3 of 3" in texts(at) and len(at.get("image")) == 6 * (1 + 5)
+    np.testing.assert_allclose(selected_scores(at), want[24:], rtol=1e-3)
+    at.selectbox(key=state.EX_SORT).select("score_asc").run()  # a new order starts again at page 1
+    assert_clean(at)
+    assert "page 1 of 3" in texts(at)
+    np.testing.assert_allclose(selected_scores(at), want[::-1][:12], rtol=1e-3)
+    at.selectbox(key=state.EX_SORT).select("label").run()  # anomalies first, each label by score
+    n_anomalies = int(stored.labels[shown[rows]].sum())
+    assert 12 < n_anomalies < 24  # so page 2 holds the last anomalies and the first normal images
+    at.number_input(key=state.EX_PAGE).set_value(2).run()
+    assert_clean(at)
+    labels = [1 if ">anomaly<" in m.value else 0 for m in at.markdown if "· score " in m.value]
+    assert labels == [1] * (n_anomalies - 12) + [0] * (24 - n_anomalies)
+
+
 def test_ranked_gallery_views_filters_and_paging(runs_dir):  # noqa: F811
     at = open_app(RANKED)
     assert_clean(at)

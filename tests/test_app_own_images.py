@@ -8,6 +8,7 @@ The folder holds 40 synthetic normal images and 20 test images (10 with a bright
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,65 @@ def test_a_zip_without_reference_loads(env, tmp_path, monkeypatch):
     spec = at.session_state[state.DATASET]
     assert spec.kind == "folder" and spec.label == "parts.zip" and spec.reference == "auto"
     assert {m.label: m.value for m in at.metric}["Reference"] == "0" and "Reference set: none" in texts(at)
+
+
+@pytest.fixture(scope="module")
+def named_run_dir(tmp_path_factory) -> Path:
+    """A runs folder with one tiny run on ``tiles/``: its test anomalies sit in defect-type sub-folders
+    (test/anomaly/MT_Crack/crack_00i.png, test/anomaly/MT_Blowhole/hole_00i.png, 5 each) beside 6 normal images."""
+    from doc_core.data.datasets import DatasetSpec, load_dataset
+    from doc_core.model.backbones import BackboneConfig
+    from doc_core.model.training import TrainConfig
+    from doc_core.workflow.jobs import TrainingJob
+
+    rng = np.random.default_rng(1)
+    root = tmp_path_factory.mktemp("named") / "tiles"
+    _write(root / "train", smooth_noise(rng, 40))
+    _write(root / "test" / "normal", smooth_noise(rng, 6))
+    for kind, stem in (("MT_Crack", "crack"), ("MT_Blowhole", "hole")):
+        folder = root / "test" / "anomaly" / kind
+        folder.mkdir(parents=True)
+        for i, im in enumerate(with_patch(rng, smooth_noise(rng, 5), patch=8)):
+            Image.fromarray(im[..., 0]).save(folder / f"{stem}_{i:03d}.png")
+    spec = DatasetSpec.folder(root, image_size=32)
+    split, _ = load_dataset(spec)
+    where = tmp_path_factory.mktemp("named-runs")
+    job = TrainingJob(split, BackboneConfig(name="tiny", input_size=32), TrainConfig(epochs=1, batch_size=16),
+                      dataset={**spec.to_dict(), "description": spec.describe()}, name="named tiles",
+                      runs_dir=where).start()
+    assert job.join(120) and job.snapshot().status == SUCCEEDED, job.snapshot().error
+    return where
+
+
+def test_ranked_captions_name_files_and_the_search_narrows_them(named_run_dir, monkeypatch):
+    monkeypatch.setenv(runs.RUNS_DIR_ENV, str(named_run_dir))
+    (run,) = runs.list_runs(named_run_dir)
+    stored = runs.load_scores(run.run_id, named_run_dir)
+    assert sorted(p for p in stored.paths if "MT_" in p)[0] == "test/anomaly/MT_Blowhole/hole_000.png"
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.switch_page(RANKED).run()
+    assert_clean(at)
+    body = texts(at)
+    assert "10 images" in body and len(at.get("image")) == 10  # the 10 anomalies
+    for kind, stem in (("MT_Crack", "crack"), ("MT_Blowhole", "hole")):
+        for i in range(5):
+            assert f"{kind}/{stem}_{i:03d}.png" in body
+    assert "anomaly · anomaly" not in body and "test/anomaly/" not in body
+    # the name search narrows the tiles (not case-sensitive), and says so when nothing matches
+    at.text_input(key=state.RK_QUERY).input("mt_crack").run()
+    assert_clean(at)
+    body = texts(at)
+    assert "5 images" in body and len(at.get("image")) == 5
+    assert "MT_Crack/crack_000.png" in body and "MT_Blowhole" not in body
+    at.text_input(key=state.RK_QUERY).input("hole_003").run()
+    assert len(at.get("image")) == 1 and "MT_Blowhole/hole_003.png" in texts(at)
+    at.text_input(key=state.RK_QUERY).input("no such file").run()
+    assert not at.exception and len(at.get("image")) == 0 and "name search" in texts(at)
+    # the explorer's hover text names the same files
+    at.text_input(key=state.RK_QUERY).input("").run()
+    at.session_state[state.EX_POINTS] = 500
+    at.switch_page(EXPLORER).run()
+    assert_clean(at)
+    (maps,) = at.get("component_instance")
+    hover = json.loads(maps.proto.json_args)["hover"]
+    assert {"MT_Crack/crack_000.png · anomaly", "MT_Blowhole/hole_004.png · anomaly"} <= {h[0] for h in hover}

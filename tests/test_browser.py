@@ -197,7 +197,8 @@ def explore_rank_and_score(page, tmp_path: Path) -> None:
     page.mouse.move(frame_box["x"] + x - 4, frame_box["y"] + y - 4)
     page.mouse.move(frame_box["x"] + x, frame_box["y"] + y, steps=4)
     frame.locator("#tip").wait_for(state="visible", timeout=5_000)
-    assert re.search(r"test #\d+\nscore [\d.e-]+ · rank [\d,]+ of 2,000", frame.locator("#tiptext").inner_text())
+    assert re.search(r"test #\d+ · (Sneaker|Ankle boot) · (normal|anomaly)\nscore [\d.e-]+ · rank [\d,]+ of 2,000",
+                     frame.locator("#tiptext").inner_text())  # the image's identity: test index, class, label
     assert frame.evaluate(THUMB_INK) > 0  # the thumbnail was drawn
     assert frame.evaluate(RINGS) == [1, 1, 1]
     shot(page, "09a-explorer-hover")

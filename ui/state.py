@@ -105,6 +105,9 @@ EX_MAP = "ex_map"              # heatmap over the selected images: one of the MA
 EX_OPACITY = "ex_opacity"
 EX_MAPS = "ex_maps"            # the linked maps' value: the last selection made in any of them
 EX_SELECTED = "ex_selected"    # ((run id, points, with training), [row, ...]) | None: the last selection in any map
+EX_SORT = "ex_sort"            # order of the selected images: one of doc_core.explain.gallery.SELECTION_ORDERS
+EX_PAGE = "ex_page"            # page of the selected images (1-based)
+EX_PAGE_SIZE = 12              # selected images per page
 
 COLOR_ROLE = "True label / role"
 COLOR_SCORE = "Anomaly score"
@@ -120,6 +123,7 @@ RK_PAGE = "rk_page"
 RK_PAGE_SIZE = "rk_page_size"
 RK_MAP = "rk_map"  # heatmap over the tiles: one of the MAP_* below
 RK_OPACITY = "rk_opacity"
+RK_QUERY = "rk_query"  # text filter on the images' names (file name and sub-folder, or test index and class)
 
 VIEW_TOP = "Most anomalous anomalies"
 VIEW_MISSED = "Anomalies that look normal"
@@ -192,6 +196,8 @@ DEFAULTS: dict[str, Any] = {
     EX_MAP: MAP_OFF,
     EX_SELECTED: None,
     EX_OPACITY: 0.5,
+    EX_SORT: "score_desc",
+    EX_PAGE: 1,
     RK_VIEW: VIEW_TOP,
     RK_LABEL: ["anomaly"],
     RK_SIDE: "all",
@@ -200,6 +206,7 @@ DEFAULTS: dict[str, Any] = {
     RK_PAGE_SIZE: 24,
     RK_MAP: MAP_OFF,
     RK_OPACITY: 0.5,
+    RK_QUERY: "",
     UP_OPACITY: 0.5,
 }
 

@@ -3,6 +3,8 @@ captions, heatmap overlays on demand (ui.heatmaps), and rows of nearest normal t
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import streamlit as st
 
@@ -22,8 +24,15 @@ def verdict(score: float, threshold: float) -> str:
 def label_text(label: int, class_name: str = "") -> str:
     role = {1: "test anomaly", 0: "test normal"}.get(int(label), "test unlabelled")
     word = {1: "anomaly", 0: "normal"}.get(int(label), "unlabelled")
-    name = f" · {class_name}" if class_name else ""
+    name = f" · {html.escape(class_name)}" if class_name and class_name != word else ""  # no "anomaly · anomaly"
     return theme.colored(word, theme.ROLE_COLORS[role]) + name
+
+
+def name_text(name: str) -> str:
+    """An image's name (:func:`doc_core.explain.gallery.identities`) as caption HTML: escaped, breakable anywhere
+    so a long file name wraps inside its tile, with the whole name as its tooltip."""
+    safe = html.escape(str(name), quote=True)
+    return f"<span title='{safe}' style='overflow-wrap:anywhere;font-weight:600'>{safe}</span>"
 
 
 def picture(image: np.ndarray, heatmap: np.ndarray | None = None, opacity: float = 0.5, px: int = TILE_PX):
@@ -44,7 +53,8 @@ def grid(images, captions: list[str], per_row: int = 6, px: int = TILE_PX, heatm
                 break
             heat = None if heatmaps is None else heatmaps[i]
             col.image(picture(images[i], heat, opacity, px), width=px)
-            col.markdown(f"<div style='font-size:0.8rem;line-height:1.3;margin-bottom:0.5rem'>{captions[i]}</div>",
+            col.markdown(f"<div style='font-size:0.8rem;line-height:1.3;margin-bottom:0.5rem;"
+                         f"overflow-wrap:anywhere'>{captions[i]}</div>",
                          unsafe_allow_html=True)
 
 
