@@ -8,7 +8,7 @@ import streamlit as st
 from doc_core.data import FASHION_MNIST_CLASSES, FOLDER_LAYOUT, DataError, SplitConfig
 from doc_core.data.datasets import FASHION_REFERENCE_SIZE, REFERENCE_CHOICES, DatasetSpec, describe_zip_limits
 from doc_core.data.datasets import resolve_server_folder
-from ui import access, cached, charts, nav, page, state, status, theme
+from ui import access, cached, charts, feedback, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
 CLASS_INDEX = {name: i for i, name in enumerate(FASHION_MNIST_CLASSES)}
@@ -188,6 +188,7 @@ if wanted is not None:
         cached.split(wanted)
         if wanted != state.dataset():
             state.set_dataset(wanted)
+            feedback.note("dataset", "success", f"Active dataset: {wanted.describe()}")
             st.rerun()  # the sidebar, drawn before this, shows the new dataset too
     except DataError as exc:
         state.drop_removed_upload()  # a zip this one replaced cannot stay active
@@ -202,6 +203,7 @@ except DataError as exc:
 
 st.subheader("Active dataset", anchor=False)
 st.markdown(spec.describe())
+feedback.show("dataset", inline=False)  # a toast when the dataset just changed (described right above)
 reference = status.reference_of(spec)
 if reference is not None:
     st.markdown(f"**Reference set: {reference[0]}** · {reference[1]}")

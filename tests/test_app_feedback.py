@@ -112,3 +112,11 @@ def test_make_active_and_delete_are_confirmed_under_the_runs_buttons(runs_dir, t
     assert not at.exception
     assert [t for t in at.toast if "Deleted run 20000101-000000-older" in t.value]
     assert_right_under(at, "Make active", "success", "Deleted run 20000101-000000-older")
+
+
+def test_choosing_another_dataset_is_confirmed_by_a_toast(runs_dir):
+    at = open_app("pages/1_dataset.py")
+    at.number_input(key=state.DS_N_NORMAL).set_value(300).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t for t in at.toast if t.value.startswith("Active dataset:")], [t.value for t in at.toast]
+    assert not [s for s in at.success if "Active dataset:" in s.value]  # the page describes it right there

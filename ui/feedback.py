@@ -21,13 +21,16 @@ def note(where: str, kind: str, text: str, toast: bool = True) -> None:
     st.session_state[PREFIX + where] = (kind, text, toast)
 
 
-def show(where: str, container=None) -> None:
-    """Draw (once) the message left for ``where`` into ``container`` (default: here)."""
+def show(where: str, container=None, inline: bool = True) -> None:
+    """Draw (once) the message left for ``where`` into ``container`` (default: here); ``inline=False`` where the page
+    shows the outcome itself right there, so only the toast remains."""
     msg = st.session_state.pop(PREFIX + where, None)
     if not msg:
         return
     kind, text, toast = msg
     box = container if container is not None else st
-    {"success": box.success, "error": box.error, "warning": box.warning}.get(kind, box.info)(text, icon=ICONS.get(kind))
+    if inline or kind not in ("success", "info"):
+        {"success": box.success, "error": box.error, "warning": box.warning}.get(kind, box.info)(
+            text, icon=ICONS.get(kind))
     if toast and kind in ("success", "info"):
         st.toast(text, icon=ICONS[kind])
