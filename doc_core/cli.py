@@ -1,4 +1,4 @@
-"""Command line: ``python -m doc_core {train,evaluate,score,explain,export,benchmark}``."""
+"""Command line: ``python -m doc_core {train,evaluate,score,explain,export,benchmark,label}``."""
 
 from __future__ import annotations
 
@@ -661,7 +661,152 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the DOC run with the built-in Fashion-MNIST reference set")
     _add_model_args(p)
     p.set_defaults(func=cmd_benchmark)
+
+    _add_label_parser(sub)
     return parser
+
+
+def _label_store(args):
+    from .workflow.labels import LabelStore
+
+    return LabelStore(args.db, runs_dir=args.runs)
+
+
+def _one_line(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def cmd_label_list(args) -> int:
+    store = _label_store(args)
+    records = store.labels(args.run)
+    counts = store.counts(args.run)
+    if args.json:
+        print(json.dumps({"db": str(store.path), "run_id": args.run, "counts": counts,
+                          "labels": [r.to_dict() for r in records]}, indent=1))
+        return 0
+    rows = [(["run_id"] if args.run is None else []) + ["image_key", "label", "updated_at", "source", "note"]]
+    rows += [([r.run_id] if args.run is None else []) + [r.image_key, r.label, r.updated_at[:19].replace("T", " "),
+                                                         _one_line(r.source, 30), _one_line(r.note, 40)]
+             for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(f"{len(records)} labels{'' if args.run is None else ' in run ' + args.run}: "
+          + ", ".join(f"{n} {label}" for label, n in counts.items()) + f" ({store.path})", file=sys.stderr)
+    return 0
+
+
+def cmd_label_set(args) -> int:
+    rec = _label_store(args).set(args.run, args.key, args.label, note=args.note, source=args.source, who=args.who)
+    print(json.dumps(rec.to_dict(), indent=1))
+    return 0
+
+
+def cmd_label_delete(args) -> int:
+    print(json.dumps({"deleted": _label_store(args).delete(args.run, args.key)}))
+    return 0
+
+
+def cmd_label_export(args) -> int:
+    store = _label_store(args)
+    if args.out == "-":
+        store.export_csv(sys.stdout, args.run)
+        return 0
+    try:
+        n = store.export_csv(args.out, args.run, overwrite=args.force)
+    except FileExistsError:
+        print(f"error: {args.out} exists; it is kept (--force replaces it)", file=sys.stderr)
+        return 1
+    print(json.dumps({"out": str(Path(args.out).resolve()), "labels": n, "run_id": args.run, "db": str(store.path)},
+                     indent=1))
+    return 0
+
+
+def cmd_label_import(args) -> int:
+    store = _label_store(args)
+    n = store.import_csv(args.csv)
+    print(json.dumps({"imported": n, "db": str(store.path)}, indent=1))
+    return 0
+
+
+def _add_label_parser(sub) -> None:
+    from .workflow.labels import LABELS
+
+    p = sub.add_parser("label", help="analysts' labels (normal / anomaly / unsure per run and image): list, set, "
+                                     "export to CSV, import",
+                       description="Labels live in an SQLite file: <runs folder>/labels.sqlite by default "
+                                   "($DOC_LABELS_DB, or --db, to use another). An image is named by its key, the "
+                                   "SHA-256 content hash of its pixels (doc_core.workflow.labels.image_key), so the "
+                                   "same image is recognised in every run. No TensorFlow is loaded.")
+    p.set_defaults(light=True)
+    label_sub = p.add_subparsers(dest="label_command", required=True, metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--runs", default=None,
+                       help="runs folder whose labels.sqlite is used (default $DOC_RUNS_DIR or ./runs)")
+        q.add_argument("--db", default=None,
+                       help="the labels database file (default: $DOC_LABELS_DB, else <runs folder>/labels.sqlite)")
+        q.set_defaults(light=True)
+
+    q = label_sub.add_parser("list", help="print the labels of a run (or of every run) as a table or JSON")
+    q.add_argument("--run", default=None, help="run id (default: every run)")
+    q.add_argument("--json", action="store_true", help="print JSON (counts and every label) instead of a table")
+    common(q)
+    q.set_defaults(func=cmd_label_list)
+
+    q = label_sub.add_parser("set", help="set (or replace) the label of one image in one run")
+    q.add_argument("--run", required=True, help="run id")
+    q.add_argument("--key", required=True, help="the image's key (64 hex digits, as `label list` shows)")
+    q.add_argument("--label", required=True, choices=LABELS)
+    q.add_argument("--note", default=None, help="optional note (at most 1,000 characters)")
+    q.add_argument("--source", default=None, help="optional: where the image is, e.g. test:17 or a file path")
+    q.add_argument("--who", default=None, help="optional: who set it")
+    common(q)
+    q.set_defaults(func=cmd_label_set)
+
+    q = label_sub.add_parser("delete", help="remove the label of one image in one run")
+    q.add_argument("--run", required=True, help="run id")
+    q.add_argument("--key", required=True, help="the image's key")
+    common(q)
+    q.set_defaults(func=cmd_label_delete)
+
+    q = label_sub.add_parser("export", help="write labels to a CSV file",
+                             description="Columns: run_id, image_key, label, note, source, updated_at, who. Notes "
+                                         "that a spreadsheet would take for a formula get a leading ' (removed "
+                                         "again by import).")
+    q.add_argument("--out", required=True, help="the CSV file ('-' for standard output); an existing file is kept "
+                                                "and the command refuses, unless --force")
+    q.add_argument("--run", default=None, help="only this run (default: every run)")
+    q.add_argument("--force", action="store_true", help="replace an existing --out file")
+    common(q)
+    q.set_defaults(func=cmd_label_export)
+
+    q = label_sub.add_parser("import", help="read labels from a CSV file (as export writes it)",
+                             description="Every row is checked first; a bad row stops the import with its line "
+                                         "number and nothing is written. Labels of the same run and image are "
+                                         "replaced. Required columns: run_id, image_key, label; optional: note, "
+                                         "source, updated_at, who.")
+    q.add_argument("csv", help="the CSV file")
+    common(q)
+    q.set_defaults(func=cmd_label_import)
+
+
+def _main_light(args) -> int:
+    """Run a command that needs no TensorFlow (``label``), with the same exit statuses as :func:`main`."""
+    from .workflow.labels import LabelStoreError
+
+    try:
+        return int(args.func(args) or 0)
+    except LabelStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if exc.os_error else 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {_os_error_text(exc)}", file=sys.stderr)
+        return 1
 
 
 def _os_error_text(exc: OSError) -> str:
@@ -678,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 1 an operating-system error (read-only or full disk, no permission, a
     folder --out may not replace), 2 invalid input (data, detector, options), 130 interrupted."""
     args = build_parser().parse_args(argv)  # --help and argument errors exit here, before TensorFlow is imported
+    if getattr(args, "light", False):
+        return _main_light(args)
     import_tensorflow_quietly()
     from .data.images import DataError
     from .model.backbones import WeightsNotFoundError
