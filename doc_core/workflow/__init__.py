@@ -4,6 +4,7 @@
 ``runs``            the runs folder: finished training runs on disk, listed, loaded and removed safely
 ``jobs``            background training jobs a UI can watch, stop and collect
 ``selection``       label-free model selection: synthetic defects and the ``auto`` preset
+``labels``          analysts' labels (normal / anomaly / unsure per run and image) in SQLite, CSV export and import
 ``artifacts``       reading saved JSON and ``.npz`` files safely (sizes, types and ranges checked first)
 ``output_folders``  folders written as a whole (a detector, a bundle): checked first, then renamed into place
 ==================  =================================================================================================
