@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,9 @@ def test_label_commands_import_no_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
     assert "label" in proc.stdout and LabelStore(db).counts("r1")["normal"] == 1
+
+
+def test_top_level_help_lists_label(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert re.search(r"^\s+label\s+analysts' labels", capsys.readouterr().out, re.M)
