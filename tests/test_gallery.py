@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from doc_core.data import DataError
-from doc_core.explain.gallery import (decode_upload, explorer_sample, identities, label_names, matches, n_pages,
-                                     page_bounds, page_of, rank, score_ranks, search, sort_selection, thumbnail_atlas)
+from doc_core.explain.gallery import (decode_upload, enlarge, explorer_sample, identities, image_facts, label_names,
+                                     matches, n_pages, page_bounds, page_of, rank, score_ranks, search, sort_selection,
+                                     thumbnail_atlas, upload_facts)
 
 SCORES = np.array([0.1, 0.9, 0.5, 0.3, 0.8, 0.2])
 LABELS = np.array([0, 1, 1, 0, 0, -1])
@@ -178,3 +179,60 @@ def test_page_bounds_cut_any_list_like_the_gallery():
     assert page_bounds(30, 3, 12) == (3, 24, 30)
     assert page_bounds(30, 9, 12) == (3, 24, 30) and page_bounds(30, 0, 12) == (1, 0, 12)
     assert page_bounds(0, 2, 12) == (1, 0, 0)
+
+
+def test_image_facts_of_a_test_image_match_the_ranking_and_name_it():
+    classes = np.array(["normal", "anomaly", "anomaly", "normal", "normal", "unlabelled"])
+    names = identities(classes, ["test/normal/a.png", "test/anomaly/MT_Crack/c1.png", "test/anomaly/c2.png",
+                                 "test/normal/b.png", "test/normal/sub/d.png", "test/e.png"])
+    f = image_facts(4, SCORES, LABELS, classes, names, 0.6)
+    assert (f.name, f.file, f.folder) == ("sub/d.png", "d.png", "sub")
+    assert (f.score, f.rank, f.total, f.threshold) == (0.8, 2, 6, 0.6)
+    assert f.flagged and f.verdict == "flagged" and f.label == 0 and f.label_word == "normal" and not f.upload
+    f = image_facts(1, SCORES, LABELS, classes, names, 0.95)
+    assert (f.file, f.folder, f.rank, f.verdict, f.label_word) == ("c1.png", "MT_Crack", 1, "passed", "anomaly")
+    assert image_facts(5, SCORES, LABELS, classes, names, 0.6).label_word == "unlabelled"
+    # every image's rank is the one the Ranked page shows (ties in index order), and the score sits at the threshold
+    tied = np.array([0.5, 0.7, 0.5, 0.5, 0.1])
+    plain = identities(np.array(["Sneaker"] * 4 + ["Ankle boot"]))
+    facts = [image_facts(i, tied, np.zeros(5, int), ["Sneaker"] * 5, plain, 0.5) for i in range(5)]
+    assert [f.rank for f in facts] == score_ranks(tied).tolist() == [2, 1, 3, 4, 5]
+    assert [f.verdict for f in facts] == ["passed", "flagged", "passed", "passed", "passed"]  # 0.5 is not above 0.5
+    assert (facts[4].name, facts[4].file, facts[4].folder) == ("test #4 · Ankle boot", "test #4 · Ankle boot", "")
+    with pytest.raises(IndexError):
+        image_facts(6, SCORES, LABELS, classes, names, 0.5)
+    with pytest.raises(ValueError):
+        image_facts(0, SCORES, LABELS[:5], classes, names, 0.5)
+
+
+def test_upload_facts_rank_an_upload_among_the_test_images():
+    f = upload_facts(2, "photo.png", 0.85, SCORES, 0.6)
+    assert (f.name, f.file, f.folder, f.index) == ("photo.png", "photo.png", "", 2)
+    assert (f.rank, f.total, f.verdict, f.label, f.upload) == (2, 6, "flagged", None, True)  # only 0.9 is higher
+    assert f.label_word.startswith("unknown")
+    assert upload_facts(0, "x.png", 1.5, SCORES, 0.6).rank == 1
+    lowest = upload_facts(0, "x.png", 0.0, SCORES, 0.6)
+    assert lowest.rank == 7 and lowest.verdict == "passed"
+
+
+def test_enlarge_at_least_reaches_the_size_and_keeps_the_aspect_ratio():
+    im = np.arange(28 * 14, dtype=np.uint8).reshape(28, 14, 1)
+    assert enlarge(im, 320).shape == (308, 154)  # the largest whole factor within 320 (11)
+    big = enlarge(im, 320, at_least=True)
+    assert big.shape == (336, 168)  # the smallest whole factor reaching 320 (12): 2:1 kept
+    np.testing.assert_array_equal(big[::12, ::12], im[..., 0])  # nearest neighbour: every pixel a 12 x 12 block
+    assert enlarge(np.zeros((400, 300, 3), np.uint8), 320, at_least=True).shape == (400, 300, 3)  # never shrunk
+
+
+def test_detail_picture_is_large_sharp_and_can_take_the_original_aspect_ratio():
+    from doc_core.explain.gallery import detail_picture
+
+    im = (np.arange(32 * 32) % 251).astype(np.uint8).reshape(32, 32, 1)
+    big = detail_picture(im)
+    assert big.shape == (320, 320)  # 10x: at least 320 px
+    np.testing.assert_array_equal(big[::10, ::10], im[..., 0])
+    wide = detail_picture(im, aspect=2.0)  # an original file twice as wide as high, stored squashed to 32 x 32
+    assert wide.shape == (160, 320) and set(np.unique(wide)) <= set(np.unique(im))  # nearest neighbour: no new values
+    tall = detail_picture(np.zeros((28, 28, 3), np.uint8), aspect=0.5)
+    assert tall.shape == (336, 168, 3)
+    assert detail_picture(im, aspect=1.01).shape == (320, 320)  # a square file stays square

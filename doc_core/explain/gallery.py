@@ -5,6 +5,8 @@
 * :func:`identities` names each test image the way every page shows it (its file name and sub-folder, or its test
   index and class), and :func:`search` keeps the images whose name contains a text.
 * :func:`sort_selection` orders a selection of images (by score, label or index) for paging, like a ranking.
+* :func:`image_facts` and :func:`upload_facts` gather what the detail view says about one image (:class:`ImageFacts`:
+  name, file and folder, score, rank among the test images, verdict at the threshold, label and class).
 * :func:`explorer_sample` picks the images the explorer embeds: all of them, or a seeded, label-stratified sample
   when there are more than the cap.
 * :func:`decode_upload` turns an uploaded file into an image shaped like the run's dataset images.
@@ -207,6 +209,123 @@ def sort_selection(scores: np.ndarray, labels: np.ndarray, order: str = "score_d
     return by_score[np.argsort(rank_of_label[by_score], kind="stable")].astype(np.int64)
 
 
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the detail view says about one image, the same from every page.
+
+    Attributes
+    ----------
+    name : str
+        Its name as every page shows it (:func:`identities` for a test image, the file name for an upload).
+    file : str
+        The file name alone (the last part of ``name``), or ``name`` when it has no file (``test #i · class``).
+    folder : str
+        The sub-folder part of ``name`` (e.g. a defect type), "" when there is none.
+    score : float
+        Its anomaly score; higher = more anomalous.
+    rank : int
+        Its rank among the test images by score, 1 = the most anomalous. For an upload, the rank it would take among
+        them (1 + the number of test images scoring strictly higher).
+    total : int
+        Number of test images ranked.
+    threshold : float
+        The operating threshold.
+    flagged : bool
+        ``score > threshold``: flagged as an anomaly, else passed as normal.
+    label : int or None
+        1 anomaly, 0 normal, -1 unlabelled; None for an upload (its truth is unknown).
+    class_name : str
+        Its class (Fashion-MNIST class, or the label folder of an own-images dataset); "" for an upload.
+    index : int
+        Its test index, or its position among the uploads.
+    upload : bool
+        True for an uploaded image, which is not one of the test images.
+    """
+
+    name: str
+    file: str
+    folder: str
+    score: float
+    rank: int
+    total: int
+    threshold: float
+    flagged: bool
+    label: int | None
+    class_name: str
+    index: int
+    upload: bool = False
+
+    @property
+    def verdict(self) -> str:
+        """"flagged" (score above the threshold) or "passed"."""
+        return "flagged" if self.flagged else "passed"
+
+    @property
+    def label_word(self) -> str:
+        """"anomaly", "normal", "unlabelled", or "unknown (uploaded)" for an upload."""
+        return "unknown (uploaded)" if self.label is None else str(label_names(np.asarray([self.label]))[0])
+
+
+def _file_and_folder(name: str) -> tuple[str, str]:
+    if name.startswith("test #"):
+        return name, ""
+    folder, _, file = str(name).replace("\\", "/").rpartition("/")
+    return file, folder
+
+
+def image_facts(index: int, scores: np.ndarray, labels: np.ndarray, classes: Sequence[str] | np.ndarray,
+                names: Sequence[str] | np.ndarray, threshold: float) -> ImageFacts:
+    """The facts of test image ``index`` (:class:`ImageFacts`).
+
+    Parameters
+    ----------
+    index : int
+        Test index, ``0 <= index < m``.
+    scores : np.ndarray, shape (m,)
+        The test scores at the operating point; higher = more anomalous.
+    labels : np.ndarray, int, shape (m,)
+        1 anomaly, 0 normal, -1 unlabelled.
+    classes : sequence of str, length m
+    names : sequence of str, length m
+        :func:`identities` of the test images.
+    threshold : float
+
+    Returns
+    -------
+    ImageFacts
+        Its rank is the one :func:`score_ranks` gives (ties in index order), so it matches the Ranked page.
+
+    Raises
+    ------
+    IndexError
+        ``index`` is not a test index.
+    """
+    scores = np.asarray(scores, np.float64)
+    m = len(scores)
+    if not 0 <= int(index) < m:
+        raise IndexError(f"test index {index} is not among the {m} test images")
+    if not (len(labels) == len(classes) == len(names) == m):
+        raise ValueError("scores, labels, classes and names must have one entry per test image")
+    i, s = int(index), float(scores[int(index)])
+    rank_ = 1 + int(np.sum(scores > s)) + int(np.sum(scores[:i] == s))
+    name = str(np.asarray(names)[i])
+    file, folder = _file_and_folder(name)
+    return ImageFacts(name=name, file=file, folder=folder, score=s, rank=rank_, total=m, threshold=float(threshold),
+                      flagged=s > threshold, label=int(np.asarray(labels)[i]), class_name=str(np.asarray(classes)[i]),
+                      index=i)
+
+
+def upload_facts(index: int, name: str, score: float, test_scores: np.ndarray, threshold: float) -> ImageFacts:
+    """The facts of uploaded image ``index`` (its position among the uploads) named ``name``, scored ``score``
+    under the same scorer as ``test_scores`` (shape (m,)): its rank is the one it would take among the test images."""
+    test_scores = np.asarray(test_scores, np.float64)
+    s = float(score)
+    file, folder = _file_and_folder(str(name))
+    return ImageFacts(name=str(name), file=file, folder=folder, score=s, rank=1 + int(np.sum(test_scores > s)),
+                      total=len(test_scores), threshold=float(threshold), flagged=s > threshold, label=None,
+                      class_name="", index=int(index), upload=True)
+
+
 def n_pages(n: int, page_size: int) -> int:
     """Pages needed for ``n`` items (at least 1, so an empty gallery still has page 1)."""
     if page_size < 1:
@@ -279,13 +398,43 @@ def decode_upload(data: bytes, name: str, shape: tuple[int, ...], max_pixels: in
     return rgb
 
 
-def enlarge(image: np.ndarray, px: int) -> np.ndarray:
-    """Enlarge a small uint8 image by a whole factor (nearest neighbour, so pixels stay crisp) to about ``px``;
-    (h, w, 1) gray becomes (h', w')."""
+def enlarge(image: np.ndarray, px: int, at_least: bool = False) -> np.ndarray:
+    """Enlarge a small uint8 image by a whole factor (nearest neighbour, so pixels stay crisp and the aspect ratio is
+    kept) to about ``px`` on its longer side (at most ``px`` unless the image is larger; with ``at_least``, the
+    smallest factor that reaches ``px``); (h, w, 1) gray becomes (h', w')."""
     image = np.asarray(image)
-    f = max(1, int(px) // max(image.shape[:2]))
+    longer = max(image.shape[:2])
+    f = max(1, -(-int(px) // longer) if at_least else int(px) // longer)
     out = np.repeat(np.repeat(image, f, axis=0), f, axis=1)
     return out[..., 0] if out.ndim == 3 and out.shape[-1] == 1 else out
+
+
+def detail_picture(image: np.ndarray, min_px: int = 320, aspect: float | None = None) -> np.ndarray:
+    """One image enlarged for the detail view: by the smallest whole factor that makes its longer side at least
+    ``min_px`` (nearest neighbour, so pixels stay sharp), then, when ``aspect`` (the original file's width / height)
+    differs from the stored image's, stretched back (nearest neighbour) to that aspect ratio, the longer side kept.
+
+    Parameters
+    ----------
+    image : np.ndarray, uint8, (h, w), (h, w, 1) or (h, w, 3)
+        The image as stored (datasets resize images to squares).
+    min_px : int
+    aspect : float or None
+        Width / height of the original file; None keeps the stored image's aspect ratio.
+
+    Returns
+    -------
+    np.ndarray, uint8, (H, W) for gray, (H, W, 3) for colour
+    """
+    big = enlarge(image, min_px, at_least=True)
+    h, w = big.shape[:2]
+    if aspect is None or not np.isfinite(aspect) or aspect <= 0 or abs(aspect - w / h) < 0.02 * (w / h):
+        return big
+    longer = max(h, w)
+    new_h, new_w = (longer, max(1, round(longer * aspect))) if aspect < 1 else (max(1, round(longer / aspect)), longer)
+    rows = np.minimum((np.arange(new_h) + 0.5) * h / new_h, h - 1).astype(np.int64)
+    cols = np.minimum((np.arange(new_w) + 0.5) * w / new_w, w - 1).astype(np.int64)
+    return big[rows][:, cols]
 
 
 @dataclass(frozen=True)
