@@ -9,7 +9,7 @@ import streamlit as st
 from doc_core.explain.embedding import FEATURE_SET_LABELS, FEATURE_SETS
 from doc_core.explain import gallery
 from doc_core.explain.gallery import label_names, score_ranks
-from ui import cached, heatmaps, linked_maps, page, state, status, tiles
+from ui import cached, detail, heatmaps, linked_maps, page, state, status, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -124,7 +124,9 @@ for j, (r, t) in enumerate(zip(sel, is_test)):
         else:
             caption = f"normal training #{int(train_idx[r - n_test])}<br>leave-one-out score {s:.4g}"
         tiles.grid([images[j]], [caption], per_row=1, heatmaps=None if heat is None else heat[j:j + 1],
-                   opacity=opacity)
+                   opacity=opacity, below=detail.opener(detail.EXPLORER, run.run_id,
+                                                        [int(test_idx[r]) if t else None]))
     with right:
         keep = nn[j] != (-1 if t else int(train_idx[r - n_test]))  # a training image is not its own neighbour
         tiles.neighbours(data.train_normal, nn[j][keep][:5], dist[j][keep][:5])
+detail.test_image(detail.EXPLORER, run, data, scores, threshold, stored, shown_map, opacity)

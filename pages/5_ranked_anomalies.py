@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from doc_core.explain import gallery
-from ui import cached, heatmaps, page, state, tiles
+from ui import cached, detail, heatmaps, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -86,4 +86,6 @@ if heat is not None:
     st.caption(heatmaps.note(run, shown_map))
 captions = [f"{tiles.name_text(names[i])}<br><b>#{r:,}</b> · {scores[i]:.4g} · {tiles.verdict(scores[i], threshold)}"
             f" · {tiles.label_text(labels[i])}" for i, r in zip(idx, ranks)]
-tiles.grid(list(images), captions, per_row=6, heatmaps=heat, opacity=opacity)
+tiles.grid(list(images), captions, per_row=6, heatmaps=heat, opacity=opacity,
+           below=detail.opener(detail.RANKED, run.run_id, idx.tolist()))
+detail.test_image(detail.RANKED, run, data, scores, threshold, stored, shown_map, opacity)

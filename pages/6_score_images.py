@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from doc_core.data import DataError
-from ui import access, cached, heatmaps, page, state, tiles
+from ui import access, cached, detail, heatmaps, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -14,7 +14,7 @@ MAX_FILES = 64
 page.setup("Score new images")
 run = page.run_or_stop("scores of images you upload")
 data = page.split_or_stop(run)
-scorer, _, _, threshold = cached.operating_point(run)
+scorer, test_scores, _, threshold = cached.operating_point(run)
 shape = data.test_images.shape[1:]
 source = "the run's saved threshold" if run.threshold else "the detector's default threshold"
 st.caption(f"Images are resized to {shape[0]}×{shape[1]} px{' and made gray' if shape[-1] == 1 else ''}, like this "
@@ -60,8 +60,10 @@ for j, name in enumerate(names):
     left, mid, right = st.columns([1, 1, 4], gap="medium")
     s = float(scores[j])
     with left:
-        tiles.grid([images[j]], [f"<b>{name}</b><br>score {s:.4g} · {tiles.verdict(s, threshold)}"], per_row=1)
+        tiles.grid([images[j]], [f"<b>{name}</b><br>score {s:.4g} · {tiles.verdict(s, threshold)}"], per_row=1,
+                   below=detail.opener(detail.SCORE, run.run_id, [j]))
     with mid:
         tiles.grid([images[j]], [shown_map], per_row=1, heatmaps=heat[j:j + 1], opacity=opacity)
     with right:
         tiles.neighbours(data.train_normal, result["nn_idx"][j], result["nn_dist"][j])
+detail.upload(run, data, images, names, result, test_scores, threshold, shown_map, opacity)

@@ -219,3 +219,104 @@ def test_explorer_without_pretrained_weights_shows_a_note_and_two_maps(runs_dir,
     assert_clean(at)
     assert map_args(at)["titles"] == ["Raw pixels", "DOC-trained backbone"]
     assert any("No map of the pretrained backbone" in i.value and "/nowhere" in i.value for i in at.info)
+
+
+# ------------------------------------------------------------------------------------------------ the detail view
+
+
+def detail_view(at: AppTest):
+    """The open detail dialog (its block in the element tree), or None."""
+    todo = list(at._tree.children.values())
+    while todo:
+        node = todo.pop()
+        if getattr(node, "type", None) == "dialog":
+            return node
+        todo.extend(getattr(node, "children", {}).values())
+    return None
+
+
+def view_text(view) -> str:
+    return "\n".join(str(e.value) for kind in ("markdown", "caption") for e in getattr(view, kind))
+
+
+def details_buttons(at: AppTest, where: str) -> dict[int, object]:
+    """The Details buttons of page ``where``, by the index each opens."""
+    prefix = f"{state.DETAIL_BUTTON}{where}_"
+    return {int(b.key[len(prefix):]): b for b in at.button if b.key and b.key.startswith(prefix)}
+
+
+def test_ranked_details_show_one_image_large_with_its_facts_and_neighbours(runs_dir, monkeypatch):  # noqa: F811
+    run = runs.list_runs(runs_dir)[0]
+    stored = runs.load_scores(run.run_id, runs_dir)
+    at = open_app(RANKED)
+    at.run()  # warm
+    buttons = details_buttons(at, "ranked")
+    assert len(buttons) == 24 and detail_view(at) is None  # one under each tile, nothing open yet
+    i = int(np.flatnonzero(stored.labels == 1)[np.argmax(stored.scores[stored.labels == 1])])  # the first tile
+    assert i in buttons
+    calls = count_calls(monkeypatch, tuple(t for t in EXPENSIVE if not t.endswith(("detector", "features"))))
+    buttons[i].click().run()  # the view's own needs (the detector, the features) may load once; the page's may not
+    assert_clean(at)
+    assert at.session_state[state.DETAIL] == ("ranked", run.run_id, i)
+    view = detail_view(at)
+    assert view is not None
+    body = view_text(view)
+    rank = int(np.sum(stored.scores > stored.scores[i])) + 1
+    assert f"test #{i} · Ankle boot" in body and f"{stored.scores[i]:.4g}" in body
+    assert f"rank {rank:,} of 2,000 test images" in body and "at threshold" in body and "anomaly" in body
+    assert "Nearest normal training images" in body and "train #" in body
+    pics = view.get("image")
+    assert len(pics) == 2 + 5  # the image and its heatmap side by side, then 5 nearest normal images
+    assert pics[0].captions == ["Stored at 28×28 px as the model sees it, shown at 336×336"]  # 12x, at least 320
+    assert pics[1].captions[0].startswith("Grad-CAM")  # beside it: the run's heatmap, though the page has them off
+    assert not any(calls.values()), calls  # opening it reloads nothing the page had: its caches serve it
+    # the Close button closes it, and the page is as it was
+    at.button(key=state.DETAIL_CLOSE).click().run()
+    assert_clean(at)
+    assert detail_view(at) is None and at.session_state[state.DETAIL] is None and len(at.get("image")) == 24
+    # another image's view, once the detector is loaded, recomputes nothing at all
+    calls = count_calls(monkeypatch)
+    j = sorted(set(buttons) - {i})[0]
+    details_buttons(at, "ranked")[j].click().run()
+    assert_clean(at)
+    assert f"test #{j} · " in view_text(detail_view(at)) and not any(calls.values()), calls
+
+
+def test_explorer_selection_opens_the_same_detail_view(runs_dir):  # noqa: F811
+    run = runs.list_runs(runs_dir)[0]
+    stored = runs.load_scores(run.run_id, runs_dir)
+    at = open_with(EXPLORER, **{state.EX_POINTS: 500, state.EX_TRAIN: True})
+    shown = explorer_sample(stored.labels, 500 - 125, seed=0)  # a quarter of the points are normal training images
+    at.session_state[state.EX_SELECTED] = ((run.run_id, 500, True), [3, 10, 499])  # 499: a normal training image
+    at.run()
+    assert_clean(at)
+    buttons = details_buttons(at, "explorer")
+    assert sorted(buttons) == sorted(int(shown[r]) for r in (3, 10))  # training images have no detail view
+    i = int(shown[10])
+    buttons[i].click().run()
+    assert_clean(at)
+    body = view_text(detail_view(at))
+    rank = int(np.sum(stored.scores > stored.scores[i])) + 1
+    assert f"test #{i} · " in body and f"rank {rank:,} of 2,000" in body and f"{stored.scores[i]:.4g}" in body
+    assert "Nearest normal training images" in body and len(detail_view(at).get("image")) == 2 + 5
+
+
+def test_score_images_open_the_detail_view_of_an_upload(runs_dir):  # noqa: F811
+    run = runs.list_runs(runs_dir)[0]
+    stored = runs.load_scores(run.run_id, runs_dir)
+    at = open_app(SCORE)
+    at.get("file_uploader")[0].upload("a.png", _png(30)).upload("b.png", _png(220)).run()
+    assert_clean(at)
+    buttons = details_buttons(at, "score")
+    assert sorted(buttons) == [0, 1]
+    buttons[1].click().run()
+    assert_clean(at)
+    view = detail_view(at)
+    body = view_text(view)
+    score = float(re.search(r"score <b>([-\d.e+]+)</b>", body).group(1))
+    assert "b.png" in body and "a.png" not in body and "uploaded image" in body
+    rank = int(np.sum(stored.scores > score)) + 1  # where the upload would stand among the test images
+    assert abs(rank - int(re.search(r"would rank ([\d,]+) of the 2,000", body).group(1).replace(",", ""))) <= 1
+    assert "Nearest normal training images" in body and len(view.get("image")) == 2 + 5
+    at.button(key=state.DETAIL_CLOSE).click().run()
+    assert detail_view(at) is None and "b.png" in texts(at)

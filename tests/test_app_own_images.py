@@ -292,3 +292,24 @@ def test_ranked_captions_name_files_and_the_search_narrows_them(named_run_dir, m
     (maps,) = at.get("component_instance")
     hover = json.loads(maps.proto.json_args)["hover"]
     assert {"MT_Crack/crack_000.png · anomaly", "MT_Blowhole/hole_004.png · anomaly"} <= {h[0] for h in hover}
+
+
+def test_the_detail_view_names_the_file_and_its_sub_folder(named_run_dir, monkeypatch):
+    from test_app_explore import detail_view, details_buttons, view_text
+
+    monkeypatch.setenv(runs.RUNS_DIR_ENV, str(named_run_dir))
+    (run,) = runs.list_runs(named_run_dir)
+    stored = runs.load_scores(run.run_id, named_run_dir)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    at.switch_page(RANKED).run()
+    at.text_input(key=state.RK_QUERY).input("hole_003").run()
+    (i, button), = details_buttons(at, "ranked").items()
+    assert stored.paths[i] == "test/anomaly/MT_Blowhole/hole_003.png"
+    button.click().run()
+    assert_clean(at)
+    view = detail_view(at)
+    body = view_text(view)
+    assert "<b>hole_003.png</b> · folder <b>MT_Blowhole</b>" in body and f"{stored.scores[i]:.4g}" in body
+    assert "of 16 test images" in body and "anomaly · anomaly" not in body
+    assert "Nearest normal training images" in body and len(view.get("image")) == 2 + 5
+    assert view.get("image")[0].captions[0].endswith("(the file is 32×32 px)")  # 10x: 320 px

@@ -23,6 +23,10 @@ JOB_ID = "job_id"          # str | None: this session's training job in the proc
 JOB_HANDLED = "job_handled"  # str | None: id of the job whose end this session has already acted on
 FLASH = "flash"            # (kind, text) | None: a message to show once on the next run (e.g. "run deleted")
 TOAST = "toast"            # str | None: a short notice to pop up once on whatever page is open
+DETAIL = "detail"          # (page, run id, index) | None: the image the detail view (ui.detail) shows, opened from
+#                            page "ranked" or "explorer" (index = test index) or "score" (index = the upload's position)
+DETAIL_BUTTON = "detail_open_"  # prefix: one "Details" button per tile (page and index follow)
+DETAIL_CLOSE = "detail_close"   # the detail view's Close button
 
 # ---------------------------------------------------------------------------------------------- Dataset page widgets
 DS_SOURCE = "ds_source"
@@ -157,6 +161,7 @@ DEFAULTS: dict[str, Any] = {
     JOB_HANDLED: None,
     FLASH: None,
     TOAST: None,
+    DETAIL: None,
     DS_SOURCE: SOURCE_FASHION,
     DS_NORMAL: [FASHION_MNIST_CLASSES[c] for c in _REF.normal_classes],
     DS_ANOMALY: [FASHION_MNIST_CLASSES[c] for c in _REF.anomaly_classes or ()],

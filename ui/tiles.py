@@ -43,8 +43,10 @@ def picture(image: np.ndarray, heatmap: np.ndarray | None = None, opacity: float
     return overlay(big, heatmap, opacity)
 
 
-def grid(images, captions: list[str], per_row: int = 6, px: int = TILE_PX, heatmaps=None, opacity: float = 0.5):
-    """Images in rows of ``per_row`` with a small markdown caption under each (HTML colours allowed)."""
+def grid(images, captions: list[str], per_row: int = 6, px: int = TILE_PX, heatmaps=None, opacity: float = 0.5,
+         below=None):
+    """Images in rows of ``per_row`` with a small markdown caption under each (HTML colours allowed); ``below``, a
+    function ``(column, i)``, draws more under tile ``i`` (e.g. :func:`ui.detail.opener`'s Details button)."""
     for start in range(0, len(images), per_row):
         cols = st.columns(per_row, gap="small")
         for j, col in enumerate(cols):
@@ -56,6 +58,8 @@ def grid(images, captions: list[str], per_row: int = 6, px: int = TILE_PX, heatm
             col.markdown(f"<div style='font-size:0.8rem;line-height:1.3;margin-bottom:0.5rem;"
                          f"overflow-wrap:anywhere'>{captions[i]}</div>",
                          unsafe_allow_html=True)
+            if below is not None:
+                below(col, i)
 
 
 def neighbours(train_images: np.ndarray, idx: np.ndarray, dist: np.ndarray, px: int = 72) -> None:
