@@ -94,6 +94,24 @@ def charts(page, n: int) -> int:
     return page.locator('[data-testid="stPlotlyChart"]').count()
 
 
+# Plotly's toolbar (modebar) must not cover any text of its chart (titles, tick labels, notes) or its legend
+TOOLBAR_OVERLAPS = """() => [...document.querySelectorAll('.js-plotly-plot')].flatMap((gd, i) => {
+  const m = gd.querySelector('.modebar'); if (!m) return [[i, 'no modebar']];
+  const r = m.getBoundingClientRect();
+  return [...gd.querySelectorAll('.main-svg text, .main-svg .legend rect.bg')].filter((t) => {
+    const b = t.getBoundingClientRect();
+    return b.width > 0 && b.left < r.right && b.right > r.left && b.top < r.bottom && b.bottom > r.top; })
+    .map((t) => [i, (t.textContent || t.getAttribute('class')).slice(0, 40)]); })"""
+
+
+def toolbar_overlaps(page) -> list:
+    """Chart texts under a Plotly toolbar, after hovering every chart (which shows its toolbar)."""
+    plots = page.locator(".js-plotly-plot")
+    for i in range(plots.count()):
+        plots.nth(i).hover()
+    return page.evaluate(TOOLBAR_OVERLAPS)
+
+
 MAPS_IFRAME = 'iframe[title="ui.linked_maps.linked_maps"]'
 # page-side helpers run inside the explorer's maps frame (ui/frontend/linked_maps.html)
 POINT_XY = """([m, i]) => { const gd = document.querySelectorAll('.js-plotly-plot')[m], fl = gd._fullLayout;
@@ -325,6 +343,7 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page, tmp_path):
     go(page, "ROC and threshold")
     check_clean(page, "ROC")
     assert charts(page, 4) == 4
+    assert toolbar_overlaps(page) == []  # no chart title or label under the toolbar
     page.get_by_text("Best F1 on the test set").click()
     wait_idle(page)
     page.get_by_role("button", name="Save threshold into run").click()
