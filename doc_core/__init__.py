@@ -55,14 +55,22 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from .model.training import DOCTrainer, StepRecord, TrainConfig, TrainingDivergedError
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+def lazy_exports(package: str, exports: dict[str, str]):
+    """Module ``__getattr__`` and ``__dir__`` for ``package`` that import each name of ``exports`` (name -> submodule,
+    relative to ``package``) on first use and keep it; used by this package and by :mod:`doc_core.explain`."""
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", package), name)
+        setattr(importlib.import_module(package), name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(importlib.import_module(package))) | set(exports))
+
+    return __getattr__, __dir__
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -16,8 +16,9 @@ first use, so ``from doc_core.explain.gallery import ...`` does not load TensorF
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .. import lazy_exports
 
 _EXPORTS = {"GradCAM": "gradcam", "explainable_layers": "gradcam", "map_to_unit": "gradcam", "overlay": "gradcam"}
 
@@ -27,14 +28,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from .gradcam import GradCAM, explainable_layers, map_to_unit, overlay
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
