@@ -113,7 +113,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--k", type=int, default=None, help="neighbours (default 5 for knn, 20 for lof, 1 for patch)")
     s.add_argument("--max-bank-size", type=int, default=None,
                    help="subsample the normal feature bank to this size (patch: patches kept by the greedy "
-                        "coreset, default 20000)")
+                        "coreset, default 10000)")
     s.add_argument("--patch-layers", default=None,
                    help="patch scorer: comma-separated layers whose maps are combined (default per backbone: "
                         "block_6_expand_relu,block_10_expand_relu for MobileNetV2)")

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..evaluation.metrics import threshold_percentile
 from ..scoring.knn import KNN_BACKENDS, SCORERS, check_backend, make_scorer
+from ..scoring.patch import DEFAULT_BANK_SIZE
 from ..workflow.artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
 from ..workflow.output_folders import OutputKind, install_folder, prepare_save, restore_previous
 from .backbones import Backbone, BackboneConfig
@@ -40,9 +41,7 @@ class DetectorFormatError(ArtifactError):
 
 
 SCORER_NAMES = SCORERS + ("patch",)
-# patches kept by the patch scorer's greedy coreset when max_bank_size is None: 10,000 x 576 float32 = 23 MB for
-# MobileNetV2's default layers, about 9 % of the 110,000 patches of 761 magnetic tiles at 96 px
-PATCH_BANK_DEFAULT = 10_000
+PATCH_BANK_DEFAULT = DEFAULT_BANK_SIZE  # patches the coreset keeps when max_bank_size is None
 
 
 @dataclass(frozen=True)
