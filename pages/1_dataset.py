@@ -12,6 +12,9 @@ from ui import access, cached, charts, feedback, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
 CLASS_INDEX = {name: i for i, name in enumerate(FASHION_MNIST_CLASSES)}
+IMAGE_SIZE_HELP = ("Every image is resized to a square of this size when loaded. 96 px is the default: on the "
+                   "magnetic-tile defects 160 and 224 px scored lower with every method and cost 2-6x the time per "
+                   "image and more memory (README, 'Image size').")
 REFERENCE_LABELS = {"auto": "Auto", "folder": "The folder's reference/", "fashion-mnist": "Built-in Fashion-MNIST",
                     "none": "None"}
 
@@ -82,7 +85,7 @@ def zip_settings() -> DatasetSpec | None:
                      + describe_zip_limits())
     c1, c2 = st.columns([1, 1])
     size = c1.select_slider("Image size (pixels)", [32, 48, 64, 96, 128, 160, 224], key=state.DS_IMAGE_SIZE,
-                            **PERSIST, help="Every image is resized to a square of this size when loaded.")
+                            **PERSIST, help=IMAGE_SIZE_HELP)
     reference = reference_choice(c2)
     upload = st.session_state.get(state.DS_UPLOAD)
     if upload is None:
@@ -123,7 +126,7 @@ def folder_settings() -> DatasetSpec | None:
                            help=f"A folder on the machine that runs this app, laid out as shown below, inside "
                                 f"{allowed} (a relative path is taken inside the first).")
     size = c2.select_slider("Image size (pixels)", [32, 48, 64, 96, 128, 160, 224], key=state.DS_IMAGE_SIZE,
-                            **PERSIST)
+                            **PERSIST, help=IMAGE_SIZE_HELP)
     reference = reference_choice(c3)
     folder = folder.strip()
     if not folder:
