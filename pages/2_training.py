@@ -1,5 +1,7 @@
 """Training page: settings, Start/Stop, live loss curves with progress, and the saved runs."""
 
+from datetime import datetime
+
 import pandas as pd
 import streamlit as st
 
@@ -9,6 +11,7 @@ from doc_core.model.detector import ScorerConfig
 from doc_core.model.training import TrainConfig
 from doc_core.workflow import runs
 from doc_core.workflow.jobs import FAILED, TrainingJob, steps_per_epoch
+from doc_core.workflow.run_names import default_run_name
 from doc_core.workflow.selection import DEFECT_KINDS, MIN_FIT, MIN_HOLDOUT, auto_candidates, holdout_split
 from ui import access, cached, charts, feedback, nav, page, state, status, theme
 
@@ -101,7 +104,17 @@ def settings_form(disabled: bool) -> None:
     c5.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=state.TR_SEED, **PERSIST,
                     disabled=disabled, help="Seeds the head's initialisation and the batch order.")
     st.text_input("Run name (optional)", key=state.TR_NAME, **PERSIST, disabled=disabled, max_chars=120,
-                  placeholder="e.g. sneakers, 3 epochs")
+                  placeholder=run_name(), help="Empty: the dataset and the start time, as shown. The field is "
+                                               "cleared after each start, so every run gets a name of its own.")
+
+
+def run_name() -> str:
+    """The name typed in the field, else a new default: the active dataset and the time, unlike any saved run's."""
+    typed = st.session_state[state.TR_NAME].strip()
+    if typed:
+        return typed
+    taken = [r.name for r in cached.list_runs()] + [j.name for j in cached.job_registry().running()]
+    return default_run_name(state.dataset(), datetime.now(), taken)
 
 
 def weights_missing(backbone: BackboneConfig) -> bool:
@@ -148,14 +161,14 @@ def start_training() -> None:
     backbone, train = settings()
     try:
         split, _ = cached.split(spec)
-        job = TrainingJob(split, backbone, train, scorer(), preset=preset(),
-                          name=st.session_state[state.TR_NAME].strip(),
+        job = TrainingJob(split, backbone, train, scorer(), preset=preset(), name=run_name(),
                           dataset={**spec.to_dict(), "description": spec.describe()}, runs_dir=cached.runs_dir())
     except (DataError, ValueError) as exc:
         feedback.note(START, "error", f"Cannot start: {exc}")
         return
     cached.job_registry().add(job).start()
     state.set_job(job.job_id)
+    st.session_state[state.TR_NAME] = ""  # the next run gets a new default name unless one is typed
     feedback.note(START, "info", f"Training started{f': {job.name}' if job.name else ''}. Its progress and loss "
                                  "curves appear below; you can use the other pages meanwhile.")
 
@@ -239,15 +252,17 @@ def running_elsewhere(own: str | None) -> None:
 
 
 def runs_table(all_runs: list, active_id: str | None) -> None:
-    rows = [{"": "●" if r.run_id == active_id else "", "Name": r.name, "Created": r.created_local,
+    rows = [{"": "●" if r.run_id == active_id else "", "Name": r.name,
+             "Dataset": r.dataset.get("description") or r.dataset.get("name", ""), "Created": r.created_local,
              "Preset": "auto" if r.selection else "manual", "Scorer": r.scorer.name,
              "Backbone": r.backbone.get("name"), "Input (px)": r.backbone.get("input_size"),
              "Epochs": r.train.get("epochs"), "λ": r.train.get("lam"), "Learning rate": r.train.get("learning_rate"),
              "Batch": r.train.get("batch_size"), "Steps": r.steps, "Test AUC": r.auc,
-             "Threshold": f"{r.threshold['value']:.4g}" if r.threshold else "",
-             "Dataset": r.dataset.get("description") or r.dataset.get("name", "")} for r in all_runs]
+             "Threshold": f"{r.threshold['value']:.4g}" if r.threshold else ""} for r in all_runs]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "": st.column_config.TextColumn(width=20, help="the active run"),
+        "Name": st.column_config.TextColumn(width="medium"),
+        "Dataset": st.column_config.TextColumn(width="large", help="the dataset the run was trained on"),
         "Learning rate": st.column_config.NumberColumn(format="%.0e"),
         "Test AUC": st.column_config.NumberColumn(format="%.3f"),
         "Threshold": st.column_config.TextColumn(help="saved on the ROC and threshold page")})
@@ -280,9 +295,10 @@ def saved_runs() -> None:
         st.info(f"No saved runs yet. Finished runs are saved in `{cached.runs_dir()}` and appear here.")
         feedback.show(RUNS)  # e.g. the last run was just deleted
         return
-    active = cached.active_run(state.chosen_run_id())
+    active = state.active_run()
     runs_table(all_runs, active.run_id if active else None)
     by_id = {r.run_id: r for r in all_runs}
+    state.follow_active_run(state.TR_PICK_RUN, active.run_id if active else None)  # e.g. the run that just finished
     if st.session_state.get(state.TR_PICK_RUN) not in by_id:
         st.session_state[state.TR_PICK_RUN] = active.run_id if active else all_runs[0].run_id
     c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
@@ -338,13 +354,18 @@ else:
                   help="End training after the current step; the model trained so far is still scored and saved.")
         feedback.show(START)
 
-if job is not None:
+if job is not None and (running or state.is_active_dataset(job.dataset)):
     st.subheader("This session's training", anchor=False)
+    if not state.is_active_dataset(job.dataset):  # still running on the dataset it was started on
+        st.caption(f"On {job.dataset.get('description') or 'another dataset'}, not the active dataset.")
     st.fragment(run_every=1.0 if running else None)(live_view)()
-else:
-    active = cached.active_run(state.chosen_run_id())
+else:  # no job, or a finished one on another dataset: the active run's curves
+    active = state.active_run()
     if active is not None:
         st.subheader(f"Loss curves of the active run: {active.name}", anchor=False)
+        if not state.is_active_dataset(active.dataset):
+            st.caption(f"This run was trained on {active.dataset.get('description') or 'another dataset'}, not on "
+                       "the active dataset.")
         try:
             history = cached.history_of(active)
         except runs.RunError as exc:

@@ -8,7 +8,7 @@ from doc_core.evaluation import metrics
 from doc_core.model.detector import ScorerConfig
 from doc_core.scoring import make_scorer
 from doc_core.workflow import runs
-from ui import access, cached, charts, feedback, nav, page, state, theme
+from ui import access, cached, charts, feedback, page, state, theme
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -58,10 +58,6 @@ def on_scorer_picked() -> None:
     choice = ss[state.ROC_SCORER]
     if choice != state.SCORER_RUN:
         ss[state.ROC_K] = make_scorer("lof" if choice == state.SCORER_LOF else "knn").k
-
-
-def on_run_picked() -> None:
-    state.set_run(ss[state.ROC_RUN])
 
 
 def follow_saved_scorer(run: runs.RunSummary) -> None:
@@ -245,26 +241,8 @@ def compare_section(run: runs.RunSummary, labels: np.ndarray) -> None:
 
 
 page.setup("ROC and threshold")
-all_runs = cached.list_runs()
-if not all_runs:
-    st.info("No run yet. Train a detector first: its test scores, ROC curve and threshold tools appear here.")
-    st.page_link(nav.TRAINING, label="Go to Training", icon=nav.ICONS[nav.TRAINING])
-    st.stop()
-
-by_id = {r.run_id: r for r in all_runs}
-active = cached.active_run(state.chosen_run_id())
-ss[state.ROC_RUN] = active.run_id
-st.selectbox("Run", list(by_id), key=state.ROC_RUN, on_change=on_run_picked,
-             format_func=lambda i: f"{by_id[i].name} · {by_id[i].created_local}"
-                                   + (f" · AUC {by_id[i].auc:.3f}" if by_id[i].auc is not None else ""))
-run = by_id[ss[state.ROC_RUN]]
-st.caption(f"{run.config_line()} · {run.steps:,} steps{' (stopped early)' if run.stopped_early else ''} · "
-           f"{run.dataset.get('description') or run.dataset.get('name', '')}")
-try:
-    stored = cached.scores_of(run)
-except runs.RunError as exc:
-    st.error(f"This run cannot be read: {exc}")
-    st.stop()
+run = page.run_or_stop("its test scores, ROC curve and threshold tools")  # the active run, as on every page
+stored = cached.scores_of(run)
 if len(stored.scores) == 0:
     st.warning("This run has no test images, so there is nothing to evaluate. Add a test/ folder to the dataset.")
     st.stop()

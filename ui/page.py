@@ -68,7 +68,7 @@ def run_or_stop(what: str):
     to Training, and the page stops there."""
     from doc_core.workflow import runs
 
-    run = cached.active_run(state.chosen_run_id())
+    run = state.active_run()
     if run is None:
         st.info(f"No run yet. Train a detector first: {what} appear here.")
         st.page_link(nav.TRAINING, label="Go to Training", icon=nav.ICONS[nav.TRAINING])

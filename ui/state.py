@@ -61,7 +61,8 @@ TR_NAME = "tr_name"
 TR_PRESET = "tr_preset"  # PRESET_AUTO or PRESET_MANUAL
 TR_PRESET_FOR = "tr_preset_for"  # dataset kind the preset was defaulted for: a new kind gets its own default
 TR_SCORER = "tr_scorer"  # the scorer of a manual run: "knn", "lof" or "patch"
-TR_PICK_RUN = "tr_pick_run"
+TR_PICK_RUN = "tr_pick_run"  # the Saved runs picker (Make active, Delete)
+TR_PICK_FOR = "tr_pick_for"  # the active run the picker was last set to: a new active run moves the picker to it
 FOLLOW_JOB = "tr_follow_"  # prefix: one "follow this job" button per job running elsewhere
 
 PRESET_AUTO = "auto (choose by synthetic defects)"
@@ -75,7 +76,6 @@ def default_preset(kind: str) -> str:
     return PRESET_AUTO if kind == "folder" else PRESET_MANUAL
 
 # ---------------------------------------------------------------------------------------------- ROC page widgets
-ROC_RUN = "roc_run"
 ROC_SCORER = "roc_scorer"
 ROC_K = "roc_k"
 ROC_POLICY = "roc_policy"
@@ -181,7 +181,8 @@ DEFAULTS: dict[str, Any] = {
     TR_BATCH: _TRAIN.batch_size,
     TR_TRAINABLE: "default",
     TR_SEED: _TRAIN.seed,
-    TR_NAME: "",
+    TR_NAME: "",  # empty: the run gets doc_core.workflow.run_names.default_run_name (cleared after each Start)
+    TR_PICK_FOR: None,
     TR_PRESET: PRESET_MANUAL,
     TR_PRESET_FOR: None,
     TR_SCORER: "knn",
@@ -272,7 +273,28 @@ def dataset() -> DatasetSpec:
 
 
 def set_dataset(spec: DatasetSpec) -> None:
+    """Make ``spec`` the active dataset; when the active run was trained on another dataset and a saved run on
+    ``spec`` exists, the newest such run becomes the active run too (every page and the sidebar follow)."""
     st.session_state[DATASET] = spec
+    run = active_run()
+    if run is None or is_active_dataset(run.dataset):
+        return
+    from . import cached
+
+    match = next((r for r in cached.list_runs() if is_active_dataset(r.dataset)), None)
+    if match is not None:
+        set_run(match.run_id)
+
+
+def is_active_dataset(described: dict | None) -> bool:
+    """True when ``described`` (a run's or a job's ``dataset`` dict, ``DatasetSpec.to_dict`` plus extras) is the
+    active dataset; False for another one, or one that cannot be read."""
+    if not described or not described.get("kind"):
+        return False
+    try:
+        return DatasetSpec.from_dict(described) == dataset()
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def chosen_run_id() -> str | None:
@@ -280,8 +302,25 @@ def chosen_run_id() -> str | None:
     return st.session_state.get(RUN_ID)
 
 
+def active_run():
+    """The active run (:class:`doc_core.workflow.runs.RunSummary`): the one picked in this session if it still exists,
+    else the newest run, else None. Every page and the sidebar show this one."""
+    from . import cached  # cached imports this module
+
+    return cached.active_run(chosen_run_id())
+
+
 def set_run(run_id: str | None) -> None:
     st.session_state[RUN_ID] = run_id
+
+
+def follow_active_run(picker_key: str, active_id: str | None) -> None:
+    """Point the run picker ``picker_key`` at the active run whenever the active run changes (a run finished, another
+    was made active, one was deleted); between changes the picker keeps what the user picked in it. Call before the
+    picker is drawn."""
+    if st.session_state.get(TR_PICK_FOR) != active_id or st.session_state.get(picker_key) is None:
+        st.session_state[TR_PICK_FOR] = active_id
+        st.session_state[picker_key] = active_id
 
 
 def job_id() -> str | None:

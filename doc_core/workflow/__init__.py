@@ -3,6 +3,7 @@
 ==================  =================================================================================================
 ``runs``            the runs folder: finished training runs on disk, listed, loaded and removed safely
 ``jobs``            background training jobs a UI can watch, stop and collect
+``run_names``       default names of runs (dataset and start time, never repeated)
 ``selection``       label-free model selection: synthetic defects and the ``auto`` preset
 ``labels``          analysts' labels (normal / anomaly / unsure per run and image) in SQLite, CSV export and import
 ``artifacts``       reading saved JSON and ``.npz`` files safely (sizes, types and ranges checked first)
