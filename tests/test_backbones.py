@@ -80,6 +80,14 @@ def test_tail_of_trunk_equals_model(tiny):
     assert tiny.trunk_features(images(3)).dtype == np.float16
 
 
+def test_trunk_features_report_progress_per_batch(tiny):
+    x = images(10, 32, 3, seed=2)
+    done: list[int] = []
+    batched = tiny.trunk_features(x, batch_size=4, progress=done.append)
+    assert done == [4, 8, 10]  # images done after each batch, the last one partial
+    np.testing.assert_array_equal(batched, tiny.trunk_features(x))  # same values as one batch, no callback
+
+
 @pytest.mark.parametrize("trainable_from,expected", [
     (None, ["conv2", "conv3"]), ("conv1_relu", ["conv2", "conv3"]), ("conv2", ["conv3"]), ("conv2_relu", ["conv3"]),
     ("conv1", ["conv2", "conv3"]), ("all", ["conv1", "conv2", "conv3"]), ("none", []),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -10,9 +11,10 @@ import pytest
 
 from doc_core.data import OneClassSplit
 from doc_core.model.backbones import BackboneConfig
-from doc_core.model.training import StepRecord, TrainConfig
+from doc_core.model.training import STAGE_FROZEN, StepRecord, TrainConfig
 from doc_core.workflow import runs
-from doc_core.workflow.jobs import FAILED, STOPPED, SUCCEEDED, JobRegistry, TrainingJob, steps_per_epoch
+from doc_core.workflow.jobs import (FAILED, STOPPED, SUCCEEDED, JobRegistry, TrainingJob, estimate_seconds_left,
+                                    step_seconds, steps_per_epoch)
 
 SIZE = 32
 TINY = BackboneConfig(name="tiny", input_size=SIZE)
@@ -280,3 +282,87 @@ def test_runs_saved_before_the_selection_field_still_load(split, tmp_path):
     (run.path / "run.json").write_text(json.dumps(doc))
     with pytest.raises(runs.RunError, match="val_auroc"):
         runs.get_run(run.run_id, tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ progress and time left
+
+
+class _Recording(TrainingJob):
+    """A job that keeps the snapshot taken right after every progress report and every step."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.seen: list = []
+
+    def _on_progress(self, stage: str, done: int, total: int) -> None:
+        super()._on_progress(stage, done, total)
+        self.seen.append(self.snapshot(since=1 << 62))
+
+    def _on_step(self, rec: StepRecord) -> None:
+        super()._on_step(rec)
+        self.seen.append(self.snapshot(since=1 << 62))
+
+
+def test_every_stage_has_its_own_progress_and_the_job_one_time_left(split, tmp_path, monkeypatch):
+    """The frozen-layer pass moves its bar batch by batch (it once sat empty for 35 s), every stage is named, and the
+    time left is one finite number from the first training step on that ends lower than it started."""
+    from doc_core.model import training
+
+    monkeypatch.setattr(training, "PREPARE_BATCH_SIZE", 16)  # 64 normal + 64 reference images: 8 batches
+    job = _Recording(split, TINY, TrainConfig(epochs=2, batch_size=16), runs_dir=tmp_path).start()
+    _wait(job)
+    assert job.snapshot().status == SUCCEEDED, job.snapshot().error
+    seen = job.seen
+    stages = list(dict.fromkeys(s.stage for s in seen))
+    assert stages == ["Running the frozen layers", "Training", "Embedding the normal training images",
+                      "Scoring the test images"]
+    frozen = [s for s in seen if s.stage == "Running the frozen layers"]
+    fractions = [s.fraction for s in frozen]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert sum(0.0 < f < 1.0 for f in fractions) == 7  # after each batch but the last
+    assert all(s.phase == "preparing" and "of 128 images" in s.message for s in frozen)
+    assert all(math.isnan(s.eta_s) for s in frozen)  # no step time yet: unknown, not a guess
+    train = [s for s in seen if s.phase == "training"]
+    assert [s.n_records for s in train] == list(range(1, 9))
+    assert [s.fraction for s in train] == [i / 8 for i in range(1, 9)]
+    etas = [s.eta_s for s in train]
+    assert all(math.isfinite(e) and e >= 0 for e in etas) and etas[-1] < etas[0]
+    after = [s for s in seen if s.phase in ("memory bank", "scoring")]
+    assert all(math.isfinite(s.eta_s) and s.eta_s >= 0 for s in after)
+    scoring = [s.fraction for s in seen if s.phase == "scoring"]
+    assert scoring[0] == 0.0 and scoring[-1] == 1.0
+    assert math.isnan(job.snapshot().eta_s)  # finished: nothing left to estimate
+
+
+def test_step_seconds_leave_out_the_first_step():
+    def rec(step: int, elapsed: float) -> StepRecord:
+        return StepRecord(epoch=1, step=step, steps_total=10, l_d=1.0, l_c=0.1, total=1.1, images_per_s=1.0,
+                          elapsed_s=elapsed)
+
+    assert math.isnan(step_seconds([]))
+    assert step_seconds([rec(1, 5.0)]) == 5.0  # one step: its time, tracing included
+    assert step_seconds([rec(1, 5.0), rec(2, 6.0), rec(3, 7.5)]) == pytest.approx(1.25)  # tracing left out
+
+
+def test_time_left_adds_the_stages_still_to_come_at_measured_rates():
+    later = {"embedding": 200, "patch maps": 0, "scoring": 100}
+    # training: 6 steps of 2 s, then 300 images at the frozen layers' 100 images/s (nothing else measured yet)
+    assert estimate_seconds_left("training", 4, 10, math.nan, 2.0, {STAGE_FROZEN: 100.0}, later) == pytest.approx(15)
+    # a measured embedding rate replaces that stand-in
+    rates = {STAGE_FROZEN: 100.0, "embedding": 50.0}
+    assert estimate_seconds_left("training", 4, 10, math.nan, 2.0, rates, later) == pytest.approx(12 + 6)
+    assert estimate_seconds_left("training", 10, 10, math.nan, 2.0, rates, later) == pytest.approx(6)
+    # inside a stage: its own rate for what is left of it, then the next stages
+    assert estimate_seconds_left("embedding", 100, 200, 50.0, 2.0, rates, later) == pytest.approx(2 + 2)
+    assert estimate_seconds_left("scoring", 50, 100, 25.0, 2.0, rates, later) == pytest.approx(2)
+    patch = {**later, "patch maps": 200}
+    assert estimate_seconds_left("embedding", 200, 200, 50.0, 2.0, rates, patch) == pytest.approx(4 + 2)
+    assert estimate_seconds_left("saving", 1, 1, math.nan, 2.0, rates, later) == 0.0
+    # unknown, not guessed: before the first step, while selecting, without any rate for what comes after training
+    for stage in (STAGE_FROZEN, "selecting", "building", "starting"):
+        assert math.isnan(estimate_seconds_left(stage, 1, 2, 10.0, 2.0, rates, later))
+    assert math.isnan(estimate_seconds_left("training", 4, 10, math.nan, math.nan, rates, later))
+    assert math.isnan(estimate_seconds_left("training", 4, 10, math.nan, 2.0, {}, later))
+    assert math.isnan(estimate_seconds_left("embedding", 0, 200, math.nan, 2.0, {}, later))
+    # a stage whose first batch is not measured yet runs at the stand-in rate
+    assert estimate_seconds_left("embedding", 0, 200, math.nan, 2.0, {STAGE_FROZEN: 100.0}, later) == pytest.approx(3)

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from doc_core.model.backbones import Backbone, preprocess
 from doc_core.model.losses import compactness_loss
-from doc_core.model.training import DOCTrainer, StepRecord, TrainConfig, TrainingDivergedError, eta_seconds, smooth
+from doc_core.model import training
+from doc_core.model.training import DOCTrainer, StepRecord, TrainConfig, TrainingDivergedError, smooth
 
 
 @pytest.fixture
@@ -175,13 +176,25 @@ def test_smooth():
     np.testing.assert_array_equal(smooth(v, 1.0), v)
 
 
-def test_eta_seconds():
-    rec = StepRecord(epoch=1, step=4, steps_total=10, l_d=1.0, l_c=0.1, total=1.01, images_per_s=5.0, elapsed_s=8.0)
-    assert eta_seconds(rec) == pytest.approx(12.0)
-    done = StepRecord(epoch=1, step=10, steps_total=10, l_d=1.0, l_c=0.1, total=1.01, images_per_s=5.0, elapsed_s=8.0)
-    assert eta_seconds(done) == 0.0
-    start = StepRecord(epoch=1, step=0, steps_total=10, l_d=0, l_c=0, total=0, images_per_s=0, elapsed_s=0)
-    assert math.isnan(eta_seconds(start))
+def test_the_passes_before_the_first_step_report_progress_per_batch(tiny_config, sets, monkeypatch):
+    """on_progress(stage, done, total): the frozen layers over target then reference images, batch by batch, from 0
+    to all of them, before any step; without a labelled reference set also the pretrained features."""
+    monkeypatch.setattr(training, "PREPARE_BATCH_SIZE", 8)
+    target, reference, labels = sets
+    assert (len(target), len(reference)) == (32, 24)  # 4 + 3 batches of 8
+    events: list[tuple] = []
+    trainer = DOCTrainer(Backbone(tiny_config), 3, TrainConfig(batch_size=8, epochs=1))
+    for rec in trainer.steps(target, reference, labels, on_progress=lambda *e: events.append(e)):
+        events.append(("step", rec.step))
+    frozen = [e for e in events if e[0] == training.STAGE_FROZEN]
+    assert frozen == [(training.STAGE_FROZEN, done, 56) for done in range(0, 57, 8)]
+    assert events.index(frozen[-1]) < events.index(("step", 1))
+    events.clear()
+    preserve = DOCTrainer(Backbone(tiny_config), 0, TrainConfig(batch_size=8, epochs=1))
+    list(preserve.steps(target, None, None, on_progress=lambda *e: events.append(e)))
+    assert [e for e in events if e[0] == training.STAGE_FROZEN][-1] == (training.STAGE_FROZEN, 32, 32)  # no copy
+    assert [e for e in events if e[0] == training.STAGE_ANCHORS] == \
+        [(training.STAGE_ANCHORS, done, 32) for done in (0, 8, 16, 24, 32)]
 
 
 def test_without_reference_the_first_l_d_is_zero_and_features_stay_near_the_pretrained_ones(tiny_config, sets):

@@ -69,12 +69,19 @@ def format_seconds(s: float) -> str:
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
+def time_left_text(snap: JobSnapshot) -> str:
+    """The job's one estimate of the time left (``snap.eta_s``, computed in ``doc_core.workflow.jobs``), in words;
+    every view of a job shows this text and none computes its own."""
+    if snap.eta_s is not None and math.isfinite(snap.eta_s):
+        return f"about {format_seconds(snap.eta_s)} left"
+    return "time left known after the first training steps" if snap.phase in ("starting", "selecting", "preparing") \
+        else "time left not known yet"
+
+
 def progress_text(snap: JobSnapshot) -> str:
-    """One line for a progress bar: phase, steps, elapsed time and time left."""
-    if snap.phase == "training" and snap.steps_total:
-        return (f"Training · step {snap.n_records:,} of {snap.steps_total:,} · "
-                f"{format_seconds(snap.elapsed_s)} elapsed · about {format_seconds(snap.eta_s)} left")
-    return f"{snap.message} · {format_seconds(snap.elapsed_s)} elapsed"
+    """One line for the progress bar of the current stage (``snap.fraction``): what runs now and how far it is,
+    elapsed time and the job's time left."""
+    return f"{snap.message} · {format_seconds(snap.elapsed_s)} elapsed · {time_left_text(snap)}"
 
 
 def _job_panel() -> None:

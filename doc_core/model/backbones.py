@@ -296,8 +296,11 @@ class Backbone:
             return 0
         return int(n_images) * int(np.prod(self.trunk.output.shape[1:])) * 2
 
-    def trunk_features(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Trunk activations of uint8 images, computed batch by batch (float16 to halve memory)."""
+    def trunk_features(self, images: np.ndarray, batch_size: int = 256, progress=None) -> np.ndarray:
+        """Trunk activations of uint8 images, computed batch by batch (float16 to halve memory).
+
+        ``progress``, if given, is called with the number of images done after each batch.
+        """
         if self.trunk is None:
             raise ValueError("this backbone trains every layer; it has no frozen trunk")
         out = None  # filled batch by batch: no float32 copy of the whole set is ever held
@@ -306,6 +309,8 @@ class Backbone:
             if out is None:
                 out = np.empty((len(images),) + batch.shape[1:], np.float16)
             out[i:i + len(batch)] = batch
+            if progress is not None:
+                progress(min(i + batch_size, len(images)))
         return out if out is not None else np.zeros((0,) + tuple(self.trunk.output.shape[1:]), np.float16)
 
     @tf.function(reduce_retracing=True)

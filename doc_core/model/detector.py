@@ -148,7 +148,8 @@ class DOCDetector:
 
     def fit_steps(self, normal: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
                   reference_names: tuple[str, ...] | None = None,
-                  on_prepare: Callable[[str], None] | None = None) -> Iterator[StepRecord]:
+                  on_prepare: Callable[[str], None] | None = None,
+                  on_progress: Callable[[str, int, int], None] | None = None) -> Iterator[StepRecord]:
         """Train and fit the scorer, yielding a :class:`StepRecord` per training step.
 
         Parameters
@@ -165,6 +166,11 @@ class DOCDetector:
             Names of the reference classes (stored with the detector).
         on_prepare : callable, optional
             Called with a message before slow non-step phases (frozen layers, memory bank).
+        on_progress : callable, optional
+            ``on_progress(stage, done, total)`` as each of those phases begins (``done`` 0) and after each of its
+            batches, in images: the stages of
+            :meth:`DOCTrainer.steps` (``"frozen layers"``, ``"pretrained features"``), then ``"embedding"`` (the
+            normal images through the trained backbone) and, for the patch scorer, ``"patch maps"``.
 
         Stopping early still leaves a usable detector trained for fewer steps, with its memory bank and threshold
         fitted: either call :meth:`stop` (the iteration ends after the current step, then fits the bank), or close
@@ -184,7 +190,8 @@ class DOCDetector:
         if self.train.epochs > 0:
             self._trainer = DOCTrainer(self.backbone_, max(n_classes, len(self.reference_names_)), self.train)
             try:
-                for rec in self._trainer.steps(normal, reference, reference_labels, on_prepare=on_prepare):
+                for rec in self._trainer.steps(normal, reference, reference_labels, on_prepare=on_prepare,
+                                               on_progress=on_progress):
                     self.history_.append(rec)
                     try:
                         yield rec
@@ -194,7 +201,17 @@ class DOCDetector:
                 self._trainer = None
         if on_prepare:
             on_prepare(f"embedding {len(normal)} normal training images")
-        self._fit_bank(self.backbone_.embed(normal), normal)
+
+        def told(stage: str) -> Callable[[int], None] | None:  # reports 0 done at once: the stage begins
+            if on_progress is None:
+                return None
+            on_progress(stage, 0, len(normal))
+            return lambda done: on_progress(stage, done, len(normal))
+
+        bank = self.backbone_.embed(normal, progress=told("embedding"))
+        if on_prepare and self.is_patch:
+            on_prepare(f"computing the patch maps of {len(normal)} normal training images")
+        self._fit_bank(bank, normal, told("patch maps") if self.is_patch else None)
         self.fit_seconds_ = time.perf_counter() - t0
 
     def fit(self, normal: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
@@ -229,15 +246,17 @@ class DOCDetector:
                               max_bank_size=PATCH_BANK_DEFAULT if c.max_bank_size is None else c.max_bank_size,
                               neighbourhood=c.neighbourhood, backend=c.backend)
 
-    def _fit_bank(self, bank: np.ndarray, normal: np.ndarray | None = None) -> None:
+    def _fit_bank(self, bank: np.ndarray, normal: np.ndarray | None = None,
+                  progress: Callable[[int], None] | None = None) -> None:
         """Fit the scorer: on the pooled features ``bank`` (knn, lof), or on the patch maps of the ``normal``
-        images (patch; ``bank`` is still kept as :attr:`bank_`)."""
+        images (patch; ``bank`` is still kept as :attr:`bank_`; ``progress`` gets the images mapped so far)."""
         self.bank_ = np.asarray(bank, np.float32)
         if self.is_patch:
             if normal is None:
                 raise ValueError("the patch scorer is fitted on the normal training images; pass them")
             layers = self.backbone_.patch_layers(self.scorer.patch_layers)
-            self.scorer_ = self._patch_scorer().fit(self.backbone_.patch_maps(_as_images(normal), layers))
+            self.scorer_ = self._patch_scorer().fit(self.backbone_.patch_maps(_as_images(normal), layers,
+                                                                              progress=progress))
         else:
             self.scorer_ = make_scorer(self.scorer.name, self.scorer.k, self.scorer.max_bank_size,
                                        backend=self.scorer.backend).fit(self.bank_)

@@ -7,7 +7,6 @@ cached as float16), so every epoch only runs the trainable tail.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -38,6 +37,13 @@ def trunk_cache_limit() -> int:
         return int(float(os.environ.get(TRUNK_CACHE_ENV, TRUNK_CACHE_DEFAULT_MB)) * 1024**2)
     except ValueError:
         return TRUNK_CACHE_DEFAULT_MB * 1024**2
+
+
+# Images per batch of the passes before the first step (frozen layers, pretrained features).
+PREPARE_BATCH_SIZE = 256
+# Stage names passed to ``on_progress`` by DOCTrainer.steps (DOCDetector.fit_steps adds its own after training).
+STAGE_FROZEN, STAGE_ANCHORS = "frozen layers", "pretrained features"
+ProgressCallback = Callable[[str, int, int], None]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -253,7 +259,8 @@ class DOCTrainer:
         return step
 
     def steps(self, target: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
-              on_prepare: Callable[[str], None] | None = None) -> Iterator[StepRecord]:
+              on_prepare: Callable[[str], None] | None = None,
+              on_progress: ProgressCallback | None = None) -> Iterator[StepRecord]:
         """Train, yielding a record after every step.
 
         Parameters
@@ -267,6 +274,11 @@ class DOCTrainer:
             In ``[0, n_reference_classes)``; ignored (may be None) without a labelled reference set.
         on_prepare : callable, optional
             Called with a short message before the frozen layers are run over both sets.
+        on_progress : callable, optional
+            ``on_progress(stage, done, total)`` as each pass before the first step begins (``done`` 0) and after each
+            of its batches: ``stage`` is
+            :data:`STAGE_FROZEN` (the frozen layers over the target then the reference images; ``done`` counts
+            images of both) or :data:`STAGE_ANCHORS` (the pretrained features kept by the preservation loss).
 
         Raises
         ------
@@ -292,17 +304,27 @@ class DOCTrainer:
         staged = self.backbone.trunk is not None and self.backbone.trunk_cache_bytes(n_cached) <= trunk_cache_limit()
         if staged:
             if on_prepare:
-                on_prepare(f"running the frozen layers over {len(target) + len(reference)} images")
-            target_in = self.backbone.trunk_features(target)
-            ref_in = target_in if reference is target else self.backbone.trunk_features(reference)
+                on_prepare(f"running the frozen layers over {n_cached} images")
+
+            def tell(offset: int) -> Callable[[int], None] | None:  # images done in this set -> in both sets
+                return (lambda done: on_progress(STAGE_FROZEN, offset + done, n_cached)) if on_progress else None
+
+            if on_progress:
+                on_progress(STAGE_FROZEN, 0, n_cached)
+
+            target_in = self.backbone.trunk_features(target, PREPARE_BATCH_SIZE, tell(0))
+            ref_in = target_in if reference is target else \
+                self.backbone.trunk_features(reference, PREPARE_BATCH_SIZE, tell(len(target)))
         else:
             target_in, ref_in = target, reference
         if preserve:  # the pretrained features of every reference image, before any weight changes
             if on_prepare:
                 on_prepare(f"computing the pretrained features of {len(reference)} images")
-            anchors = np.concatenate([self.backbone.tail(tf.cast(ref_in[i:i + 256], tf.float32), training=False).numpy()
-                                      for i in range(0, len(ref_in), 256)]) if staged \
-                else self.backbone.embed(reference)
+            told = (lambda done: on_progress(STAGE_ANCHORS, done, len(reference))) if on_progress else None
+            if told:
+                told(0)
+            anchors = self._anchors(ref_in, told) if staged else \
+                self.backbone.embed(reference, PREPARE_BATCH_SIZE, told)
         if self.strategy_ is None:
             step = self._build_step(staged)
         else:
@@ -344,6 +366,15 @@ class DOCTrainer:
                 self.history.append(rec)
                 yield rec
 
+    def _anchors(self, ref_in: np.ndarray, progress: Callable[[int], None] | None) -> np.ndarray:
+        """The tail's features of cached trunk activations (r, ...) -> float32 (r, k), batch by batch."""
+        bs, parts = PREPARE_BATCH_SIZE, []
+        for i in range(0, len(ref_in), bs):
+            parts.append(self.backbone.tail(tf.cast(ref_in[i:i + bs], tf.float32), training=False).numpy())
+            if progress is not None:
+                progress(min(i + bs, len(ref_in)))
+        return np.concatenate(parts)
+
     def fit(self, target: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
             callback: Callable[[StepRecord], None] | None = None) -> "DOCTrainer":
         """Run :meth:`steps` to the end (or until :meth:`stop`); returns self."""
@@ -362,10 +393,3 @@ def smooth(values: list[float] | np.ndarray, alpha: float = 0.1) -> np.ndarray:
         acc = (1 - alpha) * acc + alpha * x
         out[i] = acc / (1 - (1 - alpha) ** (i + 1))
     return out
-
-
-def eta_seconds(record: StepRecord) -> float:
-    """Estimated seconds left, from the mean time per step so far."""
-    if record.step <= 0:
-        return math.nan
-    return record.elapsed_s / record.step * (record.steps_total - record.step)

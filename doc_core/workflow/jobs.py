@@ -18,6 +18,7 @@ told otherwise; the app's ``ui/runtime.py`` turns that off).
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -30,7 +31,7 @@ from ..data.images import DataError
 from ..data.splits import OneClassSplit
 from ..model.backbones import BackboneConfig, WeightsNotFoundError
 from ..model.detector import DOCDetector, ScorerConfig
-from ..model.training import StepRecord, TrainConfig, TrainingDivergedError, eta_seconds
+from ..model.training import STAGE_ANCHORS, STAGE_FROZEN, StepRecord, TrainConfig, TrainingDivergedError
 from .runs import RunSummary, save_run
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,111 @@ FINISHED = (SUCCEEDED, FAILED, STOPPED)
 PHASES = ("starting", "selecting", "preparing", "training", "memory bank", "scoring", "saving", "done")
 # "manual": train the configuration given; "auto": choose it first from doc_core.workflow.selection.auto_candidates
 PRESETS = ("manual", "auto")
+# Stages (JobSnapshot.stage): what runs now, in words; each has its own progress (JobSnapshot.fraction).
+STAGE_NAMES = {"starting": "Starting", "selecting": "Choosing the configuration", "building": "Building the backbone",
+               STAGE_FROZEN: "Running the frozen layers", STAGE_ANCHORS: "Computing the pretrained features",
+               "training": "Training", "embedding": "Embedding the normal training images",
+               "patch maps": "Computing the patch maps of the normal images", "scoring": "Scoring the test images",
+               "saving": "Saving the run", "done": "Done"}
+# The phase (JobSnapshot.phase) each stage belongs to.
+_PHASE_OF = {"starting": "starting", "selecting": "selecting", "building": "preparing", STAGE_FROZEN: "preparing",
+             STAGE_ANCHORS: "preparing", "training": "training", "embedding": "memory bank",
+             "patch maps": "memory bank", "scoring": "scoring", "saving": "saving", "done": "done"}
 
 
 class _Cancelled(Exception):
     """Raised inside the worker to abandon scoring after stop() when no training step was done."""
+
+
+@dataclass
+class _Meter:
+    """The progress reports of one stage: when it began, and (time, done) of its first and latest report."""
+
+    t0: float
+    first: tuple[float, int] | None = None
+    last: tuple[float, int] | None = None
+
+    def report(self, t: float, done: int) -> None:
+        if done <= 0:
+            return
+        if self.first is None:
+            self.first = (t, done)
+        self.last = (t, done)
+
+    def rate(self) -> float:
+        """Units (images) per second: between the first and the latest report, since the first batch also pays for
+        tracing and warm-up; from the stage's start when there was one report; NaN before any."""
+        if self.first is None or self.last is None:
+            return math.nan
+        (t1, d1), (t2, d2) = self.first, self.last
+        if d2 > d1 and t2 > t1:
+            return (d2 - d1) / (t2 - t1)
+        return d2 / (t2 - self.t0) if t2 > self.t0 else math.nan
+
+
+def step_seconds(records: list[StepRecord]) -> float:
+    """Mean seconds per training step: between the first and the latest step (the first one also traces the step
+    function), or the first step's time alone; NaN without records."""
+    if not records:
+        return math.nan
+    first, last = records[0], records[-1]
+    if last.step > first.step:
+        return (last.elapsed_s - first.elapsed_s) / (last.step - first.step)
+    return first.elapsed_s / max(first.step, 1)
+
+
+def estimate_seconds_left(stage: str, done: int, total: int, stage_rate: float, step_s: float,
+                          rates: dict[str, float], later: dict[str, int]) -> float:
+    """Seconds left of a job: what is left of the current stage at its measured rate, plus the stages still to come.
+
+    Parameters
+    ----------
+    stage : str
+        The current stage (a key of :data:`STAGE_NAMES`).
+    done, total : int
+        Its progress (training: steps; the other stages: images).
+    stage_rate : float
+        Its measured rate (units per second; unused for training, which uses ``step_s``).
+    step_s : float
+        Mean seconds per training step (:func:`step_seconds`).
+    rates : dict
+        Measured images per second of the stages run so far, by stage.
+    later : dict
+        Images each stage after training will process, by stage ("embedding", "patch maps", "scoring"; 0 or absent
+        when it does not run).
+
+    Returns
+    -------
+    float
+        Non-negative seconds; NaN while unknown: before the first training step (no step time yet), or when no
+        rate is known for the stages after training. A stage after training that has not run yet (or whose first
+        batch is not done) is estimated from the first measured image rate among, in order: embedding, scoring, the
+        frozen layers (the trunk only: too fast) and training (forward and backward passes: too slow).
+    """
+    after = ("embedding", "patch maps", "scoring")
+    if stage == "saving":
+        return 0.0
+    forward = next((r for k in ("embedding", "scoring", STAGE_FROZEN, "training")
+                    if (r := rates.get(k, math.nan)) > 0), math.nan)
+    if stage == "training":
+        if not math.isfinite(step_s):
+            return math.nan
+        left, rest = max(total - done, 0) * step_s, after
+    elif stage in after:  # before its first batch is measured, the stage runs at the stand-in rate too
+        left, rest = 0.0, after[after.index(stage) + 1:]
+        if done < total:
+            rate = stage_rate if stage_rate > 0 else forward
+            if not (rate > 0):
+                return math.nan
+            left = (total - done) / rate
+    else:
+        return math.nan
+    todo = sum(later.get(s, 0) for s in rest)
+    if todo:
+        if not (forward > 0):
+            return math.nan
+        left += todo / forward
+    return left
 
 
 @dataclass(frozen=True)
@@ -68,9 +170,11 @@ class JobSnapshot:
     steps_total : int
         Steps planned (0 until training starts).
     fraction : float
-        Progress of the current phase in [0, 1] (training: steps; scoring: images).
+        Progress of the current stage in [0, 1] (frozen layers, embedding, scoring: images; training: steps).
     eta_s : float
-        Estimated seconds of training left (NaN when unknown).
+        THE estimate of the seconds left until the job ends (every front end shows this number; none computes its
+        own), as of the last progress report; NaN while unknown (before the first training step, and while the
+        ``auto`` preset selects). See :meth:`TrainingJob.snapshot`.
     stop_requested, stopped_early : bool
     error : str or None
         Why the job failed, in words.
@@ -81,6 +185,8 @@ class JobSnapshot:
         for manual settings.
     started, finished : float
         ``time.time()`` stamps (``finished`` is NaN while running).
+    stage : str
+        The name of what runs now, for people (a value of :data:`STAGE_NAMES`, e.g. "Running the frozen layers").
     """
 
     job_id: str
@@ -100,6 +206,7 @@ class JobSnapshot:
     started: float
     finished: float
     selection: dict | None = None
+    stage: str = ""
 
     @property
     def done(self) -> bool:
@@ -148,6 +255,7 @@ class TrainingJob:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         self.job_id = job_id or secrets.token_hex(6)
         self.split = split
+        self._n_normal, self._n_test = len(split.train_normal), len(split.test_images)
         self.backbone = backbone
         self.train = train
         self.scorer = scorer
@@ -159,7 +267,10 @@ class TrainingJob:
         self.detector: DOCDetector | None = None
         self._lock = threading.Lock()
         self._records: list[StepRecord] = []
-        self._status, self._phase, self._message = QUEUED, "starting", "waiting to start"
+        self._status, self._stage, self._message = QUEUED, "starting", "waiting to start"
+        self._meter = _Meter(time.time())
+        self._rates: dict[str, float] = {}
+        self._eta = math.nan
         self._fraction, self._steps_total = 0.0, 0
         self._error: str | None = None
         self._run: RunSummary | None = None
@@ -212,15 +323,21 @@ class TrainingJob:
             return list(self._records)
 
     def snapshot(self, since: int = 0) -> JobSnapshot:
-        """The job's state now, with the step records from index ``since`` on."""
+        """The job's state now, with the step records from index ``since`` on.
+
+        ``eta_s`` is the one estimate of the time left (:func:`estimate_seconds_left`), computed when the job last
+        reported progress (every batch of images, every training step): snapshots taken between two reports carry the
+        same number, so every view of the job shows the same time left.
+        """
         with self._lock:
-            last = self._records[-1] if self._records else None
             return JobSnapshot(
-                job_id=self.job_id, name=self.name, status=self._status, phase=self._phase, message=self._message,
-                records=tuple(self._records[since:]), n_records=len(self._records), steps_total=self._steps_total,
-                fraction=self._fraction, eta_s=eta_seconds(last) if last is not None else float("nan"),
+                job_id=self.job_id, name=self.name, status=self._status, phase=_PHASE_OF[self._stage],
+                message=self._message, records=tuple(self._records[since:]), n_records=len(self._records),
+                steps_total=self._steps_total, fraction=self._fraction,
+                eta_s=math.nan if self._status in FINISHED else self._eta,
                 stop_requested=self._stop.is_set(), stopped_early=self._stopped_early, error=self._error,
-                run=self._run, started=self._started, finished=self._finished, selection=self._selection)
+                run=self._run, started=self._started, finished=self._finished, selection=self._selection,
+                stage=STAGE_NAMES[self._stage])
 
     # ------------------------------------------------------------------------------------------ worker
 
@@ -234,17 +351,49 @@ class TrainingJob:
         if self._stop.is_set() and not self._records:
             raise _Cancelled()
 
+    def _enter(self, stage: str, message: str, fraction: float = 0.0) -> None:
+        """Start a stage: its name, a message, its progress from ``fraction``, a fresh meter."""
+        with self._lock:
+            self._stage, self._message, self._fraction = stage, message, fraction
+            self._meter = _Meter(time.time())
+
     def _on_prepare(self, message: str) -> None:
         self._check_cancel()
-        with self._lock:
-            after_training = bool(self._records) or self.train.epochs == 0 or message.startswith("embedding")
-            self._phase = "memory bank" if after_training else "preparing"
-            self._message = message[:1].upper() + message[1:]
-            self._fraction = 1.0 if after_training else 0.0
 
-    def _on_scored(self, done: int, total: int) -> None:
+    def _on_progress(self, stage: str, done: int, total: int) -> None:
+        """A batch of ``stage`` is done: ``done`` of ``total`` images (also called with 0 as a stage begins)."""
         self._check_cancel()
-        self._set(fraction=done / max(total, 1), message=f"Scoring test images: {done} of {total}")
+        now = time.time()
+        with self._lock:
+            if stage != self._stage:
+                self._stage, self._meter = stage, _Meter(now)
+            self._meter.report(now, done)
+            rate = self._meter.rate()
+            if rate > 0:
+                self._rates[stage] = rate
+            self._fraction = min(done / max(total, 1), 1.0)
+            self._message = f"{STAGE_NAMES.get(stage, stage)}: {done:,} of {total:,} images"
+            self._eta = estimate_seconds_left(stage, done, total, rate, step_seconds(self._records), self._rates,
+                                              self._later)
+
+    def _on_step(self, rec: StepRecord) -> None:
+        with self._lock:
+            self._records.append(rec)
+            self._steps_total = rec.steps_total
+            self._stage, self._fraction = "training", rec.step / max(rec.steps_total, 1)
+            self._message = (f"Training · epoch {rec.epoch} of {self.train.epochs} · "
+                             f"step {rec.step:,} of {rec.steps_total:,}")
+            self._rates["training"] = rec.images_per_s
+            self._eta = estimate_seconds_left("training", rec.step, rec.steps_total, math.nan,
+                                              step_seconds(self._records), self._rates, self._later)
+
+    @property
+    def _later(self) -> dict[str, int]:
+        """Images each stage after training processes (the patch scorer maps the normal images, and scores each
+        test image by a pooled and a patch pass)."""
+        patch = self.scorer.name == "patch"
+        n_normal, n_test = self._n_normal, self._n_test
+        return {"embedding": n_normal, "patch maps": n_normal if patch else 0, "scoring": n_test * (2 if patch else 1)}
 
     def _select(self, split: OneClassSplit) -> dict:
         """The ``auto`` preset: choose the configuration on the normal training images, and adopt it."""
@@ -259,8 +408,7 @@ class TrainingJob:
             self._set(fraction=seen / len(candidates), message=f"Choosing the configuration: {message}")
             seen += 1
 
-        self._set(phase="selecting", fraction=0.0,
-                  message=f"Choosing the configuration: {len(candidates)} candidates on synthetic defects")
+        self._enter("selecting", f"Choosing the configuration: {len(candidates)} candidates on synthetic defects")
         try:
             selection = select_configuration(split.train_normal, candidates, split.reference,
                                              split.reference_labels, split.reference_names, seed=self.train.seed,
@@ -281,22 +429,19 @@ class TrainingJob:
             selection = self._select(split) if self.preset == "auto" else None
             det = DOCDetector(self.backbone, self.train, self.scorer)
             self.detector = det
-            self._set(phase="preparing", message="Building the backbone")
+            self._enter("building", "Building the backbone")
             for rec in det.fit_steps(split.train_normal, split.reference, split.reference_labels,
-                                     split.reference_names, on_prepare=self._on_prepare):
-                with self._lock:
-                    self._records.append(rec)
-                    self._steps_total = rec.steps_total
-                    self._phase, self._fraction = "training", rec.step / max(rec.steps_total, 1)
-                    self._message = f"Epoch {rec.epoch} of {self.train.epochs}, step {rec.step} of {rec.steps_total}"
+                                     split.reference_names, on_prepare=self._on_prepare,
+                                     on_progress=self._on_progress):
+                self._on_step(rec)
                 if self._stop.is_set():
                     det.stop()
             self._check_cancel()
             stopped_early = self._stop.is_set() and len(self._records) < self._steps_total
             self._set(stopped_early=stopped_early)
             n_test = len(split.test_images)
-            self._set(phase="scoring", message=f"Scoring {n_test} test images", fraction=0.0)
-            progress = lambda done: self._on_scored(done, n_test)  # noqa: E731
+            self._on_progress("scoring", 0, n_test)
+            progress = lambda done: self._on_progress("scoring", done, n_test)  # noqa: E731
             if det.is_patch:  # scored by the most anomalous patch; pooled features kept for the explorer
                 scores, feats = det.score_images(split.test_images, progress=progress)
             else:
@@ -304,7 +449,8 @@ class TrainingJob:
                 scores = det.score_features(feats)
             run = None
             if self.save:
-                self._set(phase="saving", message="Saving the run", fraction=1.0)
+                self._enter("saving", "Saving the run", fraction=1.0)
+                self._set(eta=0.0)
                 run = save_run(det, scores, split.test_labels, split.test_classes, feats,
                                dataset={**self.dataset, "name": split.name, "counts": split.summary()},
                                name=self.name or None, steps_total=self._steps_total, stopped_early=stopped_early,
@@ -328,7 +474,7 @@ class TrainingJob:
             self.detector = None
         finally:
             self.split = None  # let the arrays go once the job is over
-            self._set(phase="done", finished=time.time(), **end)
+            self._set(stage="done", finished=time.time(), **end)
 
 
 def _explain(exc: Exception) -> str:
