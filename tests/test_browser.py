@@ -192,8 +192,8 @@ def small_tiny_setup(page, epochs: int, name: str) -> None:
     choose(page, "Backbone", "Tiny CNN (random, for tests)")
     set_number(page, "Epochs", epochs)
     set_number(page, "Batch size", 16)
-    page.get_by_label("Run name (optional)").fill(name)
-    page.get_by_label("Run name (optional)").press("Enter")
+    page.get_by_role("textbox", name="Run name (optional)").fill(name)
+    page.get_by_role("textbox", name="Run name (optional)").press("Enter")
     wait_idle(page)
 
 
