@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -351,30 +352,36 @@ class Backbone:
         return layers
 
     def patch_maps(self, images: np.ndarray, layers: tuple[str, ...] | None = None, batch_size: int = 64,
-                   progress=None) -> np.ndarray:
+                   progress=None, with_features: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Local feature maps of uint8 images for the patch scorer: float32 (n, h', w', C).
 
         The maps of ``layers`` (default :data:`DEFAULT_PATCH_LAYERS`) are computed batch by batch; coarser maps are
         resized bilinearly to the finest one's grid and the channels concatenated
         (:func:`doc_core.scoring.patch.combine_maps`). At 96 px the default MobileNetV2 layers give 12 x 12 x 576
         (332 KB per image). ``progress``, if given, is called with the number of images done after each batch.
+        With ``with_features``, also the pooled feature vectors of :meth:`embed` (float32 (n, k)), from the same
+        forward pass: returns ``(maps, features)``.
         """
         from ..scoring.patch import combine_maps
 
         layers = self.patch_layers(layers)
         if not hasattr(self, "_patch_models"):
-            self._patch_models: dict[tuple[str, ...], keras.Model] = {}
-        if layers not in self._patch_models:
+            self._patch_models: dict[tuple, Callable] = {}
+        key = (layers, with_features)
+        if key not in self._patch_models:
             outs = [self.model.get_layer(name).output for name in layers]
-            model = keras.Model(self.model.input, outs, name="patch_maps")
-            step = tf.function(lambda x, m=model: m(preprocess(x, self.config), training=False),
-                               reduce_retracing=True)
-            self._patch_models[layers] = (model, step)
-        _, step = self._patch_models[layers]
+            model = keras.Model(self.model.input, outs + ([self.model.output] if with_features else []),
+                                name="patch_maps")
+            self._patch_models[key] = tf.function(lambda x, m=model: m(preprocess(x, self.config), training=False),
+                                                  reduce_retracing=True)
+        step = self._patch_models[key]
         out = None
+        feats = np.empty((len(images), self.feature_dim), np.float32) if with_features else None
         for i in range(0, len(images), batch_size):
             res = step(tf.convert_to_tensor(images[i:i + batch_size]))
             res = [r.numpy() for r in (res if isinstance(res, (list, tuple)) else [res])]
+            if with_features:
+                feats[i:i + len(res[-1])] = res.pop()
             batch = combine_maps(res)
             if out is None:
                 out = np.empty((len(images),) + batch.shape[1:], np.float32)
@@ -385,4 +392,4 @@ class Backbone:
             shapes = [self.model.get_layer(n).output.shape for n in layers]
             out = np.zeros((0, max(int(s[1]) for s in shapes), max(int(s[2]) for s in shapes),
                             sum(int(s[-1]) for s in shapes)), np.float32)
-        return out
+        return (out, feats) if with_features else out

@@ -322,8 +322,8 @@ class DOCDetector:
         layers = self.backbone_.patch_layers(self.scorer.patch_layers)
         for i in range(0, len(images), batch_size):  # bounded memory: one batch of maps at a time
             batch = images[i:i + batch_size]
-            scores[i:i + len(batch)] = self.scorer_.score_samples(self.backbone_.patch_maps(batch, layers))
-            feats[i:i + len(batch)] = self.backbone_.embed(batch, batch_size)
+            maps, feats[i:i + len(batch)] = self.backbone_.patch_maps(batch, layers, batch_size, with_features=True)
+            scores[i:i + len(batch)] = self.scorer_.score_samples(maps)
             if progress is not None:
                 progress(min(i + batch_size, len(images)))
         return scores, feats
