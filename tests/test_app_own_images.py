@@ -211,10 +211,10 @@ def test_runs_without_patch_scoring_offer_gradcam_only(env, no_reference_folder)
     assert "patch scorer" in at.radio(key=state.RK_MAP).help  # why there is no defect map
 
 
-def test_a_zip_without_reference_loads(env, tmp_path, monkeypatch):
+def parts_zip() -> bytes:
+    """A zip of flat 16 px images under parts/: train/ (2), test/normal (1) and test/anomaly (1); no reference/."""
     import zipfile
 
-    monkeypatch.setenv("DOC_UPLOADS_DIR", str(tmp_path / "uploads"))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for path, value in [("train/a.png", 90), ("train/b.png", 95), ("test/normal/n.png", 92),
@@ -222,10 +222,15 @@ def test_a_zip_without_reference_loads(env, tmp_path, monkeypatch):
             png = io.BytesIO()
             Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(png, format="PNG")
             zf.writestr(f"parts/{path}", png.getvalue())
+    return buf.getvalue()
+
+
+def test_a_zip_without_reference_loads(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOC_UPLOADS_DIR", str(tmp_path / "uploads"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
     at.switch_page(DATASET).run()
     at.get("button_group")[0].set_value(state.SOURCE_ZIP).run()
-    at.get("file_uploader")[0].upload("parts.zip", buf.getvalue()).run()
+    at.get("file_uploader")[0].upload("parts.zip", parts_zip()).run()
     assert_clean(at)
     spec = at.session_state[state.DATASET]
     assert spec.kind == "folder" and spec.label == "parts.zip" and spec.reference == "auto"

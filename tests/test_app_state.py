@@ -7,16 +7,13 @@ table wide enough to read; the ROC page following the active run chosen on the T
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import zipfile
 from datetime import datetime
 
-import numpy as np
-from PIL import Image
 from test_app import (ROC, TRAINING, assert_clean, empty_runs_dir, fashion, open_app, runs_dir,  # noqa: F401
                       small_dataset, texts, tiny_run_dir, tiny_settings, wait_for_job)
+from test_app_own_images import parts_zip
 
 from doc_core.data.datasets import DatasetSpec
 from doc_core.workflow import runs
@@ -42,17 +39,10 @@ def test_default_run_names_name_the_dataset_and_never_repeat():
 
 def test_an_uploaded_zip_is_the_active_dataset_in_the_sidebar_at_once(empty_runs_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DOC_UPLOADS_DIR", str(tmp_path / "uploads"))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for path, value in [("train/a.png", 90), ("train/b.png", 95), ("test/normal/n.png", 92),
-                            ("test/anomaly/o.png", 250)]:
-            png = io.BytesIO()
-            Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(png, format="PNG")
-            zf.writestr(f"parts/{path}", png.getvalue())
     at = open_app(nav.DATASET)
     assert "Fashion-MNIST" in sidebar_text(at)
     at.get("button_group")[0].set_value(state.SOURCE_ZIP).run()
-    at.get("file_uploader")[0].upload("parts.zip", buf.getvalue()).run()
+    at.get("file_uploader")[0].upload("parts.zip", parts_zip()).run()
     assert_clean(at)
     assert "parts.zip" in sidebar_text(at) and "Fashion-MNIST" not in sidebar_text(at)  # no extra rerun needed
     for page in (TRAINING, ROC, nav.DATASET):
