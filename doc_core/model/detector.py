@@ -20,20 +20,23 @@ from ..scoring.patch import DEFAULT_BANK_SIZE
 from ..workflow.artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
 from ..workflow.output_folders import OutputKind, install_folder, prepare_save, restore_previous
 from .backbones import Backbone, BackboneConfig
+from .calibration import DEFAULT_CALIBRATION_FRACTION, MIN_CALIBRATION, calibration_size, calibration_split
 from .training import DOCTrainer, StepRecord, TrainConfig
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "doc-explorer-detector"
 _FILES = ("detector.json", "backbone.weights.h5", "bank.npz")
 PATCH_BANK_FILE = "patch_bank.npz"  # only in detectors with the patch scorer
+CALIBRATION_FILE = "calibration.npz"  # only in detectors fitted with a calibration slice
 DETECTOR_FOLDER = OutputKind("detector", "detector.json", FORMAT_NAME, frozenset(_FILES),
-                             frozenset(_FILES + (PATCH_BANK_FILE,)))
+                             frozenset(_FILES + (PATCH_BANK_FILE, CALIBRATION_FILE)))
 """A folder :meth:`DOCDetector.save` writes; only such a folder (or an empty one) is replaced without ``force``."""
 
 
 MAX_DETECTOR_JSON_BYTES = 64 * 2**20  # detector.json holds the training history: about 250 bytes per step
 MAX_K = 100_000
 MAX_FEATURE_DIM = 65_536
+THRESHOLD_SOURCES = ("calibration", "train", "manual")
 
 
 class DetectorFormatError(ArtifactError):
@@ -118,7 +121,15 @@ class DOCDetector:
         ``epochs=0`` gives the pretrained-feature baseline (no DOC training).
     scorer : ScorerConfig
     threshold_percentile : float
-        Default threshold: this percentile of the leave-one-out scores of the normal training images.
+        Default threshold: this percentile of the scores of the held-out calibration images (or, with calibration
+        off, of the leave-one-out scores of the normal training images).
+    calibration_fraction : float
+        Share of the normal images given to :meth:`fit` held out as the calibration slice (0 to 0.5; 0 = off):
+        ``max(ceil(fraction * n), calibration_min)`` images chosen with ``train.seed``, used for neither training nor
+        the bank. When that would leave fewer than twice as many images to train on, calibration is turned off
+        automatically and :attr:`calibration_note_` says so (:mod:`doc_core.model.calibration`).
+    calibration_min : int
+        Fewest images in the calibration slice.
 
     Attributes
     ----------
@@ -132,17 +143,39 @@ class DOCDetector:
         Leave-one-out (patch: leave-one-image-out) scores of the normal training images.
     threshold_ : float
         Images with ``decision_function > threshold_`` are predicted anomalous.
+    threshold_source_ : {"calibration", "train", "manual"}
+        What ``threshold_`` rests on: the calibration scores, the leave-one-out training scores (calibration off,
+        or a detector saved before calibration existed), or a value given to :meth:`with_scorer`.
+    calibration_index_ : np.ndarray, int64, shape (m,), or None
+        Indices, into the normal images given to :meth:`fit`, of the calibration slice (empty when calibration is
+        off; None for a detector saved before calibration existed).
+    train_index_ : np.ndarray, int64, shape (n,), or None
+        Indices of the images used for training and the bank (the rest of them).
+    calibration_features_ : np.ndarray, float32, shape (m, k), or None
+        Pooled features of the calibration slice (None when calibration is off).
+    calibration_images_ : np.ndarray, uint8, shape (m, h, w, c), or None
+        The calibration images: kept after :meth:`fit`, saved with patch detectors only (re-scoring them needs their
+        local features); None when calibration is off or after loading a knn/lof detector.
+    calibration_scores_ : np.ndarray, float32, shape (m,), or None
+        Scores of the calibration slice against the current scorer; higher = more anomalous.
+    calibration_note_ : str
+        Why calibration is off ("" when it is on).
     history_ : list of StepRecord
     reference_names_ : tuple of str
     fit_seconds_ : float
     """
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), train: TrainConfig = TrainConfig(),
-                 scorer: ScorerConfig = ScorerConfig(), threshold_percentile: float = 95.0) -> None:
+                 scorer: ScorerConfig = ScorerConfig(), threshold_percentile: float = 95.0,
+                 calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION,
+                 calibration_min: int = MIN_CALIBRATION) -> None:
+        calibration_size(0, calibration_fraction, calibration_min)  # ValueError for an impossible setting
         self.backbone = backbone
         self.train = train
         self.scorer = scorer
         self.threshold_percentile = threshold_percentile
+        self.calibration_fraction = float(calibration_fraction)
+        self.calibration_min = int(calibration_min)
 
     # ------------------------------------------------------------------------------------------------ fitting
 
@@ -155,7 +188,8 @@ class DOCDetector:
         Parameters
         ----------
         normal : np.ndarray, uint8, shape (n, h, w, c)
-            Normal (target) training images.
+            Normal (target) training images; the calibration slice (see ``calibration_fraction``) is taken out of
+            them first and used only to set the threshold.
         reference : np.ndarray, uint8, shape (r, h, w, c), or None
             Reference images; None (or no labels) trains without a labelled reference set: the descriptiveness
             loss is then the preservation loss (:func:`doc_core.model.losses.preservation_loss`) on these images, or on
@@ -182,6 +216,9 @@ class DOCDetector:
             raise ValueError(f"unknown scorer {self.scorer.name!r}; choose one of {', '.join(SCORER_NAMES)}")
         check_backend(self.scorer.name, self.scorer.backend, installed=True)  # before any training
         t0 = time.perf_counter()
+        normal = _as_images(normal)
+        split = calibration_split(len(normal), self.calibration_fraction, self.calibration_min, self.train.seed)
+        all_normal, normal = normal, normal[split.train_index]
         self.backbone_ = Backbone(self.backbone)
         # no labelled reference set (labels None or empty): DOCTrainer keeps features close to the pretrained ones
         n_classes = int(np.max(reference_labels)) + 1 if reference_labels is not None and len(reference_labels) else 0
@@ -200,18 +237,22 @@ class DOCDetector:
             finally:
                 self._trainer = None
         if on_prepare:
-            on_prepare(f"embedding {len(normal)} normal training images")
+            held = f" ({len(split.calibration_index)} of them held out for calibration)" if split.enabled else ""
+            on_prepare(f"embedding {len(all_normal)} normal training images{held}")
 
-        def told(stage: str) -> Callable[[int], None] | None:  # reports 0 done at once: the stage begins
+        def told(stage: str, total: int) -> Callable[[int], None] | None:  # reports 0 done at once: stage begins
             if on_progress is None:
                 return None
-            on_progress(stage, 0, len(normal))
-            return lambda done: on_progress(stage, done, len(normal))
+            on_progress(stage, 0, total)
+            return lambda done: on_progress(stage, done, total)
 
-        bank = self.backbone_.embed(normal, progress=told("embedding"))
+        feats = self.backbone_.embed(all_normal, progress=told("embedding", len(all_normal)))
+        self._set_calibration(split.train_index, split.calibration_index, feats[split.calibration_index],
+                              all_normal[split.calibration_index], split.note)
         if on_prepare and self.is_patch:
             on_prepare(f"computing the patch maps of {len(normal)} normal training images")
-        self._fit_bank(bank, normal, told("patch maps") if self.is_patch else None)
+        self._fit_bank(feats[split.train_index], normal,
+                       told("patch maps", len(normal)) if self.is_patch else None)
         self.fit_seconds_ = time.perf_counter() - t0
 
     def fit(self, normal: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray,
@@ -261,25 +302,156 @@ class DOCDetector:
             self.scorer_ = make_scorer(self.scorer.name, self.scorer.k, self.scorer.max_bank_size,
                                        backend=self.scorer.backend).fit(self.bank_)
         self.train_scores_ = self.scorer_.training_scores()
-        self.threshold_ = threshold_percentile(self.train_scores_, self.threshold_percentile)
+        self.refresh_calibration()
+
+    def _set_calibration(self, train_index: np.ndarray | None, calibration_index: np.ndarray | None,
+                         features: np.ndarray | None, images: np.ndarray | None, note: str) -> None:
+        """Store the calibration slice (features/images None or empty = calibration off)."""
+        self.train_index_ = None if train_index is None else np.asarray(train_index, np.int64)
+        self.calibration_index_ = None if calibration_index is None else np.asarray(calibration_index, np.int64)
+        on = features is not None and len(features) > 0
+        self.calibration_features_ = np.asarray(features, np.float32) if on else None
+        self.calibration_images_ = _as_images(images) if on and images is not None else None
+        self.calibration_scores_ = None
+        self.calibration_note_ = "" if on else note
+
+    @property
+    def has_calibration(self) -> bool:
+        """True when the threshold can be set on a held-out calibration slice."""
+        return getattr(self, "calibration_features_", None) is not None
+
+    @property
+    def n_calibration(self) -> int:
+        """Images in the calibration slice (0 when calibration is off)."""
+        return len(self.calibration_features_) if self.has_calibration else 0
+
+    def refresh_calibration(self) -> None:
+        """Re-score the stored calibration slice against the current scorer and set the threshold from it.
+
+        Sets :attr:`calibration_scores_` (float32 (m,), higher = more anomalous) and :attr:`threshold_` = the
+        ``threshold_percentile`` of them (:attr:`threshold_source_` "calibration"). With calibration off, the
+        threshold is that percentile of :attr:`train_scores_` (source "train"). Call it after changing the bank or
+        the scorer (e.g. after adding confirmed normal images to the bank); nothing is retrained.
+
+        Raises
+        ------
+        RuntimeError
+            A patch detector whose calibration images are not available (loaded from a knn/lof detector's folder).
+        """
+        if not self.has_calibration:
+            self.calibration_scores_ = None
+            self.threshold_ = threshold_percentile(self.train_scores_, self.threshold_percentile)
+            self.threshold_source_ = "train"
+            return
+        if self.is_patch:
+            if self.calibration_images_ is None:
+                raise RuntimeError("this patch detector has no calibration images to re-score; pass the normal "
+                                   "images to with_scorer() or fit it again")
+            scores = self.decision_function(self.calibration_images_)
+        else:
+            scores = self.scorer_.score_samples(self.calibration_features_)
+        self.calibration_scores_ = np.asarray(scores, np.float32)
+        self.threshold_ = threshold_percentile(self.calibration_scores_, self.threshold_percentile)
+        self.threshold_source_ = "calibration"
 
     def with_scorer(self, scorer: ScorerConfig, threshold: float | None = None,
                     normal: np.ndarray | None = None) -> "DOCDetector":
-        """A copy sharing the fine-tuned backbone but scoring with another scorer (no retraining); its threshold is
-        ``threshold``, or the new scorer's percentile threshold when None. A patch scorer needs the ``normal``
-        training images (uint8 (n, h, w, c)) unless this detector already has one with the same layers."""
+        """A copy sharing the fine-tuned backbone but scoring with another scorer (no retraining).
+
+        The copy keeps the calibration slice; its threshold is ``threshold`` (source "manual"), or else the
+        ``threshold_percentile`` of the calibration slice's scores under the new scorer
+        (:meth:`refresh_calibration`). A patch scorer needs the ``normal`` images (uint8 (n, h, w, c)) unless this
+        detector already has one with the same layers: pass the same normal images :meth:`fit` was given (the
+        calibration slice is then left out of the patch bank by :attr:`calibration_index_`), or just the training
+        images (:attr:`train_index_` of them)."""
         self._check_fitted()
-        other = DOCDetector(self.backbone, self.train, scorer, self.threshold_percentile)
+        other = DOCDetector(self.backbone, self.train, scorer, self.threshold_percentile, self.calibration_fraction,
+                            self.calibration_min)
         other.backbone_, other.history_ = self.backbone_, self.history_
         other.reference_names_, other.fit_seconds_ = self.reference_names_, getattr(self, "fit_seconds_", 0.0)
         other.metadata_ = dict(getattr(self, "metadata_", {}))
+        cal_images = getattr(self, "calibration_images_", None)
+        train_index, cal_index = getattr(self, "train_index_", None), getattr(self, "calibration_index_", None)
+        if normal is not None:
+            normal = _as_images(normal)
+            if (train_index is not None and cal_index is not None and len(cal_index)
+                    and len(normal) == len(train_index) + len(cal_index)):
+                if cal_images is None:
+                    cal_images = normal[cal_index]
+                normal = normal[train_index]
+        other._set_calibration(train_index, cal_index, getattr(self, "calibration_features_", None), cal_images,
+                               getattr(self, "calibration_note_", ""))
+        if other.is_patch and other.has_calibration and other.calibration_images_ is None:
+            other._set_calibration(train_index, cal_index, None, None, "calibration is off for this patch scorer: "
+                                   "the calibration images were not available")
         if other.is_patch and normal is None and self.is_patch and scorer == self.scorer:
             other.bank_, other.scorer_, other.train_scores_ = self.bank_, self.scorer_, self.train_scores_
-            other.threshold_ = self.threshold_
+            other.calibration_scores_ = getattr(self, "calibration_scores_", None)
+            other.threshold_, other.threshold_source_ = self.threshold_, getattr(self, "threshold_source_", "train")
         else:
             other._fit_bank(self.bank_, normal)
         if threshold is not None:
-            other.threshold_ = float(threshold)
+            other.threshold_, other.threshold_source_ = float(threshold), "manual"
+        return other
+
+    def with_added_normals(self, images: np.ndarray, features: np.ndarray | None = None,
+                           batch_size: int = 64) -> "DOCDetector":
+        """A copy whose memory bank also holds these confirmed normal images; nothing is retrained.
+
+        The copy shares the fine-tuned backbone (and the calibration slice); this detector is not changed.
+
+        - knn / lof: the images' pooled features are appended to :attr:`bank_` and the scorer is fitted again on
+          the grown bank (a ``max_bank_size`` cap applies to the grown bank as at :meth:`fit`).
+        - patch: their pooled features are appended to :attr:`bank_` and their patches to the patch bank, which grows
+          by the same share of their patches the coreset kept of the training images' patches
+          (:meth:`doc_core.scoring.patch.PatchKNNScorer.with_images`), so it stays as bounded per image as at fit.
+
+        :attr:`train_scores_` are then the leave-one-out scores of the grown bank (an added image scores against
+        the others, not itself; patch: the earlier images' scores are kept as upper bounds), and the threshold is
+        set again by :meth:`refresh_calibration`: the ``threshold_percentile`` of the calibration slice's new scores,
+        or of the new leave-one-out scores when calibration is off.
+
+        Parameters
+        ----------
+        images : np.ndarray, uint8, shape (n, h, w, c)
+            The confirmed normal images, n >= 1.
+        features : np.ndarray, float32, shape (n, k), optional
+            Their pooled features from this detector (e.g. a run's stored test features), to skip embedding them
+            (knn/lof only; a patch detector needs their patch maps anyway).
+        batch_size : int
+
+        Returns
+        -------
+        DOCDetector
+        """
+        import copy
+
+        self._check_fitted()
+        images = _as_images(images)
+        if len(images) == 0:
+            raise ValueError("no images to add to the bank")
+        other = copy.copy(self)  # shares the backbone, history and calibration slice; replaced attributes below
+        other.metadata_ = dict(getattr(self, "metadata_", {}))
+        if self.is_patch:
+            layers = self.backbone_.patch_layers(self.scorer.patch_layers)
+            maps, feats = self.backbone_.patch_maps(images, layers, batch_size, with_features=True)
+            other.scorer_ = self.scorer_.with_images(maps)
+            other.bank_ = np.concatenate([self.bank_, feats]).astype(np.float32)
+            other.train_scores_ = other.scorer_.training_scores()
+        else:
+            if features is None:
+                features = self.backbone_.embed(images, batch_size)
+            features = np.asarray(features, np.float32)
+            if features.shape != (len(images), self.bank_.shape[1]):
+                raise ValueError(f"features must have shape ({len(images)}, {self.bank_.shape[1]}), got "
+                                 f"{features.shape}")
+            other._fit_bank(np.concatenate([self.bank_, features]))  # refits and re-sets the threshold
+            return other
+        refresh = getattr(other, "refresh_calibration", None)
+        if refresh is not None:
+            refresh()
+        else:
+            other.threshold_ = threshold_percentile(other.train_scores_, other.threshold_percentile)
         return other
 
     # ------------------------------------------------------------------------------------------------ inference
@@ -381,7 +553,8 @@ class DOCDetector:
 
     def config_dict(self) -> dict:
         return {"backbone": self.backbone.to_dict(), "train": self.train.to_dict(), "scorer": self.scorer.to_dict(),
-                "threshold_percentile": self.threshold_percentile}
+                "threshold_percentile": self.threshold_percentile, "calibration_fraction": self.calibration_fraction,
+                "calibration_min": self.calibration_min}
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None, force: bool = False) -> Path:
         """Save to a folder (Keras weights + ``.npz`` + JSON; no pickle), atomically.
@@ -407,8 +580,18 @@ class DOCDetector:
             np.savez(tmp / "bank.npz", bank=self.bank_)
             if self.is_patch:
                 np.savez(tmp / PATCH_BANK_FILE, **self.scorer_.to_arrays())
+            if self.has_calibration:
+                arrays = {"features": self.calibration_features_, "index": self.calibration_index_,
+                          "train_index": self.train_index_}
+                if self.calibration_scores_ is not None:
+                    arrays["scores"] = self.calibration_scores_
+                if self.is_patch:
+                    arrays["images"] = self.calibration_images_
+                np.savez(tmp / CALIBRATION_FILE, **arrays)
             doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": self.config_dict(),
-                   "threshold": float(self.threshold_), "reference_names": list(self.reference_names_),
+                   "threshold": float(self.threshold_), "threshold_source": getattr(self, "threshold_source_", "train"),
+                   "calibration": {"n": self.n_calibration, "note": getattr(self, "calibration_note_", "")},
+                   "reference_names": list(self.reference_names_),
                    "feature_dim": int(self.bank_.shape[1]), "fit_seconds": float(getattr(self, "fit_seconds_", 0.0)),
                    "history": [r.to_dict() for r in self.history_], "metadata": metadata or {}}
             (tmp / "detector.json").write_text(json.dumps(doc, indent=1))
@@ -456,9 +639,15 @@ class DOCDetector:
             det = cls(BackboneConfig.from_dict(cfg.dict("backbone"), f"{where}: config.backbone"),
                       TrainConfig.from_dict(cfg.dict("train"), f"{where}: config.train"),
                       ScorerConfig.from_dict(cfg.dict("scorer"), f"{where}: config.scorer"),
-                      cfg.float("threshold_percentile", 0.0, 100.0, default=95.0))
+                      cfg.float("threshold_percentile", 0.0, 100.0, default=95.0),
+                      # detectors saved before calibration existed held none out
+                      cfg.float("calibration_fraction", 0.0, 0.5, default=0.0),
+                      cfg.int("calibration_min", 1, 10**9, default=MIN_CALIBRATION))
             feature_dim = f.int("feature_dim", 1, MAX_FEATURE_DIM)
             threshold = f.float("threshold")  # finite: a NaN threshold would silently flag nothing
+            threshold_source = f.str("threshold_source", default="train", choices=THRESHOLD_SOURCES)
+            cal_doc = f.section("calibration", default={})  # absent in detectors saved before calibration
+            cal_n, cal_note = cal_doc.int("n", 0, 10**9, default=0), cal_doc.str("note", default="")
             reference_names = tuple(f.str_list("reference_names", default=[]))
             history = [StepRecord.from_dict(r, f"{where}: history[{i}]")
                        for i, r in enumerate(f.list("history", default=[]))]
@@ -477,6 +666,20 @@ class DOCDetector:
                     "bank_": ArraySpec(("m", "c"), "f", finite=True), "bank_image_": ArraySpec(("m",), "iu"),
                     "train_scores_": ArraySpec(("n",), "f", finite=True), "map_shape_": ArraySpec((2,), "iu"),
                     "n_train_": ArraySpec((1,), "iu", required=False)}, {})
+            cal = None
+            if cal_n:
+                cal = read_npz(path / CALIBRATION_FILE, {
+                    "features": ArraySpec(("m", "k"), "f", finite=True), "index": ArraySpec(("m",), "iu"),
+                    "train_index": ArraySpec(("t",), "iu"), "scores": ArraySpec(("m",), "f", finite=True, required=False),
+                    "images": ArraySpec(("m", "h", "w", "c"), "u", required=det.is_patch)},
+                    {"m": (cal_n, "detector.json's calibration.n"), "k": (feature_dim, "detector.json's feature_dim")})
+                if "images" in cal and (cal["images"].dtype != np.uint8 or cal["images"].shape[-1] not in (1, 3)):
+                    raise ArtifactError(f"{path / CALIBRATION_FILE}: the calibration images must be uint8 with 1 or 3 "
+                                        "channels")
+                everything = np.concatenate([cal["index"], cal["train_index"]]).astype(np.int64)
+                if not np.array_equal(np.sort(everything), np.arange(len(everything))):
+                    raise ArtifactError(f"{path / CALIBRATION_FILE}: the calibration and training indices must split "
+                                        "0..n-1 between them")
         except ArtifactError as exc:
             raise DetectorFormatError(str(exc)) from exc
         except FileNotFoundError as exc:
@@ -490,6 +693,11 @@ class DOCDetector:
                                           f"not fit the memory bank's {feature_dim} (detector.json's feature_dim)")
             det.reference_names_, det.history_, det.fit_seconds_ = reference_names, history, fit_seconds
             det.metadata_ = dict(metadata)
+            if cal is None:
+                det._set_calibration(None, None, None, None, cal_note or "this detector was saved without a "
+                                     "calibration slice; the threshold rests on leave-one-out training scores")
+            else:
+                det._set_calibration(cal["train_index"], cal["index"], cal["features"], cal.get("images"), cal_note)
             if det.is_patch:
                 from ..scoring.patch import PatchKNNScorer
 
@@ -501,9 +709,13 @@ class DOCDetector:
                     raise DetectorFormatError(f"{path / PATCH_BANK_FILE}: patch bank of {det.scorer_.bank_.shape[1]} "
                                               f"channels does not fit the patch layers' {maps_c}")
                 det.train_scores_ = det.scorer_.training_scores()
+                if cal is not None and "scores" in cal:
+                    det.calibration_scores_ = cal["scores"].astype(np.float32)
+                elif det.has_calibration:
+                    det.refresh_calibration()
             else:
-                det._fit_bank(bank.astype(np.float32, copy=False))
-            det.threshold_ = threshold
+                det._fit_bank(bank.astype(np.float32, copy=False))  # re-scores the calibration features too
+            det.threshold_, det.threshold_source_ = threshold, threshold_source
         except DetectorFormatError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure here means the folder is broken

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..evaluation.metrics import average_precision, roc_auc
 from ..model.backbones import BackboneConfig
+from ..model.calibration import MIN_CALIBRATION
 from ..model.detector import DetectorFormatError, DOCDetector, ScorerConfig
 from ..model.training import StepRecord, TrainConfig
 from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
@@ -180,7 +181,10 @@ class RunSummary:
             config = {"backbone": BackboneConfig.from_dict(cfg.dict("backbone"), f"{where}: config.backbone").to_dict(),
                       "train": TrainConfig.from_dict(cfg.dict("train"), f"{where}: config.train").to_dict(),
                       "scorer": scorer.to_dict(),
-                      "threshold_percentile": cfg.float("threshold_percentile", 0.0, 100.0, default=95.0)}
+                      "threshold_percentile": cfg.float("threshold_percentile", 0.0, 100.0, default=95.0),
+                      # runs saved before the calibration slice existed held none out
+                      "calibration_fraction": cfg.float("calibration_fraction", 0.0, 0.5, default=0.0),
+                      "calibration_min": cfg.int("calibration_min", 1, 10**9, default=MIN_CALIBRATION)}
             return cls(run_id=f.str("run_id", max_chars=100, pattern=RUN_ID_PATTERN),
                        name=f.str("name", max_chars=1000), created=f.str("created", max_chars=64),
                        config=config, dataset=_dataset_fields(f.section("dataset")),
