@@ -202,3 +202,23 @@ def test_the_dashboard_policy_codes_are_the_core_policies():
     from ui import state
 
     assert set(state.POLICY_CODES.values()) == set(metrics.THRESHOLD_POLICIES)
+
+
+def test_label_free_policies_use_calibration_scores():
+    """With calibration scores the percentile and target-FPR policies ignore the test labels; best F1 keeps them."""
+    y, s = labelled_scores(5)
+    train = np.random.default_rng(6).normal(0.0, 1.0, 50)
+    cal = np.random.default_rng(7).normal(2.0, 1.0, 40)
+    assert metrics.policy_threshold("train_percentile", s, y, train, 95.0, cal) == \
+        metrics.threshold_percentile(cal, 95.0) != metrics.threshold_percentile(train, 95.0)
+    fpr = metrics.policy_threshold("target_fpr", s, y, train, 0.05, cal)
+    assert fpr == metrics.threshold_at_fpr(cal, 0.05) != metrics.threshold_at_fpr(s[y == 0], 0.05)
+    # no test labels needed at all: every test image unlabelled
+    assert metrics.policy_threshold("target_fpr", s, np.full_like(y, -1), train, 0.05, cal) == fpr
+    assert metrics.policy_threshold("best_f1", s, y, train, None, cal) == metrics.threshold_best_f1(y, s)
+    # none or empty = runs without a calibration slice: as before
+    for none in (None, np.zeros(0)):
+        assert metrics.policy_threshold("train_percentile", s, y, train, 95.0, none) == \
+            metrics.threshold_percentile(train, 95.0)
+        assert metrics.policy_threshold("target_fpr", s, y, train, 0.05, none) == \
+            metrics.threshold_at_fpr(s[y == 0], 0.05)

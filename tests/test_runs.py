@@ -218,3 +218,22 @@ def test_scores_csv(fitted, tmp_path):
     assert plain.splitlines()[0] == "index,path,class,true_label,score" and plain.splitlines()[1].endswith(",0")
     with pytest.raises(ValueError):
         runs.scores_csv(stored, scores=np.zeros(3))
+
+
+def test_calibration_scores_are_stored_with_the_run(fitted, tmp_path):
+    """A run of a detector with a calibration slice keeps the slice's scores; older runs read as None."""
+    det, feats, scores, labels, classes = fitted
+    assert det.calibration_scores_ is None  # 40 normal images: too few, calibration was turned off
+    summary = _save(fitted, tmp_path / "old")
+    assert runs.load_scores(summary.run_id, tmp_path / "old").calibration_scores is None
+    assert runs.load_scores(summary.run_id, tmp_path / "old").n_calibration == 0
+    rng = np.random.default_rng(1)
+    cal_det = DOCDetector(BackboneConfig(name="tiny", input_size=SIZE), TrainConfig(epochs=0), ScorerConfig("knn", k=2),
+                          calibration_min=10).fit(_images(rng, 40, 60), None, None)
+    summary = runs.save_run(cal_det, scores, labels, classes, feats, runs_dir=tmp_path / "new")
+    stored = runs.load_scores(summary.run_id, tmp_path / "new")
+    assert stored.n_calibration == 10 and stored.calibration_scores.dtype == np.float32
+    np.testing.assert_allclose(stored.calibration_scores, cal_det.calibration_scores_)
+    assert summary.default_threshold == pytest.approx(np.percentile(stored.calibration_scores, 95.0))
+    assert summary.config["calibration_fraction"] == 0.1 and summary.config["calibration_min"] == 10
+    assert runs.load_detector(summary.run_id, tmp_path / "new").n_calibration == 10

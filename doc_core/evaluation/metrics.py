@@ -124,16 +124,18 @@ THRESHOLD_POLICIES = ("train_percentile", "target_fpr", "best_f1", "manual")
 
 
 def policy_threshold(policy: str, scores: np.ndarray, labels: np.ndarray, train_scores: np.ndarray,
-                     param: float | None = None) -> float | None:
+                     param: float | None = None, calibration_scores: np.ndarray | None = None) -> float | None:
     """The threshold a policy sets (the dashboard's "Set the threshold by"); None for ``"manual"``.
 
     Parameters
     ----------
     policy : {"train_percentile", "target_fpr", "best_f1", "manual"}
-        ``train_percentile``: percentile ``param`` (0-100) of ``train_scores`` (:func:`threshold_percentile`; needs no
-        labels). ``target_fpr``: false-positive rate ``param`` (0-1) on the scores labelled normal
-        (:func:`threshold_at_fpr`). ``best_f1``: the best F1 on the labelled scores (:func:`threshold_best_f1`; uses
-        the labels, so metrics at it are optimistic). ``manual``: no threshold is set.
+        ``train_percentile``: percentile ``param`` (0-100) of ``calibration_scores`` when given, else of
+        ``train_scores`` (:func:`threshold_percentile`; needs no labels). ``target_fpr``: false-positive rate
+        ``param`` (0-1) on ``calibration_scores`` when given (needs no labels), else on the scores labelled normal
+        (:func:`threshold_at_fpr`; then it uses the labels, so metrics on the same images are optimistic).
+        ``best_f1``: the best F1 on the labelled scores (:func:`threshold_best_f1`; uses the labels, so metrics at it
+        are optimistic). ``manual``: no threshold is set.
     scores : np.ndarray, shape (m,)
         Test scores, higher = more anomalous.
     labels : np.ndarray, int, shape (m,)
@@ -142,6 +144,9 @@ def policy_threshold(policy: str, scores: np.ndarray, labels: np.ndarray, train_
         Leave-one-out scores of the normal training images.
     param : float, optional
         The percentile or the target FPR; required by those two policies.
+    calibration_scores : np.ndarray, shape (c,), optional
+        Scores of held-out normal calibration images (:attr:`doc_core.model.detector.DOCDetector.calibration_scores_`);
+        None or empty = none (runs without a calibration slice).
 
     Raises
     ------
@@ -155,8 +160,11 @@ def policy_threshold(policy: str, scores: np.ndarray, labels: np.ndarray, train_
         return None
     if policy in ("train_percentile", "target_fpr") and param is None:
         raise ValueError(f"the {policy} policy needs its parameter")
+    calibration = None if calibration_scores is None or np.size(calibration_scores) == 0 else calibration_scores
     if policy == "train_percentile":
-        return threshold_percentile(train_scores, float(param))
+        return threshold_percentile(train_scores if calibration is None else calibration, float(param))
+    if policy == "target_fpr" and calibration is not None:
+        return threshold_at_fpr(calibration, float(param))
     scores, labels = np.asarray(scores).ravel(), np.asarray(labels).ravel()
     if scores.shape != labels.shape:
         raise ValueError(f"labels has {labels.size} entries but scores has {scores.size}")

@@ -86,6 +86,10 @@ class RunScores:
         Leave-one-out scores of the normal training images (for percentile thresholds).
     paths : np.ndarray of str, shape (m,), or None
         Test image paths relative to the dataset folder (folder datasets only).
+    calibration_scores : np.ndarray, float32, shape (c,), or None
+        Scores of the held-out calibration images (normal training images kept out of training and of the bank),
+        on which the label-free threshold policies are set; None for runs trained without a calibration slice
+        (calibration off, or saved before it existed), whose label-free threshold rests on ``train_scores``.
     """
 
     scores: np.ndarray
@@ -93,6 +97,12 @@ class RunScores:
     classes: np.ndarray
     train_scores: np.ndarray
     paths: np.ndarray | None = None
+    calibration_scores: np.ndarray | None = None
+
+    @property
+    def n_calibration(self) -> int:
+        """Held-out calibration images behind the label-free thresholds (0 = none: leave-one-out training scores)."""
+        return 0 if self.calibration_scores is None else len(self.calibration_scores)
 
     @property
     def has_labels(self) -> bool:
@@ -398,6 +408,8 @@ def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.nda
                   "train_scores": np.asarray(detector.train_scores_, np.float32)}
         if test_paths is not None and len(test_paths) == len(scores):
             arrays["paths"] = np.asarray([str(p) for p in test_paths], dtype=str)
+        if getattr(detector, "calibration_scores_", None) is not None:
+            arrays["calibration_scores"] = np.asarray(detector.calibration_scores_, np.float32)
         np.savez(tmp / "scores.npz", **arrays)
         _fsync_file(tmp / "scores.npz")
         if test_features is not None:
@@ -507,7 +519,8 @@ def load_scores(run_id: str, runs_dir: str | os.PathLike | None = None) -> RunSc
     per_image = ("m",)
     specs = {"scores": ArraySpec(per_image, "fiu", finite=True), "labels": ArraySpec(per_image, "iub"),
              "classes": ArraySpec(per_image, "U"), "train_scores": ArraySpec(("n",), "fiu", finite=True),
-             "paths": ArraySpec(per_image, "U", required=False)}
+             "paths": ArraySpec(per_image, "U", required=False),
+             "calibration_scores": ArraySpec(("c",), "f", finite=True, required=False)}
     try:
         z = read_npz(path / "scores.npz", specs, {"m": (summary.n_test, "run.json's n_test")})
     except FileNotFoundError as exc:
@@ -519,7 +532,9 @@ def load_scores(run_id: str, runs_dir: str | os.PathLike | None = None) -> RunSc
         raise RunError(f"{path}/scores.npz: labels must be -1, 0 or 1")
     return RunScores(scores=z["scores"].astype(np.float32), labels=labels, classes=z["classes"].astype(str),
                      train_scores=z["train_scores"].astype(np.float32),
-                     paths=z["paths"].astype(str) if "paths" in z else None)
+                     paths=z["paths"].astype(str) if "paths" in z else None,
+                     calibration_scores=z["calibration_scores"].astype(np.float32) if "calibration_scores" in z
+                     else None)
 
 
 def load_features(run_id: str, runs_dir: str | os.PathLike | None = None) -> np.ndarray | None:
