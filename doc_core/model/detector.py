@@ -447,71 +447,7 @@ class DOCDetector:
                                  f"{features.shape}")
             other._fit_bank(np.concatenate([self.bank_, features]))  # refits and re-sets the threshold
             return other
-        refresh = getattr(other, "refresh_calibration", None)
-        if refresh is not None:
-            refresh()
-        else:
-            other.threshold_ = threshold_percentile(other.train_scores_, other.threshold_percentile)
-        return other
-
-    def with_added_normals(self, images: np.ndarray, features: np.ndarray | None = None,
-                           batch_size: int = 64) -> "DOCDetector":
-        """A copy whose memory bank also holds these confirmed normal images; nothing is retrained.
-
-        The copy shares the fine-tuned backbone (and the calibration slice); this detector is not changed.
-
-        - knn / lof: the images' pooled features are appended to :attr:`bank_` and the scorer is fitted again on
-          the grown bank (a ``max_bank_size`` cap applies to the grown bank as at :meth:`fit`).
-        - patch: their pooled features are appended to :attr:`bank_` and their patches to the patch bank, which grows
-          by the same share of their patches the coreset kept of the training images' patches
-          (:meth:`doc_core.scoring.patch.PatchKNNScorer.with_images`), so it stays as bounded per image as at fit.
-
-        :attr:`train_scores_` are then the leave-one-out scores of the grown bank (an added image scores against
-        the others, not itself; patch: the earlier images' scores are kept as upper bounds), and the threshold is
-        set again by :meth:`refresh_calibration`: the ``threshold_percentile`` of the calibration slice's new scores,
-        or of the new leave-one-out scores when calibration is off.
-
-        Parameters
-        ----------
-        images : np.ndarray, uint8, shape (n, h, w, c)
-            The confirmed normal images, n >= 1.
-        features : np.ndarray, float32, shape (n, k), optional
-            Their pooled features from this detector (e.g. a run's stored test features), to skip embedding them
-            (knn/lof only; a patch detector needs their patch maps anyway).
-        batch_size : int
-
-        Returns
-        -------
-        DOCDetector
-        """
-        import copy
-
-        self._check_fitted()
-        images = _as_images(images)
-        if len(images) == 0:
-            raise ValueError("no images to add to the bank")
-        other = copy.copy(self)  # shares the backbone, history and calibration slice; replaced attributes below
-        other.metadata_ = dict(getattr(self, "metadata_", {}))
-        if self.is_patch:
-            layers = self.backbone_.patch_layers(self.scorer.patch_layers)
-            maps, feats = self.backbone_.patch_maps(images, layers, batch_size, with_features=True)
-            other.scorer_ = self.scorer_.with_images(maps)
-            other.bank_ = np.concatenate([self.bank_, feats]).astype(np.float32)
-            other.train_scores_ = other.scorer_.training_scores()
-        else:
-            if features is None:
-                features = self.backbone_.embed(images, batch_size)
-            features = np.asarray(features, np.float32)
-            if features.shape != (len(images), self.bank_.shape[1]):
-                raise ValueError(f"features must have shape ({len(images)}, {self.bank_.shape[1]}), got "
-                                 f"{features.shape}")
-            other._fit_bank(np.concatenate([self.bank_, features]))  # refits and re-sets the threshold
-            return other
-        refresh = getattr(other, "refresh_calibration", None)
-        if refresh is not None:
-            refresh()
-        else:
-            other.threshold_ = threshold_percentile(other.train_scores_, other.threshold_percentile)
+        other.refresh_calibration()
         return other
 
     # ------------------------------------------------------------------------------------------------ inference

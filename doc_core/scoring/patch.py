@@ -491,6 +491,52 @@ class PatchKNNScorer:
         self._check_fitted()
         return self.train_scores_.copy()
 
+    def with_images(self, maps: np.ndarray) -> "PatchKNNScorer":
+        """A new fitted scorer whose bank also holds patches of more normal images (this one is not changed).
+
+        The bank stays bounded as at :meth:`fit`: of the ``n * h * w`` new patches it keeps the same share the bank
+        holds of the patches of the images fitted so far, ``ceil(n * h * w * m / (n_train_ * h * w))`` (all of them
+        when the bank holds every patch), chosen from the new patches by this scorer's coreset
+        (:func:`greedy_coreset` or :func:`random_subset`, seeded). The new images are numbered after the fitted
+        ones (``bank_image_``). Their leave-one-image-out scores are appended to ``train_scores_``; the scores of the
+        images fitted before are kept, not recomputed (their patches are not stored): with more bank patches they
+        could only be lower, so the kept ones are upper bounds.
+
+        Parameters
+        ----------
+        maps : np.ndarray, float, shape (n, h, w, c)
+            Feature maps of ``n >= 1`` normal images; same (h, w) and c as the bank.
+
+        Returns
+        -------
+        PatchKNNScorer
+            Fitted; ``n_train_`` grown by ``n``.
+        """
+        self._check_fitted()
+        maps = _as_maps(maps, "maps")
+        n, h, w, c = maps.shape
+        if c != self.bank_.shape[1] or (h, w) != self.map_shape_:
+            raise ValueError(f"maps are {h}x{w}x{c} but the bank holds {self.map_shape_[0]}x{self.map_shape_[1]}x"
+                             f"{self.bank_.shape[1]} patches")
+        n_before = int(getattr(self, "n_train_", len(self.train_scores_)))
+        feats = neighbourhood_average(maps, self.neighbourhood).reshape(n * h * w, c)
+        image_of = n_before + np.repeat(np.arange(n, dtype=np.int64), h * w)
+        keep_n = min(len(feats), int(np.ceil(len(feats) * len(self.bank_) / max(1, n_before * h * w) - 1e-9)))
+        keep_n = max(1, keep_n)
+        if keep_n >= len(feats):
+            keep = np.arange(len(feats), dtype=np.int64)
+        elif self.coreset == "greedy":
+            keep = np.sort(greedy_coreset(feats, keep_n, seed=self.seed))
+        else:
+            keep = random_subset(feats, keep_n, seed=self.seed)
+        other = type(self)(**self.get_config())
+        other._set_state(np.ascontiguousarray(np.concatenate([self.bank_, feats[keep]])),
+                         np.concatenate([self.bank_image_, image_of[keep]]), self.map_shape_)
+        other.n_train_ = n_before + n
+        added = other._loio_scores(feats, image_of, n, h * w)
+        other.train_scores_ = np.concatenate([self.train_scores_, added]).astype(np.float32)
+        return other
+
     def anomaly_maps(self, maps: np.ndarray, size: tuple[int, int] = (224, 224),
                      sigma: float | None = None) -> np.ndarray:
         """Pixel anomaly maps: patch scores upsampled bilinearly to ``size`` and smoothed with a Gaussian.
