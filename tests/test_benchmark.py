@@ -212,3 +212,28 @@ def test_validation_search_with_real_training_never_reads_the_test_set():
     assert res["chosen"]["trainable_from"] == "conv1_relu"
     tried = {(t["config"]["epochs"], t["config"]["k"]) for t in res["tried"]}
     assert {(0, 3), (1, 1), (1, 3)} <= tried
+
+
+# ------------------------------------------------------------------------------------------------ threshold check
+
+
+def test_threshold_check_reports_intended_and_realised_fpr(make_normal, make_anomalous):
+    rng = np.random.default_rng(3)
+    det = DOCDetector(TINY, TrainConfig(epochs=0), calibration_min=8).fit(make_normal(rng, 64), None, None)
+    test = np.concatenate([make_normal(rng, 40), make_anomalous(rng, make_normal(rng, 10))])
+    y = np.r_[np.zeros(40, int), np.ones(10, int)]
+    scores = det.decision_function(test)
+    check = bench.threshold_check(det, y, scores)
+    assert check["intended_fpr"] == pytest.approx(0.05) and check["n_test_normal"] == 40
+    assert check["realised_fpr"] == pytest.approx(np.mean(scores[:40] > det.threshold_))
+    assert check["realised_fpr_loo"] == pytest.approx(np.mean(scores[:40] > np.percentile(det.train_scores_, 95)))
+    assert check["threshold_source"] == "calibration" and check["n_calibration"] == 8
+    results = [bench.MethodResult(0.9, 1.0, 0.5, seed=s, threshold={**check, "realised_fpr": r})
+               for s, r in ((0, 0.04), (1, 0.08))]
+    summ = bench._summarise(results)
+    assert summ["realised_fpr"] == pytest.approx(0.06) and summ["intended_fpr"] == pytest.approx(0.05)
+    assert [p["realised_fpr"] for p in summ["per_seed"]] == [0.04, 0.08]
+    table = bench.format_table({"protocol": "tutorial", "seeds": [0, 1], "methods": {"doc_knn": summ}})
+    assert re.search(r"doc_knn.*\s5\.0%\s+6\.0%", table)
+    no_threshold = bench._summarise([bench.MethodResult(0.9, 1.0, 0.5, seed=0)])  # raw k-NN, autoencoder
+    assert "realised_fpr" not in no_threshold and bench.format_fpr(no_threshold).split() == ["-", "-", "-"]

@@ -11,6 +11,11 @@ AUCs are averaged over seeds (the seed changes the reference draw, the head's in
 their std is the sample standard deviation (ddof=1; None for a single seed), and every seed's value is kept.
 Every result records the machine and the code it ran on (:func:`machine_info`: git commit and whether the working
 tree had uncommitted changes).
+
+The detector methods also report their default threshold's promise against what it delivers
+(:func:`threshold_check`): the intended false-positive rate (``100 - threshold_percentile`` %, 5 % by default) and the
+one realised on the test set's normal images at the detector's threshold (set on the held-out calibration slice,
+:mod:`doc_core.model.calibration`), next to the one a threshold on the leave-one-out training scores would give.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from ..model.backbones import BackboneConfig
 from ..model.detector import DOCDetector, ScorerConfig
 from ..model.training import TrainConfig
 from ..scoring.knn import KNNScorer
-from .metrics import roc_auc, roc_curve
+from .metrics import roc_auc, roc_curve, threshold_percentile
 
 if TYPE_CHECKING:
     from .validation import ValidationConfig
@@ -45,7 +50,8 @@ WRITEUP = {"doc_lof_auc": 0.90, "score_ms_per_image_gpu": 140.0, "gradcam_s_per_
 @dataclass
 class MethodResult:
     """One method on one split: AUC, fitting seconds, scoring milliseconds per image (end to end), seconds per
-    training epoch, its ROC curve thinned for plotting (:func:`thin_roc`) and the seed it ran with."""
+    training epoch, its ROC curve thinned for plotting (:func:`thin_roc`), the seed it ran with and, for detector
+    methods, its default threshold's intended and realised false-positive rates (:func:`threshold_check`)."""
 
     auc: float
     fit_s: float
@@ -53,6 +59,7 @@ class MethodResult:
     epoch_s: float | None = None
     roc: dict | None = None
     seed: int | None = None
+    threshold: dict | None = None
 
     @classmethod
     def of(cls, labels: np.ndarray, scores: np.ndarray, fit_s: float, ms: float,
@@ -71,6 +78,35 @@ def thin_roc(labels: np.ndarray, scores: np.ndarray, points: int = 201) -> dict:
     grid = np.linspace(0.0, 1.0, points)
     tpr = np.maximum.accumulate(curve["tpr"])[np.searchsorted(curve["fpr"], grid, side="right") - 1]
     return {"fpr": np.round(grid, 4).tolist(), "tpr": np.round(tpr, 4).tolist()}
+
+
+def threshold_check(det: DOCDetector, labels: np.ndarray, scores: np.ndarray) -> dict:
+    """The detector's default threshold: the false-positive rate it intends and the one it gives on the test normals.
+
+    Parameters
+    ----------
+    det : DOCDetector
+        Fitted; its ``threshold_`` is the one checked.
+    labels : np.ndarray, int, shape (m,)
+        Test labels, 1 anomaly, 0 normal (others ignored).
+    scores : np.ndarray, shape (m,)
+        ``det``'s test scores, higher = more anomalous.
+
+    Returns
+    -------
+    dict
+        ``intended_fpr`` ((100 - threshold_percentile) / 100), ``realised_fpr`` (share of test normals scoring above
+        ``threshold_``), ``realised_fpr_loo`` (the same at the same percentile of the leave-one-out training scores,
+        the threshold used before calibration existed), ``threshold``, ``threshold_source`` ("calibration" or
+        "train"), ``n_calibration`` and ``n_test_normal``.
+    """
+    normal = np.asarray(scores, np.float64)[np.asarray(labels) == 0]
+    loo = threshold_percentile(det.train_scores_, det.threshold_percentile)
+    rate = (lambda t: float(np.mean(normal > t))) if len(normal) else (lambda t: None)
+    return {"intended_fpr": round((100.0 - det.threshold_percentile) / 100.0, 6), "realised_fpr": rate(det.threshold_),
+            "realised_fpr_loo": rate(loo), "threshold": float(det.threshold_),
+            "threshold_source": getattr(det, "threshold_source_", "train"), "n_calibration": det.n_calibration,
+            "n_test_normal": int(len(normal))}
 
 
 def _raw(images: np.ndarray) -> np.ndarray:
@@ -129,6 +165,7 @@ def run_detector(split: OneClassSplit, backbone: BackboneConfig, train: TrainCon
         extra = time.perf_counter() - t1 if sc != first else 0.0
         scores, ms = _timed_scores(d, split.test_images)
         out[name] = MethodResult.of(split.test_labels, scores, fit_s + extra, ms, epoch_s)
+        out[name].threshold = threshold_check(d, split.test_labels, scores)
     if on_fitted is not None:
         on_fitted(det)
     return out
@@ -183,9 +220,27 @@ def _summarise(results: list[MethodResult]) -> dict:
     epochs = [r.epoch_s for r in results if r.epoch_s is not None]
     if epochs:
         out["train_epoch_s"] = float(np.mean(epochs))
+    checks = [r.threshold for r in results if r.threshold is not None]
+    if checks and len(checks) == len(results):
+        out.update(_fpr_summary(checks))
+        for row, c in zip(out["per_seed"], checks):
+            row["realised_fpr"] = c["realised_fpr"]
+            row["realised_fpr_loo"] = c["realised_fpr_loo"]
     if results and results[0].roc is not None:
         out["roc"] = results[0].roc  # the first seed's curve
     return out
+
+
+def _fpr_summary(checks: list[dict]) -> dict:
+    """Mean intended and realised false-positive rates over seeds (or classes), plus the calibration facts."""
+    def mean(key: str) -> float | None:
+        values = [c[key] for c in checks if c.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"intended_fpr": mean("intended_fpr"), "realised_fpr": mean("realised_fpr"),
+            "realised_fpr_loo": mean("realised_fpr_loo"),
+            "threshold_source": sorted({c["threshold_source"] for c in checks}),
+            "n_calibration": int(round(mean("n_calibration") or 0))}
 
 
 def code_version(repo: str | os.PathLike | None = None) -> dict:
@@ -302,6 +357,11 @@ def benchmark(protocol: str = "tutorial", seeds: tuple[int, ...] = (0, 1, 2),
                 "per_class_per_seed": {FASHION_MNIST_CLASSES[c]: s["per_seed"] for c, s in summ.items()},
                 "per_class_roc": {FASHION_MNIST_CLASSES[c]: s["roc"] for c, s in summ.items() if "roc" in s},
             }
+            if all("realised_fpr" in s for s in summ.values()):
+                methods[name].update(_fpr_summary([s for s in summ.values()]))
+                methods[name]["per_class_realised_fpr"] = {
+                    FASHION_MNIST_CLASSES[c]: None if s["realised_fpr"] is None else round(s["realised_fpr"], 5)
+                    for c, s in summ.items()}
     return {"protocol": protocol, "methods": methods, "seeds": list(seeds),
             "config": {"backbone": backbone.resolved().to_dict(), "train": train.to_dict()}, **explain,
             "total_s": time.perf_counter() - t_start, "machine": machine}
@@ -319,12 +379,13 @@ def format_table(result: dict) -> str:
 
         return format_validation_table(result)
     lines = [f"protocol: {result['protocol']}  seeds: {result['seeds']}",
-             f"{'method':<16}{'AUC':>8}{'± std':>8}{'fit s':>9}{'epoch s':>9}{'score ms/img':>14}"]
+             f"{'method':<16}{'AUC':>8}{'± std':>8}{'fit s':>9}{'epoch s':>9}{'score ms/img':>14}"
+             f"{'FPR intended':>14}{'realised':>10}{'(LOO)':>8}"]
     for name, m in result["methods"].items():
         epoch = f"{m['train_epoch_s']:>9.1f}" if "train_epoch_s" in m else f"{'-':>9}"
         std = f"{'-':>8}" if m["auc_std"] is None else f"{m['auc_std']:>8.4f}"
         lines.append(f"{name:<16}{m['auc']:>8.4f}{std}{m['fit_s']:>9.1f}{epoch}"
-                     f"{m['score_ms_per_image']:>14.3f}")
+                     f"{m['score_ms_per_image']:>14.3f}" + format_fpr(m))
     first = next(iter(result["methods"].values()))
     if "per_class" in first:
         lines.append("per-class AUC:")
@@ -339,6 +400,14 @@ def format_table(result: dict) -> str:
                      f"{t.get('gradcam_layer', '?')}), t-SNE of {t.get('tsne_points', '?')} points "
                      f"{result['tsne_s']:.1f} s")
     return "\n".join(lines)
+
+
+def format_fpr(m: dict) -> str:
+    """The intended, realised and leave-one-out false-positive rate columns of a method (dashes without them)."""
+    def pct(v: float | None, width: int) -> str:
+        return f"{'-':>{width}}" if v is None else f"{100 * v:>{width - 1}.1f}%"
+
+    return pct(m.get("intended_fpr"), 14) + pct(m.get("realised_fpr"), 10) + pct(m.get("realised_fpr_loo"), 8)
 
 
 # ---------------------------------------------------------------------------------------------- one run's comparison

@@ -30,7 +30,7 @@ from ..data.splits import OneClassSplit, load_folder_split
 from ..model.backbones import DEFAULT_PATCH_LAYERS, REPO_ROOT, BackboneConfig
 from ..model.detector import DOCDetector, ScorerConfig
 from ..model.training import TrainConfig
-from .benchmark import MethodResult, machine_info, run_raw_knn
+from .benchmark import MethodResult, format_fpr, machine_info, run_raw_knn, threshold_check
 from .metrics import roc_auc
 
 MAGNETIC_TILE_DIR = REPO_ROOT.parent / "shared" / "datasets" / "magnetic-tile"
@@ -160,9 +160,13 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
                config: dict | None = None) -> None:
         methods[name] = {"auc": res.auc, "pixel_auc": pixel, "fit_s": res.fit_s,
                          "score_ms_per_image": res.score_ms_per_image,
-                         "bank_bytes": _bank_bytes(det) if det is not None else None, "config": config}
+                         "bank_bytes": _bank_bytes(det) if det is not None else None, "config": config,
+                         **(res.threshold or {})}
         px = "" if pixel is None else f", pixel AUROC {pixel:.4f}"
-        log(f"{name}: image AUROC {res.auc:.4f}{px}, fit {res.fit_s:.1f} s, {res.score_ms_per_image:.2f} ms/image")
+        fpr = "" if res.threshold is None or res.threshold["realised_fpr"] is None else \
+            (f", false positives {res.threshold['realised_fpr']:.1%} at the threshold (intended "
+             f"{res.threshold['intended_fpr']:.0%})")
+        log(f"{name}: image AUROC {res.auc:.4f}{px}, fit {res.fit_s:.1f} s, {res.score_ms_per_image:.2f} ms/image{fpr}")
 
     def evaluate(name: str, det: DOCDetector, fit_s: float, gradcam: bool = False) -> DOCDetector:
         det.decision_function(test[:8])  # warm-up (traces the tf.functions once)
@@ -174,7 +178,9 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
             pixel = pixel_auroc(masks, det.anomaly_maps(test))
         elif masks is not None and gradcam:
             pixel = pixel_auroc(masks, _gradcam_maps(det, test))
-        record(name, MethodResult.of(y, scores, fit_s, ms), det, pixel, det.config_dict())
+        res = MethodResult.of(y, scores, fit_s, ms)
+        res.threshold = threshold_check(det, y, scores)
+        record(name, res, det, pixel, det.config_dict())
         return det
 
     def fit(det: DOCDetector, s: OneClassSplit) -> tuple[DOCDetector, float]:
@@ -234,12 +240,13 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
 
 def format_folder_table(result: dict) -> str:
     """The methods of :func:`benchmark_folder` as a plain-text table."""
-    lines = [f"{'method':<24} {'image AUROC':>11} {'pixel AUROC':>11} {'fit s':>7} {'ms/img':>7} {'bank MB':>8}"]
+    lines = [f"{'method':<24} {'image AUROC':>11} {'pixel AUROC':>11} {'fit s':>7} {'ms/img':>7} {'bank MB':>8}"
+             f"{'FPR intended':>14}{'realised':>10}{'(LOO)':>8}"]
     for name, m in result["methods"].items():
         px = "-" if m["pixel_auc"] is None else f"{m['pixel_auc']:.4f}"
         mb = "-" if m["bank_bytes"] is None else f"{m['bank_bytes'] / 2**20:.1f}"
         lines.append(f"{name:<24} {m['auc']:>11.4f} {px:>11} {m['fit_s']:>7.1f} {m['score_ms_per_image']:>7.2f} "
-                     f"{mb:>8}")
+                     f"{mb:>8}" + format_fpr(m))
     a = result["auto"]
     verdict = "yes" if a["picked_test_best"] else f"no (best on test: {a['test_best']}, missed by {a['miss']:.4f})"
     lines.append(f"auto picked {a['chosen']!r}; the test set's best candidate? {verdict}")
