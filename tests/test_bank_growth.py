@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import shutil
@@ -18,8 +17,7 @@ from doc_core.workflow import runs
 from doc_core.workflow.labels import LabelStore, image_key
 
 TINY = BackboneConfig(name="tiny", input_size=32, weights=None)
-HAS_CALIBRATION = "calibration_fraction" in inspect.signature(DOCDetector).parameters
-NO_CAL = {"calibration_fraction": 0.0} if HAS_CALIBRATION else {}
+NO_CAL = {"calibration_fraction": 0.0}
 
 
 def _detector(scorer: ScorerConfig, normal: np.ndarray, **kw) -> DOCDetector:
@@ -81,7 +79,6 @@ def test_lof_bank_grows(images):
     assert grown.threshold_ == pytest.approx(np.percentile(grown.train_scores_, 95), rel=1e-6)
 
 
-@pytest.mark.skipif(not HAS_CALIBRATION, reason="needs the calibration slice")
 def test_threshold_comes_from_the_calibration_slice_after_growth(make_normal):
     rng = np.random.default_rng(3)
     normal = make_normal(rng, 60)
@@ -233,7 +230,7 @@ def test_saved_thresholds_manual_kept_train_percentile_recomputed(run):
     train = runs.load_scores(rid, root).train_scores
     assert saved["policy"] == "train_percentile" and saved["param"] == 90.0
     assert saved["value"] == pytest.approx(np.percentile(train, 90), rel=1e-5) == c.operating_threshold_after
-    assert "recomputed" in c.operating_note
+    assert "recomputed" in c.operating_note and "leave-one-out" in c.operating_note
     bg.undo_bank_change(rid, root)
     assert runs.get_run(rid, root).threshold["value"] == 1.0  # put back
     # a threshold someone chose after the change is kept by the undo
@@ -343,3 +340,26 @@ def test_patch_run_needs_its_test_images_and_undoes(tmp_path, images):
     assert "Patch bank" in change.describe()
     bg.undo_bank_change(rid, tmp_path)
     assert (tmp_path / rid / "scores.npz").read_bytes() == s0
+
+
+def test_run_with_a_calibration_slice_stores_its_new_scores_and_moves_label_free_thresholds(tmp_path, make_normal):
+    rng = np.random.default_rng(5)
+    det = _detector(ScorerConfig("knn", k=2), make_normal(rng, 60), calibration_fraction=0.2, calibration_min=5)
+    test = np.concatenate([make_normal(rng, 10), make_normal(rng, 4) // 2])
+    labels = np.r_[np.zeros(10), np.ones(4)].astype(np.int64)
+    rid = _save_run(tmp_path, det, test, labels)
+    runs.save_threshold(rid, 9.0, "target_fpr", param=0.1, runs_dir=tmp_path)
+    cal_before = runs.load_scores(rid, tmp_path).calibration_scores
+    change = bg.add_normals(rid, test[:3], runs_dir=tmp_path, test_images=test)
+    assert change.threshold_source == "calibration"
+    grown = runs.load_detector(rid, tmp_path, use_saved_threshold=False)
+    stored = runs.load_scores(rid, tmp_path)
+    np.testing.assert_allclose(stored.calibration_scores, grown.calibration_scores_, rtol=1e-6)
+    assert np.all(stored.calibration_scores <= cal_before + 1e-6)
+    assert grown.threshold_ == pytest.approx(np.percentile(stored.calibration_scores, 95), rel=1e-5)
+    saved = runs.get_run(rid, tmp_path).threshold
+    assert saved["policy"] == "target_fpr" and saved["value"] == pytest.approx(change.operating_threshold_after)
+    assert np.mean(stored.calibration_scores > saved["value"]) <= 0.1 and "calibration" in change.operating_note
+    bg.undo_bank_change(rid, tmp_path)
+    np.testing.assert_array_equal(runs.load_scores(rid, tmp_path).calibration_scores, cal_before)
+    assert runs.get_run(rid, tmp_path).threshold["value"] == 9.0

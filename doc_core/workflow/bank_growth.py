@@ -55,7 +55,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..evaluation.metrics import average_precision, roc_auc, threshold_percentile
+from ..evaluation.metrics import average_precision, policy_threshold, roc_auc
 from ..model.detector import DETECTOR_FOLDER, DetectorFormatError, DOCDetector, ScorerConfig
 from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
 from .labels import LabelStore, image_key
@@ -310,11 +310,15 @@ def _write_history(run_path: Path, changes: list[BankChange]) -> None:
                                                "changes": [c.to_dict() for c in changes]})
 
 
-def _write_scores(run_path: Path, stored: RunScores, scores: np.ndarray, train_scores: np.ndarray) -> None:
+def _write_scores(run_path: Path, stored: RunScores, scores: np.ndarray, train_scores: np.ndarray,
+                  calibration_scores: np.ndarray | None) -> None:
+    """scores.npz as :func:`doc_core.workflow.runs.save_run` writes it, with new scores."""
     arrays = {"scores": np.asarray(scores, np.float32), "labels": stored.labels, "classes": stored.classes,
               "train_scores": np.asarray(train_scores, np.float32)}
     if stored.paths is not None:
         arrays["paths"] = stored.paths
+    if calibration_scores is not None:
+        arrays["calibration_scores"] = np.asarray(calibration_scores, np.float32)
     fd, tmp = tempfile.mkstemp(prefix=".scores.npz.tmp-", suffix=".npz", dir=run_path)
     os.close(fd)
     try:
@@ -576,12 +580,14 @@ def add_normals(run_id: str, images: np.ndarray, keys: Sequence[str] | None = No
         new_threshold = None
         if not saved:
             note = "no saved threshold: the run operates at the new default threshold"
-        elif own and saved["policy"] == "train_percentile" and saved.get("param") is not None:
-            normal_scores = cal if cal is not None and len(cal) else grown.train_scores_
-            op_after = float(threshold_percentile(normal_scores, float(saved["param"])))
+        elif own and saved.get("param") is not None and (saved["policy"] == "train_percentile" or (
+                saved["policy"] == "target_fpr" and cal is not None and len(cal))):
+            op_after = float(policy_threshold(saved["policy"], scores, stored.labels, grown.train_scores_,
+                                              float(saved["param"]), cal))
             new_threshold = {**saved, "value": op_after, "saved": _now()}
-            note = (f"the saved train_percentile threshold ({float(saved['param']):g}th percentile) was recomputed on "
-                    f"the new {'calibration' if cal is not None and len(cal) else 'leave-one-out training'} scores")
+            on = "calibration" if cal is not None and len(cal) else "leave-one-out training"
+            note = (f"the saved {saved['policy']} threshold (parameter {float(saved['param']):g}) needs no labels, so "
+                    f"it was recomputed on the new {on} scores")
         elif own:
             note = (f"the saved {saved['policy']} threshold is kept as it is (chosen by a person or on the test "
                     "labels); choose it again on the ROC page if the new scores call for it")
@@ -621,7 +627,7 @@ def add_normals(run_id: str, images: np.ndarray, keys: Sequence[str] | None = No
         try:
             grown.save(run_path / "detector", metadata={**getattr(grown, "metadata_", {}), "run_id": run_id,
                                                         "bank_version": version + 1})
-            _write_scores(run_path, stored, scores, grown.train_scores_)
+            _write_scores(run_path, stored, scores, grown.train_scores_, cal)
             _update_run_json(run_id, runs_dir, run_fields_after)
             _write_history(run_path, changes + [change])
         except BaseException:
