@@ -1,4 +1,4 @@
-"""Command line: ``python -m doc_core {train,evaluate,score,explain,export,benchmark,label}``."""
+"""Command line: ``python -m doc_core {train,evaluate,score,explain,export,benchmark,label,bank}``."""
 
 from __future__ import annotations
 
@@ -663,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     _add_label_parser(sub)
+    _add_bank_parser(sub)
     return parser
 
 
@@ -790,6 +791,86 @@ def _add_label_parser(sub) -> None:
     q.add_argument("csv", help="the CSV file")
     common(q)
     q.set_defaults(func=cmd_label_import)
+
+
+def _print_change(change, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(change.to_dict(), indent=1))
+    else:
+        print(change.describe())
+
+
+def cmd_bank_add(args) -> int:
+    from .workflow.bank_growth import add_labelled_normals, labelled_normals, run_test_images
+    from .workflow.labels import LabelStore
+
+    test = run_test_images(args.run, args.runs, data_dir=args.data_dir)
+    store = LabelStore(args.db, runs_dir=args.runs)
+    todo = labelled_normals(args.run, test, store=store, runs_dir=args.runs)
+    print(f"{todo.n_labelled} images of run {args.run} are labelled normal: {len(todo)} to add, {todo.n_in_bank} "
+          f"already in the bank, {todo.n_not_found} not among its {len(test):,} test images ({store.path})",
+          file=sys.stderr)
+    if not len(todo):
+        print("error: nothing to add; label test images normal first (`label set`, or the dashboard)",
+              file=sys.stderr)
+        return 2
+    _print_change(add_labelled_normals(args.run, test, store=store, runs_dir=args.runs), args.json)
+    return 0
+
+
+def cmd_bank_undo(args) -> int:
+    from .workflow.bank_growth import undo_bank_change
+
+    _print_change(undo_bank_change(args.run, args.runs), args.json)
+    return 0
+
+
+def cmd_bank_history(args) -> int:
+    from .workflow.bank_growth import bank_history
+
+    changes = bank_history(args.run, args.runs)
+    if args.json:
+        print(json.dumps({"run_id": args.run, "version": len(changes), "changes": [c.to_dict() for c in changes]},
+                         indent=1))
+        return 0
+    if not changes:
+        print(f"run {args.run}: the normal bank is as trained (version 0)")
+    for c in changes:
+        print(f"version {c.version}: added {c.n_added} images on {c.created[:19].replace('T', ' ')} UTC, bank "
+              f"{c.bank_before:,} -> {c.bank_after:,}, default threshold {c.default_threshold_before:.6g} -> "
+              f"{c.default_threshold_after:.6g}, flagged {c.flagged_before:,} -> {c.flagged_after:,}")
+    return 0
+
+
+def _add_bank_parser(sub) -> None:
+    p = sub.add_parser("bank", help="confirmed normals join a run's normal bank: add the images labelled normal, "
+                                    "undo, history",
+                       description="Adds a run's test images labelled normal (see `label`) to its normal memory "
+                                   "bank and re-scores the run without retraining; the previous version is kept, so "
+                                   "`bank undo` restores it exactly. A run's own runs folder holds its history "
+                                   "(<run>/bank_history/).")
+    bank_sub = p.add_subparsers(dest="bank_command", required=True, metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--run", required=True, help="run id")
+        q.add_argument("--runs", default=None, help="runs folder (default $DOC_RUNS_DIR or ./runs)")
+        q.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    q = bank_sub.add_parser("add", help="add the run's test images labelled normal to its normal bank")
+    common(q)
+    q.add_argument("--db", default=None,
+                   help="the labels database file (default: $DOC_LABELS_DB, else <runs folder>/labels.sqlite)")
+    q.add_argument("--data-dir", default=None,
+                   help="folder with the Fashion-MNIST .gz files, for Fashion-MNIST runs (default: the usual places)")
+    q.set_defaults(func=cmd_bank_add)
+
+    q = bank_sub.add_parser("undo", help="undo the last bank change of a run (the same scores as before it)")
+    common(q)
+    q.set_defaults(func=cmd_bank_undo)
+
+    q = bank_sub.add_parser("history", help="list the bank changes in force")
+    common(q)
+    q.set_defaults(func=cmd_bank_history)
 
 
 def _main_light(args) -> int:

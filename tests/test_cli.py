@@ -54,7 +54,7 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("train", "evaluate", "score", "explain", "export", "benchmark", "label"):
+    for cmd in ("train", "evaluate", "score", "explain", "export", "benchmark", "label", "bank"):
         assert cmd in out
 
 
