@@ -237,3 +237,12 @@ def test_calibration_scores_are_stored_with_the_run(fitted, tmp_path):
     assert summary.default_threshold == pytest.approx(np.percentile(stored.calibration_scores, 95.0))
     assert summary.config["calibration_fraction"] == 0.1 and summary.config["calibration_min"] == 10
     assert runs.load_detector(summary.run_id, tmp_path / "new").n_calibration == 10
+    assert summary.n_calibration == 10 and summary.calibration["threshold_source"] == "calibration"
+    assert runs.get_run(summary.run_id, tmp_path / "new") == summary
+    # a run.json written before calibration existed: no "calibration" key
+    doc = json.loads((summary.path / "run.json").read_text())
+    del doc["calibration"]
+    (summary.path / "run.json").write_text(json.dumps(doc))
+    old = runs.get_run(summary.run_id, tmp_path / "new")
+    assert old.n_calibration == 0 and old.calibration["threshold_source"] == "train"
+    assert "leave-one-out" in old.calibration["note"]

@@ -115,3 +115,35 @@ def test_pixel_auroc_is_the_auroc_over_all_pixels():
     maps[1, :2, :2] = 1.0
     assert pixel_auroc(masks, maps) == 1.0
     assert pixel_auroc(masks, -maps) == 0.0
+
+
+def test_selection_never_sees_the_calibration_slice(make_normal, monkeypatch):
+    """Given the detector's calibration setting, selection drops the detector's calibration slice first: no image of
+    it is fitted, held out or scored during selection."""
+    from doc_core.model.calibration import calibration_split
+    from doc_core.model.detector import DOCDetector
+
+    normal = make_normal(np.random.default_rng(0), 100)
+    normal[:, 0, 0, 0] = np.arange(100)  # each image carries its index in one pixel
+    seen: set[int] = set()
+    fit, score = DOCDetector.fit, DOCDetector.decision_function
+
+    def spy_fit(self, images, *args, **kw):
+        seen.update(np.asarray(images)[:, 0, 0, 0].tolist())
+        return fit(self, images, *args, **kw)
+
+    def spy_score(self, images, *args, **kw):
+        seen.update(np.asarray(images)[:, 0, 0, 0].tolist())
+        return score(self, images, *args, **kw)
+
+    monkeypatch.setattr(DOCDetector, "fit", spy_fit)
+    monkeypatch.setattr(DOCDetector, "decision_function", spy_score)
+    cands = [Candidate("global", TINY, TrainConfig(epochs=0, seed=5), ScorerConfig("knn"))]
+    sel = select_configuration(normal, cands, seed=5, calibration_fraction=0.1, calibration_min=10)
+    slice_ = set(calibration_split(100, 0.1, 10, seed=5).calibration_index.tolist())
+    assert len(slice_) == 10 and sel.n_calibration == 10 and sel.n_fit + sel.n_holdout == 90
+    assert seen and not seen & slice_
+    # the final detector with the same setting and seed holds out exactly that slice
+    det = DOCDetector(TINY, TrainConfig(epochs=0, seed=5), calibration_min=10).fit(normal, None, None)
+    assert set(det.calibration_index_.tolist()) == slice_
+    assert sel.to_dict()["n_calibration"] == 10 and "10 kept out" in sel.table()

@@ -28,6 +28,7 @@ import numpy as np
 from ..data.images import IMAGE_EXTENSIONS, DataError, read_image
 from ..data.splits import OneClassSplit, load_folder_split
 from ..model.backbones import DEFAULT_PATCH_LAYERS, REPO_ROOT, BackboneConfig
+from ..model.calibration import DEFAULT_CALIBRATION_FRACTION
 from ..model.detector import DOCDetector, ScorerConfig
 from ..model.training import TrainConfig
 from .benchmark import MethodResult, format_fpr, machine_info, run_raw_knn, threshold_check
@@ -216,7 +217,8 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     t0 = time.perf_counter()
     cands = auto_candidates(backbone, train)
     sel = select_configuration(auto_split.train_normal, cands, auto_split.reference, auto_split.reference_labels,
-                               auto_split.reference_names, seed=seed, on_progress=log)
+                               auto_split.reference_names, seed=seed, on_progress=log,
+                               calibration_fraction=DEFAULT_CALIBRATION_FRACTION)  # never sees the threshold's slice
     chosen = sel.chosen
     det, _ = fit(DOCDetector(chosen.backbone, chosen.train, chosen.scorer), auto_split)
     evaluate("auto", det, time.perf_counter() - t0)

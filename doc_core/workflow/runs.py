@@ -130,7 +130,8 @@ class RunSummary:
     stopped_early : bool
     train_seconds, total_seconds : float
     default_threshold : float
-        The detector's own threshold (a percentile of the training scores).
+        The detector's own threshold: a percentile of the calibration scores (see ``calibration``), or of the
+        leave-one-out training scores for runs without a calibration slice.
     threshold : dict or None
         The operating point chosen and saved by a user: ``value``, ``policy``, ``param``, ``scorer``, ``saved``.
     selection : dict or None
@@ -138,6 +139,10 @@ class RunSummary:
         candidate: ``name``, ``val_auroc``, ``val_auroc_by_kind``, ``fit_s``, ``score_ms``, ``chosen``, optional
         ``error``), ``chosen``, ``n_fit``, ``n_holdout``, ``seed``, ``rule``; None for runs trained with manual
         settings (and runs saved before the preset existed).
+    calibration : dict
+        The held-out calibration slice behind ``default_threshold``: ``n`` (images; 0 = none), ``threshold_source``
+        ("calibration" or "train") and ``note`` (why there is none). Runs saved before calibration existed read as
+        ``{"n": 0, "threshold_source": "train", "note": ...}``.
     path : Path
     """
 
@@ -157,11 +162,17 @@ class RunSummary:
     default_threshold: float
     threshold: dict | None = None
     selection: dict | None = None
+    calibration: dict = field(default_factory=lambda: dict(NO_CALIBRATION))
     path: Path = field(default=Path("."), compare=False)
 
     _FIELDS = ("run_id", "name", "created", "config", "dataset", "auc", "average_precision", "n_test", "steps",
                "steps_total", "stopped_early", "train_seconds", "total_seconds", "default_threshold", "threshold",
-               "selection")
+               "selection", "calibration")
+
+    @property
+    def n_calibration(self) -> int:
+        """Held-out calibration images behind ``default_threshold`` (0 = it rests on leave-one-out training scores)."""
+        return int(self.calibration.get("n", 0))
 
     def to_dict(self) -> dict:
         return {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
@@ -207,7 +218,7 @@ class RunSummary:
                        total_seconds=f.float("total_seconds", 0.0, default=0.0),
                        default_threshold=f.float("default_threshold"),
                        threshold=_threshold_fields(f, scorer, where), selection=_selection_fields(f),
-                       path=path)
+                       calibration=_calibration_fields(f), path=path)
         except ArtifactError as exc:
             raise RunError(str(exc)) from exc
 
@@ -274,6 +285,20 @@ def _threshold_fields(f: Fields, scorer: ScorerConfig, where: str) -> dict | Non
 MAX_SELECTION_ROWS = 100  # candidates in a saved selection table
 
 
+NO_CALIBRATION = {"n": 0, "threshold_source": "train",
+                  "note": "trained without a calibration slice; the threshold rests on leave-one-out training scores"}
+
+
+def _calibration_fields(f: Fields) -> dict:
+    """``run.json``'s calibration facts (:data:`NO_CALIBRATION` for runs saved before they existed)."""
+    if not f.dict("calibration", default=None, optional=True):
+        return dict(NO_CALIBRATION)
+    c = f.section("calibration")
+    return {"n": c.int("n", 0, MAX_COUNT, default=0),
+            "threshold_source": c.str("threshold_source", default="train", choices=("calibration", "train", "manual")),
+            "note": c.str("note", default="", max_chars=2000)}
+
+
 def _selection_fields(f: Fields) -> dict | None:
     """``run.json``'s evidence of the ``auto`` preset, every field type- and range-checked; None when the run has
     none (manual settings, or saved before the preset existed)."""
@@ -293,6 +318,7 @@ def _selection_fields(f: Fields) -> dict | None:
                      **({"error": r.str("error", max_chars=2000)} if r.doc.get("error") is not None else {})})
     return {"rows": rows, "chosen": sel.str("chosen", max_chars=200),
             "n_fit": sel.int("n_fit", 0, MAX_COUNT), "n_holdout": sel.int("n_holdout", 0, MAX_COUNT),
+            "n_calibration": sel.int("n_calibration", 0, MAX_COUNT, default=0),
             "seed": sel.int("seed", -2**63, 2**63 - 1, default=0), "rule": sel.str("rule", default="", max_chars=2000)}
 
 
@@ -399,7 +425,11 @@ def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.nda
         stopped_early=bool(stopped_early), train_seconds=float(history[-1].elapsed_s) if history else 0.0,
         total_seconds=float(total_seconds if total_seconds is not None else getattr(detector, "fit_seconds_", 0.0)),
         default_threshold=float(detector.threshold_), threshold=None,
-        selection=_selection_fields(Fields({"selection": _json_safe(selection)}, "selection")), path=final)
+        selection=_selection_fields(Fields({"selection": _json_safe(selection)}, "selection")),
+        calibration={"n": int(getattr(detector, "n_calibration", 0)),
+                     "threshold_source": getattr(detector, "threshold_source_", "train"),
+                     "note": getattr(detector, "calibration_note_", "")},
+        path=final)
     clean_stale_temp(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.tmp-", dir=root))
     try:

@@ -7,6 +7,11 @@ copies of them (:func:`synthetic_defects`: CutPaste-style patches of other norma
 spots), fits every candidate on the remaining normal images and ranks the candidates by the AUROC of held-out normal
 images against their defective copies. Test labels are never read: the function is never given them.
 
+The final detector's calibration slice (:mod:`doc_core.model.calibration`) is taken first: given the same
+``calibration_fraction`` and seed as the detector, :func:`select_configuration` drops those images before anything
+else, so selection never sees them and the threshold stays set on images no part of the process was fitted or chosen
+on. The candidates fitted during selection hold out no calibration slice of their own (they need no threshold).
+
 Label-free selection is known to be unreliable (synthetic defects are not the real ones); the benchmark reports,
 per data set, whether the selected configuration was the best one on the real test set and by how much it missed
 (``python -m doc_core benchmark --protocol magnetic-tile``).
@@ -174,6 +179,8 @@ class Selection:
     chosen : Candidate
     n_fit, n_holdout : int
         Normal images used to fit the candidates, and held out (each also given a synthetic defect).
+    n_calibration : int
+        Normal images left out of selection altogether: the final detector's calibration slice.
     seed : int
     rule : str
         The selection rule in words.
@@ -184,13 +191,14 @@ class Selection:
     n_fit: int
     n_holdout: int
     seed: int
+    n_calibration: int = 0
     rule: str = (f"highest AUROC of held-out normal images against synthetic defects in copies of them; candidates "
                  f"within {TIE_MARGIN} of the best count as tied and the first listed (simplest) wins")
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "chosen": self.chosen.name, "n_fit": self.n_fit, "n_holdout": self.n_holdout,
-                "seed": self.seed, "rule": self.rule}
+                "n_calibration": self.n_calibration, "seed": self.seed, "rule": self.rule}
 
     def table(self) -> str:
         """A plain-text table for the command line."""
@@ -199,7 +207,8 @@ class Selection:
             mark = "  <- chosen" if r["chosen"] else ""
             auc = "failed" if r["val_auroc"] is None else f"{r['val_auroc']:.4f}"
             lines.append(f"{r['name']:<34} {auc:>9} {r['fit_s']:>7.1f} {r['score_ms']:>7.2f}{mark}")
-        lines.append(f"({self.n_fit} normal images fitted, {self.n_holdout} held out with synthetic defects; "
+        cal = f", {self.n_calibration} kept out for the threshold's calibration" if self.n_calibration else ""
+        lines.append(f"({self.n_fit} normal images fitted, {self.n_holdout} held out with synthetic defects{cal}; "
                      f"rule: {self.rule})")
         return "\n".join(lines)
 
@@ -226,7 +235,8 @@ def _auroc(normal: np.ndarray, anomalous: np.ndarray) -> float | None:
 
 def select_configuration(normal: np.ndarray, candidates: list[Candidate], reference: np.ndarray | None = None,
                          reference_labels: np.ndarray | None = None, reference_names: tuple[str, ...] | None = None,
-                         seed: int = 0, on_progress: Callable[[str], None] | None = None) -> Selection:
+                         seed: int = 0, on_progress: Callable[[str], None] | None = None,
+                         calibration_fraction: float = 0.0, calibration_min: int | None = None) -> Selection:
     """Fit each candidate on part of the normal images and rank them on synthetic defects; no labels needed.
 
     Parameters
@@ -241,15 +251,23 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
         Seeds the hold-out split and the synthetic defects.
     on_progress : callable, optional
         Called with a short message before each candidate.
+    calibration_fraction, calibration_min
+        The final detector's calibration setting (:class:`doc_core.model.detector.DOCDetector`) and ``seed`` its
+        ``train.seed``: the calibration slice it will hold out is dropped here first, so selection never sees it.
+        0 (default) = every normal image is used.
 
     Returns
     -------
     Selection
     """
+    from ..model.calibration import MIN_CALIBRATION, calibration_split
     from ..model.detector import DOCDetector
 
     if not candidates:
         raise ValueError("no candidates to select from")
+    cal = calibration_split(len(normal), calibration_fraction,
+                            MIN_CALIBRATION if calibration_min is None else calibration_min, seed)
+    normal = normal[cal.train_index]
     fit_idx, held_idx = holdout_split(len(normal), seed)
     held = normal[held_idx]
     defective, _, kinds = synthetic_defects(held, seed=seed)
@@ -264,7 +282,7 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
         try:
             base = fitted.get(key)
             if base is None:
-                det = DOCDetector(cand.backbone, cand.train, cand.scorer).fit(
+                det = DOCDetector(cand.backbone, cand.train, cand.scorer, calibration_fraction=0.0).fit(
                     normal[fit_idx], reference, reference_labels, reference_names)
                 fitted[key] = det
             else:
@@ -289,7 +307,8 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
     best = max(a for _, a in scored)
     pick = next(i for i, a in scored if a >= best - TIE_MARGIN)
     rows[pick]["chosen"] = True
-    return Selection(rows=rows, chosen=candidates[pick], n_fit=len(fit_idx), n_holdout=len(held_idx), seed=seed)
+    return Selection(rows=rows, chosen=candidates[pick], n_fit=len(fit_idx), n_holdout=len(held_idx), seed=seed,
+                     n_calibration=len(cal.calibration_index))
 
 
 def auto_candidates(backbone, train, epochs: int | None = None) -> list[Candidate]:
