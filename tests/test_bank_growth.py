@@ -186,6 +186,8 @@ def test_add_rescores_the_run_and_undo_restores_the_same_bytes(run):
     assert change.flagged_before - change.no_longer_flagged + change.newly_flagged == change.flagged_after
     assert len(after.train_scores) == 43 and "Added 3 images" in change.describe()
     assert [c.version for c in bg.bank_history(rid, root)] == [1]
+    assert change.added_test_indices == tuple(top.tolist())
+    assert bg.bank_row_images(rid, 43, root).tolist() == [-1] * 40 + top.tolist()
     # undo: the same bytes as before, the history empty, the saved previous version gone
     undo = bg.undo_bank_change(rid, root)
     assert undo.action == "undo" and undo.version == 0 and undo.n_added == 3 and undo.bank_after == 40

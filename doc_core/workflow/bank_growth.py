@@ -119,6 +119,10 @@ class BankChange:
         Test images flagged before and not after, and the other way round.
     auc_before, auc_after : float or None
         Test-set ROC AUC of the stored scores (None without both labels).
+    added_test_indices : tuple of int
+        Position in the run's test set of each image in ``added_keys`` (-1: not one of its test images). The bank's
+        rows after the trained ones are the added images, change after change in this order (see
+        :func:`bank_row_images`).
     """
 
     run_id: str
@@ -146,10 +150,12 @@ class BankChange:
     newly_flagged: int
     auc_before: float | None = None
     auc_after: float | None = None
+    added_test_indices: tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["added_keys"] = list(self.added_keys)
+        d["added_test_indices"] = list(self.added_test_indices)
         return d
 
     @classmethod
@@ -170,6 +176,10 @@ class BankChange:
             return f.float(key, lo, hi, default=None, optional=True)
 
         keys = tuple(f.str_list("added_keys", max_items=10_000_000, max_chars=64))
+        where_test = f.list("added_test_indices", default=[], max_items=10_000_000)
+        if len(where_test) not in (0, len(keys)) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                             and -1 <= i < n for i in where_test):
+            raise ArtifactError(f"{where}: 'added_test_indices' must hold one integer >= -1 per added key")
         return cls(run_id=f.str("run_id", max_chars=100), action=f.str("action", choices=("add", "undo", "none")),
                    version=f.int("version", 0, MAX_VERSIONS), created=f.str("created", max_chars=64),
                    n_requested=f.int("n_requested", 0, n), n_added=f.int("n_added", 0, n),
@@ -184,7 +194,8 @@ class BankChange:
                    operating_note=f.str("operating_note", default=""), n_test=f.int("n_test", 0, n),
                    flagged_before=f.int("flagged_before", 0, n), flagged_after=f.int("flagged_after", 0, n),
                    no_longer_flagged=f.int("no_longer_flagged", 0, n), newly_flagged=f.int("newly_flagged", 0, n),
-                   auc_before=opt_float("auc_before", 0.0, 1.0), auc_after=opt_float("auc_after", 0.0, 1.0))
+                   auc_before=opt_float("auc_before", 0.0, 1.0), auc_after=opt_float("auc_after", 0.0, 1.0),
+                   added_test_indices=tuple(where_test))
 
     def describe(self) -> str:
         """A few lines for people: what changed, with the numbers."""
@@ -602,7 +613,8 @@ def add_normals(run_id: str, images: np.ndarray, keys: Sequence[str] | None = No
                             added_keys=tuple(keys[i] for i in chosen), bank_after=len(grown.bank_),
                             patch_bank_after=_patch_size(grown), default_threshold_after=default_after,
                             threshold_source=source, operating_threshold_after=op_after, operating_note=note,
-                            auc_after=auc_after, **{**base, "version": version + 1},
+                            auc_after=auc_after, added_test_indices=tuple(int(i) for i in add_idx),
+                            **{**base, "version": version + 1},
                             **_flag_counts(stored.scores, scores, op_before, op_after))
         # 1. the previous state, complete, before anything of the run changes
         folder = run_path / BANK_DIR
@@ -679,7 +691,8 @@ def undo_bank_change(run_id: str, runs_dir: str | os.PathLike | None = None) -> 
         stored_after = load_scores(run_id, runs_dir)
         op_after, note, _ = _operating(summary_after, scorer, float(summary_after.default_threshold))
         return BankChange(run_id=run_id, action="undo", version=last.version - 1, created=_now(), n_requested=0,
-                          n_added=last.n_added, n_skipped=0, added_keys=last.added_keys, bank_before=last.bank_after,
+                          n_added=last.n_added, n_skipped=0, added_keys=last.added_keys,
+                          added_test_indices=last.added_test_indices, bank_before=last.bank_after,
                           bank_after=last.bank_before, patch_bank_before=last.patch_bank_after,
                           patch_bank_after=last.patch_bank_before,
                           default_threshold_before=float(summary.default_threshold),
@@ -689,6 +702,26 @@ def undo_bank_change(run_id: str, runs_dir: str | os.PathLike | None = None) -> 
                           operating_note=f"restored: {note}", n_test=summary.n_test,
                           auc_before=summary.auc, auc_after=summary_after.auc,
                           **_flag_counts(stored_before.scores, stored_after.scores, op_before, op_after))
+
+
+def bank_row_images(run_id: str, n_bank: int, runs_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """Where the rows of a run's memory bank (``detector.bank_``, ``n_bank`` rows) come from after bank changes.
+
+    Returns
+    -------
+    np.ndarray, int64, shape (n_bank,)
+        ``-1`` for the rows of the trained bank (row ``r`` is the normal training image ``detector.train_index_[r]``,
+        or ``r`` without a calibration slice), else the test-set index of the added image (``-2``: an added image
+        that is not one of the run's test images). For "nearest normal images" views: a row index beyond the
+        training images is an added test image, not a training image.
+    """
+    changes = bank_history(run_id, runs_dir)
+    added = [i for c in changes for i in (c.added_test_indices or (-2,) * c.n_added)]
+    added = [-2 if i < 0 else i for i in added]
+    n_trained = n_bank - len(added)
+    if n_trained < 0:
+        raise BankHistoryError(f"run {run_id!r}: the bank has {n_bank} rows but {len(added)} were added")
+    return np.asarray([-1] * n_trained + added, np.int64)
 
 
 # ------------------------------------------------------------------------------------------------- from labels
