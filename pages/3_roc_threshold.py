@@ -8,7 +8,7 @@ from doc_core.evaluation import metrics
 from doc_core.model.detector import ScorerConfig
 from doc_core.scoring import make_scorer
 from doc_core.workflow import runs
-from ui import access, cached, charts, feedback, page, state, theme
+from ui import access, cached, charts, feedback, labelling, page, state, theme
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -114,8 +114,8 @@ def policy_param(policy: str) -> float | None:
 def threshold_section(run: runs.RunSummary, scorer: ScorerConfig, stored: runs.RunScores, scores: np.ndarray,
                       train_scores: np.ndarray) -> None:
     """Policy, slider, metrics and charts; reruns on its own as the slider moves."""
-    labels = stored.labels
-    labelled = stored.has_labels
+    labels, by_analysts = labelling.roc_labels(run, stored)  # the test set's labels, or enough analysts' labels
+    labelled = stored.has_labels or by_analysts is not None
     policies = state.POLICIES if labelled else (state.POLICY_PERCENTILE, state.POLICY_MANUAL)
     if ss[state.ROC_POLICY] not in policies:
         ss[state.ROC_POLICY] = state.POLICY_PERCENTILE

@@ -9,7 +9,8 @@ import streamlit as st
 from doc_core.explain.embedding import FEATURE_SET_LABELS, FEATURE_SETS
 from doc_core.explain import gallery
 from doc_core.explain.gallery import label_names, score_ranks
-from ui import cached, detail, heatmaps, linked_maps, page, state, status, tiles
+from doc_core.workflow.run_labels import selection_test_indices
+from ui import cached, detail, heatmaps, labelling, linked_maps, page, state, status, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -103,6 +104,9 @@ page_no, lo, hi = gallery.page_bounds(len(ordered), ss[state.EX_PAGE], size)
 sel = ordered[lo:hi]
 st.markdown(f"**{len(ordered):,} selected** · page {page_no:,} of {pages:,} (images {lo + 1:,}–{hi:,}), "
             f"sorted by {gallery.SELECTION_ORDER_LABELS[ss[state.EX_SORT]].lower()}")
+board = labelling.for_test_images(run, names if stored.paths is not None else None)  # analysts' labels
+picked_tests = selection_test_indices(ordered, test_idx)
+board.bulk(detail.EXPLORER, picked_tests, f"the {len(picked_tests):,} selected test images (every page)")
 st.caption("Each with its 5 nearest normal training images in the DOC feature space (d = Euclidean distance).")
 is_test = sel < n_test
 images = [data.test_images[test_idx[r]] if t else data.train_normal[train_idx[r - n_test]]
@@ -120,13 +124,14 @@ for j, (r, t) in enumerate(zip(sel, is_test)):
         if t:
             i = int(test_idx[r])
             caption = (f"{tiles.name_text(names[i])}<br>rank {ranks[i]:,} · score {s:.4g} · "
-                       f"{tiles.verdict(s, threshold)}<br>" + tiles.label_text(stored.labels[i]))
+                       f"{tiles.verdict(s, threshold)}<br>" + tiles.label_text(stored.labels[i]) + board.caption(i))
         else:
             caption = f"normal training #{int(train_idx[r - n_test])}<br>leave-one-out score {s:.4g}"
         tiles.grid([images[j]], [caption], per_row=1, heatmaps=None if heat is None else heat[j:j + 1],
-                   opacity=opacity, below=detail.opener(detail.EXPLORER, run.run_id,
-                                                        [int(test_idx[r]) if t else None]))
+                   opacity=opacity, below=board.below(detail.EXPLORER, [int(test_idx[r]) if t else None],
+                                                      detail.opener(detail.EXPLORER, run.run_id,
+                                                                    [int(test_idx[r]) if t else None])))
     with right:
         keep = nn[j] != (-1 if t else int(train_idx[r - n_test]))  # a training image is not its own neighbour
         tiles.neighbours(data.train_normal, nn[j][keep][:5], dist[j][keep][:5])
-detail.test_image(detail.EXPLORER, run, data, scores, threshold, stored, shown_map, opacity)
+detail.test_image(detail.EXPLORER, run, data, scores, threshold, stored, shown_map, opacity, board.editor)

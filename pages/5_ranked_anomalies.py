@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from doc_core.explain import gallery
-from ui import cached, detail, heatmaps, page, state, tiles
+from ui import cached, detail, heatmaps, labelling, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -31,6 +31,7 @@ scorer, scores, _, threshold = cached.operating_point(run)
 stored = cached.scores_of(run)
 labels = stored.labels
 names = gallery.identities(stored.classes, stored.paths)
+board = labelling.for_test_images(run, names if stored.paths is not None else None)  # analysts' labels
 source = "the run's saved threshold" if run.threshold else "the detector's default threshold (no threshold saved yet)"
 st.caption(f"Threshold {threshold:.4g}: {source}. Images scoring above it are flagged as anomalies. Rank 1 is the "
            f"most anomalous of all {len(scores):,} test images.")
@@ -80,12 +81,13 @@ if not len(idx):
 first = (ss[state.RK_PAGE] - 1) * size
 st.markdown(f"**{len(ranking):,} images** · page {ss[state.RK_PAGE]:,} of {pages:,} (images {first + 1:,}–"
             f"{first + len(idx):,})")
+board.bulk(detail.RANKED, idx, f"the {len(idx):,} images on this page")
 images = data.test_images[idx]
 heat = heatmaps.maps(run, images, shown_map)
 if heat is not None:
     st.caption(heatmaps.note(run, shown_map))
 captions = [f"{tiles.name_text(names[i])}<br><b>#{r:,}</b> · {scores[i]:.4g} · {tiles.verdict(scores[i], threshold)}"
-            f" · {tiles.label_text(labels[i])}" for i, r in zip(idx, ranks)]
+            f" · {tiles.label_text(labels[i])}{board.caption(i)}" for i, r in zip(idx, ranks)]
 tiles.grid(list(images), captions, per_row=6, heatmaps=heat, opacity=opacity,
-           below=detail.opener(detail.RANKED, run.run_id, idx.tolist()))
-detail.test_image(detail.RANKED, run, data, scores, threshold, stored, shown_map, opacity)
+           below=board.below(detail.RANKED, idx.tolist(), detail.opener(detail.RANKED, run.run_id, idx.tolist())))
+detail.test_image(detail.RANKED, run, data, scores, threshold, stored, shown_map, opacity, board.editor)

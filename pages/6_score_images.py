@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from doc_core.data import DataError
-from ui import access, cached, detail, heatmaps, page, state, tiles
+from ui import access, cached, detail, heatmaps, labelling, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -50,6 +50,8 @@ scores = result["scores"]
 flagged = int(np.sum(scores > threshold))
 st.markdown(f"**{len(images):,} images scored** · {flagged:,} flagged as anomalies, {len(images) - flagged:,} passed "
             f"as normal")
+board = labelling.for_uploads(run, images, names)  # analysts' labels of the uploads, by file name
+board.bulk(detail.SCORE, np.arange(len(images)), f"all {len(images):,} uploaded images")
 c1, c2 = st.columns([1, 1], vertical_alignment="bottom")
 shown_map = heatmaps.choose(c1, run, state.UP_MAP, with_off=False)
 opacity = c2.slider("Heatmap opacity", 0.0, 1.0, step=0.05, key=state.UP_OPACITY, **PERSIST)
@@ -60,10 +62,10 @@ for j, name in enumerate(names):
     left, mid, right = st.columns([1, 1, 4], gap="medium")
     s = float(scores[j])
     with left:
-        tiles.grid([images[j]], [f"<b>{name}</b><br>score {s:.4g} · {tiles.verdict(s, threshold)}"], per_row=1,
-                   below=detail.opener(detail.SCORE, run.run_id, [j]))
+        tiles.grid([images[j]], [f"<b>{name}</b><br>score {s:.4g} · {tiles.verdict(s, threshold)}{board.caption(j)}"],
+                   per_row=1, below=board.below(detail.SCORE, [j], detail.opener(detail.SCORE, run.run_id, [j])))
     with mid:
         tiles.grid([images[j]], [shown_map], per_row=1, heatmaps=heat[j:j + 1], opacity=opacity)
     with right:
         tiles.neighbours(data.train_normal, result["nn_idx"][j], result["nn_dist"][j])
-detail.upload(run, data, images, names, result, test_scores, threshold, shown_map, opacity)
+detail.upload(run, data, images, names, result, test_scores, threshold, shown_map, opacity, board.editor)

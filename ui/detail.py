@@ -96,7 +96,7 @@ def _file_aspect(file: str) -> tuple[float | None, str]:
 @st.dialog("Image details", width="large", on_dismiss=close)
 def _view(facts: ImageFacts, image: np.ndarray, heat: np.ndarray, map_name: str, map_note: str, opacity: float,
           train_images: np.ndarray, nn_idx: np.ndarray, nn_dist: np.ndarray, aspect: float | None,
-          original: str) -> None:
+          original: str, labeller: Callable[[], None] | None = None) -> None:
     name = html.escape(facts.name)
     if facts.folder:
         title = f"<b>{html.escape(facts.file)}</b> · folder <b>{html.escape(facts.folder)}</b>"
@@ -110,6 +110,8 @@ def _view(facts: ImageFacts, image: np.ndarray, heat: np.ndarray, map_name: str,
              else "label " + tiles.label_text(facts.label if facts.label is not None else -1, facts.class_name))
     st.markdown(f"score <b>{facts.score:.4g}</b> · {rank_text} · {tiles.verdict(facts.score, facts.threshold)} at "
                 f"threshold {facts.threshold:.4g} · {label}", unsafe_allow_html=True)
+    if labeller is not None:
+        labeller()  # the analyst's label and the controls to change it (ui.labelling.Board.editor)
     big = detail_picture(image, MIN_PX, aspect)
     h, w = np.asarray(image).shape[:2]
     size = (f"Stored at {w}×{h} px as the model sees it, shown at {big.shape[1]}×{big.shape[0]}"
@@ -127,11 +129,13 @@ def _view(facts: ImageFacts, image: np.ndarray, heat: np.ndarray, map_name: str,
 
 
 def test_image(where: str, run: runs.RunSummary, data, scores: np.ndarray, threshold: float,
-               stored: runs.RunScores, choice: str, opacity: float) -> None:
+               stored: runs.RunScores, choice: str, opacity: float,
+               labeller: Callable[[int], Callable[[], None]] | None = None) -> None:
     """Show the detail view of the test image ``state.DETAIL`` names, if it was opened on page ``where``.
 
     ``data`` is the run's split (test images in the order of the stored scores), ``scores`` the test scores at the
-    operating point (``cached.operating_point``), ``choice``/``opacity`` the page's heatmap choice and opacity.
+    operating point (``cached.operating_point``), ``choice``/``opacity`` the page's heatmap choice and opacity;
+    ``labeller(index)`` gives what the view draws for the analyst's label (:meth:`ui.labelling.Board.editor`).
     """
     i = asked(where, run, len(scores))
     if i is None:
@@ -144,11 +148,12 @@ def test_image(where: str, run: runs.RunSummary, data, scores: np.ndarray, thres
     dist, nn = cached.nearest_normals(run, feats, N_NEIGHBOURS)
     aspect, original = _original_aspect(run, None if stored.paths is None else str(stored.paths[i]))
     _view(facts, image, heat, shown, heatmaps.note(run, shown), opacity if choice == shown else 0.5,
-          data.train_normal, nn[0], dist[0], aspect, original)
+          data.train_normal, nn[0], dist[0], aspect, original, None if labeller is None else labeller(i))
 
 
 def upload(run: runs.RunSummary, data, images: Sequence[np.ndarray], names: Sequence[str], result: dict,
-           test_scores: np.ndarray, threshold: float, choice: str, opacity: float) -> None:
+           test_scores: np.ndarray, threshold: float, choice: str, opacity: float,
+           labeller: Callable[[int], Callable[[], None]] | None = None) -> None:
     """Show the detail view of the uploaded image ``state.DETAIL`` names, if it was opened on Score images.
 
     ``result`` is :func:`ui.cached.score_images`'s (scores and nearest normal images of the uploads), ``test_scores``
@@ -161,4 +166,5 @@ def upload(run: runs.RunSummary, data, images: Sequence[np.ndarray], names: Sequ
     shown = _shown_map(run, choice)
     heat = heatmaps.maps(run, np.asarray(images[j])[None], shown)[0]
     _view(facts, np.asarray(images[j]), heat, shown, heatmaps.note(run, shown), opacity if choice == shown else 0.5,
-          data.train_normal, np.asarray(result["nn_idx"][j]), np.asarray(result["nn_dist"][j]), None, "")
+          data.train_normal, np.asarray(result["nn_idx"][j]), np.asarray(result["nn_dist"][j]), None, "",
+          None if labeller is None else labeller(j))

@@ -28,6 +28,16 @@ DETAIL = "detail"          # (page, run id, index) | None: the image the detail 
 DETAIL_BUTTON = "detail_open_"  # prefix: one "Details" button per tile (page and index follow)
 DETAIL_CLOSE = "detail_close"   # the detail view's Close button
 
+# ---------------------------------------------------------------------------------------------- analysts' labels (ui.labelling)
+LB_TILE = "lb_tile_"        # prefix: one label control under each tile (page and index follow)
+LB_BULK = "lb_bulk_"        # prefix: the label chosen for a whole page / selection (page follows)
+LB_BULK_NOTE = "lb_note_"   # prefix: the note for a whole page / selection (page follows)
+LB_BULK_APPLY = "lb_apply_"  # prefix: the button that labels a whole page / selection (page follows)
+LB_DETAIL = "lb_detail"     # the detail view's label choice
+LB_DETAIL_NOTE = "lb_detail_note"  # the detail view's note
+LB_DETAIL_SAVE = "lb_detail_save"  # the detail view's Save label button
+LB_DETAIL_FOR = "lb_detail_for"    # (run id, image key) the detail view's label widgets were filled for
+
 # ---------------------------------------------------------------------------------------------- Dataset page widgets
 DS_SOURCE = "ds_source"
 DS_NORMAL = "ds_normal"
@@ -86,6 +96,9 @@ ROC_CONTEXT = "roc_context"  # (run id, scorer) the threshold widgets were set u
 ROC_COMPARE_K_KNN = "roc_compare_k_knn"
 ROC_COMPARE_K_LOF = "roc_compare_k_lof"
 ROC_COMPARE = "roc_compare"  # bool: comparison requested
+ROC_LABELS = "roc_labels"  # labels the curves and policies use: LABELS_TEST or LABELS_ANALYSTS
+LABELS_TEST = "test"
+LABELS_ANALYSTS = "analysts"
 CMP_RUN = "cmp_run"  # run id whose method comparison was asked for (Compare methods page)
 
 POLICY_MANUAL = "Manual (slider)"
@@ -195,6 +208,7 @@ DEFAULTS: dict[str, Any] = {
     ROC_COMPARE_K_KNN: 1,  # the paper's nearest-neighbour distance
     ROC_COMPARE_K_LOF: 20,
     ROC_COMPARE: False,
+    ROC_LABELS: LABELS_TEST,
     CMP_RUN: None,
     EX_POINTS: 2000,
     EX_TRAIN: False,
