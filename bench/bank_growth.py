@@ -6,13 +6,17 @@
 1. A default tutorial run (Fashion-MNIST, Sneaker normal, Ankle boot anomalous, MobileNetV2 and every library
    default, trained by :class:`doc_core.workflow.jobs.TrainingJob` as the dashboard does) is trained into ``--runs``,
    or reused when that folder already holds one whose configuration is the defaults (``--run`` picks one).
-2. The 20 highest-scoring test sneakers (test label 0) are labelled *normal* in a label store of their own (a
-   temporary SQLite file, so a user's labels are never touched) and added with
-   :func:`doc_core.workflow.bank_growth.add_labelled_normals`, exactly what the dashboard's button does.
-3. Reported before and after: the false-positive rate on the *other* 980 test sneakers at the run's default
+2. The N highest-scoring test sneakers (test label 0; N = 20, issue 12's measurement, then 100 and 500 for context)
+   are labelled *normal* in a label store of their own (a temporary SQLite file, so a user's labels are never
+   touched) and added with :func:`doc_core.workflow.bank_growth.add_labelled_normals`, exactly what the dashboard's
+   button does.
+3. Reported before and after: the false-positive rate on the *other* 1000 - N test sneakers at the run's default
    threshold (the new default after the change; also at the old threshold, to separate the bank's effect from the
-   threshold's), the test AUC on the remaining 1,980 test images (the 20 added ones left out), the flagged counts.
-4. The change is undone (unless ``--keep``) and the scores are checked to be the same bytes as before.
+   threshold's), the test AUC on the remaining test images (the N added ones left out), the flagged counts, and how
+   many of the marked images are still flagged: at their leave-one-out score (what the run stores) and scored again
+   with their own copy in the bank.
+4. Each change is undone (the last one kept with ``--keep``) and the scores are checked to be the same bytes as
+   before.
 
 Nothing is tuned; the numbers come from one run (seed 0).
 """
@@ -80,7 +84,9 @@ def main() -> int:
     ap.add_argument("--runs", default=None, help="runs folder to reuse a default tutorial run from, or to train it "
                                                  "into (default: a temporary folder)")
     ap.add_argument("--run", default=None, help="this run id in --runs (default: the first default tutorial run)")
-    ap.add_argument("--n-mark", type=int, default=20, help="highest-scoring test sneakers marked normal (default 20)")
+    ap.add_argument("--n-mark", type=int, nargs="+", default=[20, 100, 500],
+                    help="highest-scoring test sneakers marked normal, one bank change each, undone in turn "
+                         "(default 20 100 500)")
     ap.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the bank change (default: undo it at the end)")
@@ -100,62 +106,71 @@ def main() -> int:
     assert len(test) == summary.n_test and np.array_equal(stored.labels, split.test_labels)
     y, s0 = stored.labels, stored.scores
     normals = np.flatnonzero(y == 0)
-    marked = normals[np.argsort(-s0[normals], kind="stable")[:args.n_mark]]
-    others = np.setdiff1d(normals, marked)
-    rest = np.setdiff1d(np.arange(len(y)), marked)
+    order = normals[np.argsort(-s0[normals], kind="stable")]
     thr0 = float(summary.operating_threshold)
     scores_bytes = (summary.path / "scores.npz").read_bytes()
-
-    store = LabelStore(Path(tmp.name) / "labels.sqlite")
-    store.set_many(run_id, [(image_key(test[i]), "normal", "bench: highest-scoring test sneaker") for i in marked])
-    t0 = time.time()
-    change = bank_growth.add_labelled_normals(run_id, test, store=store, runs_dir=runs_dir)
-    add_s = time.time() - t0
-    print(change.describe(), flush=True)
-    after = runs.load_scores(run_id, runs_dir)
-    s1 = after.scores
-    thr1 = float(runs.get_run(run_id, runs_dir).operating_threshold)
-    det = runs.load_detector(run_id, runs_dir)
-
+    feats = runs.load_features(run_id, runs_dir)
+    rows = {}
+    for n_mark in args.n_mark:
+        marked = order[:n_mark]
+        others = np.setdiff1d(normals, marked)
+        rest = np.setdiff1d(np.arange(len(y)), marked)
+        store = LabelStore(Path(tmp.name) / f"labels-{n_mark}.sqlite")
+        store.set_many(run_id, [(image_key(test[i]), "normal", "bench: highest-scoring test sneaker")
+                                for i in marked])
+        t0 = time.time()
+        change = bank_growth.add_labelled_normals(run_id, test, store=store, runs_dir=runs_dir)
+        add_s = time.time() - t0
+        print(change.describe(), flush=True)
+        s1 = runs.load_scores(run_id, runs_dir).scores
+        thr1 = float(runs.get_run(run_id, runs_dir).operating_threshold)
+        det = runs.load_detector(run_id, runs_dir)
+        own_copy = det.score_features(feats[marked])  # the same images scored again, their own copy in the bank
+        rows[str(n_mark)] = {
+            "n_marked": int(len(marked)), "n_other_normals": int(len(others)), "n_rest": int(len(rest)),
+            "marked_scores_before": [round(float(v), 5) for v in s0[marked]],
+            "marked_scores_after_leave_one_out": [round(float(v), 5) for v in s1[marked]],
+            "marked_scores_with_own_copy": [round(float(v), 5) for v in own_copy],
+            "threshold_source": change.threshold_source,
+            "before": {"threshold": thr0, "fpr_other_normals": fpr(s0[others], thr0),
+                       "false_alarms_other_normals": int(np.sum(s0[others] > thr0)),
+                       "auc_rest": roc_auc(y[rest], s0[rest]), "auc_all": roc_auc(y, s0),
+                       "tpr_anomalies": fpr(s0[y == 1], thr0), "flagged": change.flagged_before,
+                       "marked_flagged": int(np.sum(s0[marked] > thr0)), "bank_images": change.bank_before},
+            "after": {"threshold": thr1, "fpr_other_normals": fpr(s1[others], thr1),
+                      "false_alarms_other_normals": int(np.sum(s1[others] > thr1)),
+                      "fpr_other_normals_at_old_threshold": fpr(s1[others], thr0),
+                      "auc_rest": roc_auc(y[rest], s1[rest]), "auc_all": roc_auc(y, s1),
+                      "tpr_anomalies": fpr(s1[y == 1], thr1), "flagged": change.flagged_after,
+                      "marked_flagged": int(np.sum(s1[marked] > thr1)),
+                      "marked_flagged_with_own_copy": int(np.sum(own_copy > thr1)), "bank_images": change.bank_after},
+            "change": change.to_dict() | {"added_keys": len(change.added_keys),
+                                          "added_test_indices": len(change.added_test_indices)},
+            "add_seconds": add_s, "detector_threshold_source": getattr(det, "threshold_source_", None)}
+        b, a = rows[str(n_mark)]["before"], rows[str(n_mark)]["after"]
+        print(f"{n_mark} marked: FPR on the other {len(others)} test sneakers {b['fpr_other_normals']:.4f} "
+              f"({b['false_alarms_other_normals']}) at {b['threshold']:.4f} -> {a['fpr_other_normals']:.4f} "
+              f"({a['false_alarms_other_normals']}) at {a['threshold']:.4f} "
+              f"({a['fpr_other_normals_at_old_threshold']:.4f} at the old threshold); AUC on the other {len(rest)} "
+              f"test images {b['auc_rest']:.4f} -> {a['auc_rest']:.4f}; anomalies flagged {b['tpr_anomalies']:.4f} "
+              f"-> {a['tpr_anomalies']:.4f}; marked still flagged {b['marked_flagged']} -> {a['marked_flagged']} "
+              f"(leave-one-out), {a['marked_flagged_with_own_copy']} scored with their own copy", flush=True)
+        if not args.keep or n_mark != args.n_mark[-1]:
+            undo = bank_growth.undo_bank_change(run_id, runs_dir)
+            rows[str(n_mark)]["undo"] = {"version": undo.version, "scores_identical":
+                                         (summary.path / "scores.npz").read_bytes() == scores_bytes}
     result = {
         "protocol": "bank-growth",
-        "what": (f"the {args.n_mark} highest-scoring test sneakers of a default tutorial run marked normal and added to "
-                 "the normal bank (no retraining); FPR on the other test sneakers, AUC on the other test images"),
+        "what": ("the N highest-scoring test sneakers of a default tutorial run marked normal and added to the normal "
+                 "bank (no retraining), then undone; FPR on the other test sneakers at the run's default threshold, "
+                 "AUC on the other test images; N = 20 is issue 12's measurement"),
         "run": {"run_id": run_id, "trained_now": trained, "config": summary.config, "dataset": spec.describe(),
                 "n_test": int(len(y)), "n_test_normal": int(len(normals)), "train_seconds": summary.train_seconds,
                 "n_calibration": int(stored.n_calibration)},
-        "n_marked": int(len(marked)), "n_other_normals": int(len(others)),
-        "marked_scores_before": [float(v) for v in s0[marked]],
-        "marked_scores_after": [float(v) for v in s1[marked]],
-        "threshold_source": change.threshold_source,
-        "before": {"threshold": thr0, "fpr_other_normals": fpr(s0[others], thr0),
-                   "false_alarms_other_normals": int(np.sum(s0[others] > thr0)),
-                   "auc_rest": roc_auc(y[rest], s0[rest]), "auc_all": roc_auc(y, s0),
-                   "tpr_anomalies": fpr(s0[y == 1], thr0), "flagged": change.flagged_before,
-                   "bank_images": change.bank_before},
-        "after": {"threshold": thr1, "fpr_other_normals": fpr(s1[others], thr1),
-                  "false_alarms_other_normals": int(np.sum(s1[others] > thr1)),
-                  "fpr_other_normals_at_old_threshold": fpr(s1[others], thr0),
-                  "auc_rest": roc_auc(y[rest], s1[rest]), "auc_all": roc_auc(y, s1),
-                  "tpr_anomalies": fpr(s1[y == 1], thr1), "flagged": change.flagged_after,
-                  "bank_images": change.bank_after, "marked_flagged": int(np.sum(s1[marked] > thr1))},
-        "change": change.to_dict() | {"added_keys": len(change.added_keys)},
-        "add_seconds": add_s,
-        "detector_threshold_source": getattr(det, "threshold_source_", None),
+        "by_n_marked": rows,
     }
-    if not args.keep:
-        undo = bank_growth.undo_bank_change(run_id, runs_dir)
-        result["undo"] = {"version": undo.version,
-                          "scores_identical": (summary.path / "scores.npz").read_bytes() == scores_bytes}
-        print(undo.describe(), flush=True)
     result["total_s"] = time.time() - t_start
     result["machine"] = machine_info()
-    b, a = result["before"], result["after"]
-    print(f"FPR on the other {len(others)} test sneakers: {b['fpr_other_normals']:.4f} "
-          f"({b['false_alarms_other_normals']}) at threshold {b['threshold']:.4f} -> {a['fpr_other_normals']:.4f} "
-          f"({a['false_alarms_other_normals']}) at {a['threshold']:.4f} ({a['fpr_other_normals_at_old_threshold']:.4f} "
-          f"at the old threshold); AUC on the other {len(rest)} test images {b['auc_rest']:.4f} -> "
-          f"{a['auc_rest']:.4f}; anomalies flagged {b['tpr_anomalies']:.4f} -> {a['tpr_anomalies']:.4f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.json}")

@@ -6,8 +6,8 @@ default) like the Ranked anomalies page."""
 import numpy as np
 import streamlit as st
 
-from doc_core.explain.embedding import FEATURE_SET_LABELS, FEATURE_SETS
-from doc_core.explain import gallery
+from doc_core.explain.embedding import FEATURE_SET_LABELS
+from doc_core.explain import explorer_maps, gallery
 from doc_core.explain.gallery import label_names, score_ranks
 from doc_core.workflow.run_labels import selection_test_indices
 from ui import cached, detail, heatmaps, labelling, linked_maps, page, state, status, tiles
@@ -66,22 +66,52 @@ def to_first_page() -> None:
     ss[state.EX_PAGE] = 1
 
 
-figures, titles, notes = [], [], []
-for fs in FEATURE_SETS:
-    name = FEATURE_SET_LABELS[fs]
-    with st.spinner(f"t-SNE of {n_points:,} points in the {name} space (about 10–20 s the first time, then "
-                    "cached)…"):
-        m = cached.explorer_map(run, fs, max_points, with_train)
-    if m["coords"] is None:
-        st.info(f"No map of the {name}: {m['note']}")
-        continue
-    figures.append(cached.embedding_figure(run, fs, max_points, with_train, color_by, threshold, roles,
-                                           point_scores, info))
-    titles.append(name[:1].upper() + name[1:])
-    notes.append(f"Features and t-SNE took {status.format_seconds(m['seconds'])} (once per run).")
 hover = [[str(info[r, 1]), f"score {point_scores[r]:.4g} · {info[r, 2]}"] for r in range(n_points)]
-linked_maps.linked_maps(figures, titles, notes, hover, cached.explorer_thumbnails(run, max_points, with_train),
-                        selected, key=state.EX_MAPS, on_change=on_select)
+maps_job = cached.explorer_maps(run, max_points, with_train)  # saved with the run, or computed in the background
+if maps_job.note:
+    st.info(maps_job.note)
+
+
+def draw_maps(snapshot: list[explorer_maps.MapStatus]) -> None:
+    """The maps ready so far, linked; a progress line for each one still coming, a note for each that cannot be
+    made."""
+    figures, titles, notes = [], [], []
+    for m in snapshot:
+        name = FEATURE_SET_LABELS[m.feature_set]
+        if m.state == explorer_maps.READY:
+            figures.append(cached.embedding_figure(run, m.feature_set, max_points, with_train, color_by, threshold,
+                                                   m.result.coords, roles, point_scores, info))
+            titles.append(name[:1].upper() + name[1:])
+            notes.append(f"Features and t-SNE took {status.format_seconds(m.result.seconds)} (once per run and "
+                         "settings; saved with the run).")
+        elif m.state == explorer_maps.FAILED:
+            st.info(f"No map of the {name}: {(m.result.note if m.result else None) or maps_job.error}")
+        else:
+            st.progress(m.fraction, text=f"Map of the {name}: " + (
+                f"features and t-SNE, {m.fraction:.0%}" if m.state == explorer_maps.COMPUTING
+                else "waiting for the map before it"))
+    if figures:
+        linked_maps.linked_maps(figures, titles, notes, hover, cached.explorer_thumbnails(run, max_points, with_train),
+                                selected, key=state.EX_MAPS, on_change=on_select)
+
+
+if maps_job.done:
+    draw_maps(maps_job.snapshot())
+else:
+    st.caption(f"These maps were not saved with the run (a run saves its maps of {explorer_maps.DEFAULT_MAX_POINTS:,} "
+               "points when training ends), so they are computed now in the background, one after the other; each "
+               "appears as soon as it is ready, and is then saved with the run. Other pages can be used meanwhile.")
+    selection_before = ss.get(state.EX_SELECTED)
+
+    @st.fragment(run_every=1.0)
+    def maps_in_progress() -> None:
+        """Polls the maps job: draws each map as it becomes ready; the whole page again once all are, or once a
+        selection was made in a map (so the selected images show below)."""
+        if maps_job.done or ss.get(state.EX_SELECTED) is not selection_before:
+            st.rerun()
+        draw_maps(maps_job.snapshot())
+
+    maps_in_progress()
 
 st.subheader("Selected images", anchor=False)
 if not selected:

@@ -32,7 +32,23 @@ def open_with(page: str, **values) -> AppTest:
         at.session_state[key] = value
     at.run()
     at.switch_page(page).run()
-    return at
+    return wait_for_maps(at) if page == EXPLORER else at
+
+
+def maps_pending(at: AppTest) -> bool:
+    return "computed now in the background" in texts(at)
+
+
+def wait_for_maps(at: AppTest, tries: int = 240) -> AppTest:
+    """Rerun the explorer until its maps are all drawn (the page polls its background job; AppTest does not)."""
+    import time
+
+    for _ in range(tries):
+        if not maps_pending(at):
+            return at
+        time.sleep(0.5)
+        at.run()
+    raise AssertionError("the explorer's maps were not ready after 120 s")
 
 
 @pytest.mark.parametrize("page", [EXPLORER, RANKED, SCORE])
@@ -76,7 +92,7 @@ def test_explorer_shows_three_linked_maps_with_thumbnails(runs_dir, fashion):  #
                                       split.test_images[shown[row]][..., 0])
     # colour by score, with the normal training images
     at.get("button_group")[0].set_value(state.COLOR_SCORE).run()
-    at.checkbox(key=state.EX_TRAIN).check().run()
+    wait_for_maps(at.checkbox(key=state.EX_TRAIN).check().run())
     assert_clean(at)
     args = map_args(at)
     assert len(args["figures"]) == 3 and "normal training images" in texts(at)

@@ -274,67 +274,52 @@ def _embedded_test_features(run_id: str, created: str, where: str) -> np.ndarray
     return detector(run_id, created, where).embed(run_split(run).test_images)
 
 
-@st.cache_resource(show_spinner="Building the backbone as it was before DOC training…", max_entries=2)
-def _pretrained(run_id: str, created: str, where: str):
-    """(backbone, None), or (None, why not) when its original weights cannot be found."""
-    from doc_core.explain.embedding import pretrained_backbone
-    from doc_core.model.backbones import WeightsNotFoundError
-
-    try:
-        return pretrained_backbone(detector(run_id, created, where)), None
-    except WeightsNotFoundError as exc:
-        return None, str(exc)
-
-
 def explorer_rows(run: runs.RunSummary, max_points: int, with_train: bool) -> tuple[np.ndarray, np.ndarray]:
     """Test and normal-training indices the explorer embeds (at most ``max_points`` together; a quarter of them
-    training images when asked for)."""
+    training images when asked for): :func:`doc_core.explain.explorer_maps.explorer_rows`."""
     return _explorer_rows(*_key(run), int(max_points), bool(with_train))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _explorer_rows(run_id: str, created: str, where: str, max_points: int, with_train: bool):
-    from doc_core.explain.gallery import explorer_sample
+    from doc_core.explain.explorer_maps import explorer_rows as rows
 
-    stored = run_scores(run_id, created, where)
-    n_train = len(detector(run_id, created, where).bank_) if with_train else 0
-    train_cap = min(n_train, max_points // 4)
-    test_idx = explorer_sample(stored.labels, max_points - train_cap, seed=0)
-    train_idx = explorer_sample(np.zeros(n_train, np.int64), train_cap, seed=1) if train_cap else np.zeros(0, np.int64)
-    return test_idx, train_idx
+    stored = run_scores(run_id, created, where)  # one training score per row of the memory bank
+    return rows(stored.labels, len(stored.train_scores), max_points, with_train)
 
 
-def explorer_map(run: runs.RunSummary, feature_set: str, max_points: int, with_train: bool) -> dict:
-    """The 2-D t-SNE map of one feature set (computed once per run and settings): ``coords`` (n, 2) for the test
-    rows then the training rows of :func:`explorer_rows`, ``seconds`` (features + t-SNE) and ``note`` (why there is
-    no map, else None)."""
-    return _explorer_map(*_key(run), feature_set, int(max_points), bool(with_train))
+def explorer_maps(run: runs.RunSummary, max_points: int, with_train: bool):
+    """The explorer's three maps of the run and settings, as a :class:`doc_core.explain.explorer_maps.MapJob`: read
+    from the run folder when they were saved there (by the training job, or an earlier visit), else computed in a
+    background thread and saved. One job per run and settings, shared by every session of this server; poll its
+    ``snapshot()``. A saved file that cannot be used is left aside with a note (``job.note``) and computed again."""
+    return _map_job(*_key(run), int(max_points), bool(with_train))
 
 
-@st.cache_data(show_spinner=False, max_entries=24)
-def _explorer_map(run_id: str, created: str, where: str, feature_set: str, max_points: int, with_train: bool) -> dict:
-    import time
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _map_job(run_id: str, created: str, where: str, max_points: int, with_train: bool):
+    from doc_core.explain.explorer_maps import MapInputs, MapJob, load_maps
+    from doc_core.model.backbones import BackboneConfig
+    from doc_core.workflow.artifacts import ArtifactError
 
-    from doc_core.explain.embedding import raw_pixel_features, tsne_2d
-
-    t0 = time.perf_counter()
     run = runs.get_run(run_id, where)
     test_idx, train_idx = _explorer_rows(run_id, created, where, max_points, with_train)
-    det = detector(run_id, created, where)
-    if feature_set == "doc":
-        feats = np.concatenate([test_features_of(run)[test_idx], np.asarray(det.bank_)[train_idx]])
-    else:
-        data = run_split(run)
-        images = np.concatenate([data.test_images[test_idx], data.train_normal[train_idx]])
-        if feature_set == "raw":
-            feats = raw_pixel_features(images)
-        else:
-            backbone, why = _pretrained(run_id, created, where)
-            if backbone is None:
-                return {"coords": None, "seconds": 0.0, "note": why}
-            feats = backbone.embed(images)
-    coords = tsne_2d(feats, seed=0)
-    return {"coords": coords, "seconds": time.perf_counter() - t0, "note": None}
+    note = None
+    try:
+        saved = load_maps(run.path, max_points, with_train, test_idx, train_idx)
+    except ArtifactError as exc:
+        saved, note = None, f"The saved maps could not be used ({exc}); they are computed again."
+    if saved is not None:
+        return MapJob.from_saved(saved, run.path)
+    data = run_split(run)  # loaded here, in the script thread; the worker only reads it
+    n_bank = len(run_scores(run_id, created, where).train_scores)
+
+    def inputs() -> MapInputs:  # runs in the worker thread: no Streamlit calls
+        return MapInputs(data, BackboneConfig.from_dict(run.backbone), test_features=runs.load_features(run_id, where),
+                         n_bank=n_bank,
+                         detector=lambda: runs.load_detector(run_id, where, use_saved_threshold=False))
+
+    return MapJob(run.path, inputs, max_points, with_train, note=note).start()
 
 
 @st.cache_resource(show_spinner="Preparing Grad-CAM…", max_entries=2)
@@ -453,19 +438,20 @@ def score_images(run: runs.RunSummary, scorer: ScorerConfig, images: np.ndarray)
 
 @st.cache_data(show_spinner=False, max_entries=24)
 def _embedding_figure(run_id: str, created: str, where: str, feature_set: str, max_points: int, with_train: bool,
-                      color_by: str, threshold: float, _roles, _scores, _info) -> str:
+                      color_by: str, threshold: float, _coords, _roles, _scores, _info) -> str:
     from .linked_maps import figure_json
 
-    m = _explorer_map(run_id, created, where, feature_set, max_points, with_train)
-    return figure_json(charts.embedding_map(m["coords"], _roles, _scores, _info, color_by, threshold))
+    return figure_json(charts.embedding_map(_coords, _roles, _scores, _info, color_by, threshold))
 
 
 def embedding_figure(run: runs.RunSummary, feature_set: str, max_points: int, with_train: bool, color_by: str,
-                     threshold: float, roles: np.ndarray, scores: np.ndarray, info: np.ndarray) -> str:
+                     threshold: float, coords: np.ndarray, roles: np.ndarray, scores: np.ndarray,
+                     info: np.ndarray) -> str:
     """The explorer's map figure as the linked maps draw it (:func:`ui.linked_maps.figure_json`), ``color_by``
-    "role" or "score" (built once per run, settings and threshold; the arrays follow from those)."""
-    return _embedding_figure(*_key(run), feature_set, max_points, with_train, color_by, float(threshold), roles,
-                             scores, info)
+    "role" or "score" (built once per run, settings and threshold; ``coords``, the finished map of
+    :func:`explorer_maps`, and the arrays follow from those)."""
+    return _embedding_figure(*_key(run), feature_set, max_points, with_train, color_by, float(threshold), coords,
+                             roles, scores, info)
 
 
 def explorer_thumbnails(run: runs.RunSummary, max_points: int, with_train: bool) -> dict:

@@ -11,19 +11,26 @@ If DOC training helped, normal images form a tighter group, set further apart fr
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from ..model.backbones import Backbone, WeightsNotFoundError
+from ..model.backbones import Backbone, BackboneConfig, WeightsNotFoundError
 from ..model.detector import DOCDetector
 from ..scoring.knn import knn_distances
 
 FEATURE_SETS = ("raw", "pretrained", "doc")
+
+
+class TSNECancelled(Exception):
+    """:func:`tsne_2d` was asked to stop by its ``progress`` callback."""
+
 FEATURE_SET_LABELS = {"raw": "raw pixels", "pretrained": "pretrained backbone (before DOC)",
                       "doc": "DOC-trained backbone"}
 
 
 def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0, max_pca_dims: int = 50,
-            n_jobs: int = 1) -> np.ndarray:
+            n_jobs: int = 1, progress: Callable[[float], bool | None] | None = None) -> np.ndarray:
     """2-D t-SNE embedding of feature vectors.
 
     Each column is standardised (zero mean, unit variance; constant columns become 0), the result is reduced with
@@ -44,6 +51,9 @@ def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0, max_p
     n_jobs : int
         Threads used by openTSNE. 1 is the default because it is the fastest on a busy 2-core machine (measured:
         8 s for 2,000 points with one thread, 32 s with two competing with other work).
+    progress : callable, optional
+        Called with the fraction of the optimisation done (0 to 1; openTSNE only, every 50 of its 750 iterations).
+        If it returns True the optimisation stops at once and :class:`TSNECancelled` is raised.
 
     Returns
     -------
@@ -55,6 +65,8 @@ def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0, max_p
     ------
     ValueError
         ``features`` is not 2-D or holds NaN or infinite values.
+    TSNECancelled
+        ``progress`` asked to stop.
     """
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
@@ -82,8 +94,21 @@ def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0, max_p
         out = SkTSNE(n_components=2, perplexity=min(max(perplexity, 1.0), n - 1.0 - 1e-6), init="pca",
                      random_state=seed, n_jobs=n_jobs).fit_transform(x)
     else:
-        out = np.asarray(TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed,
-                              n_jobs=n_jobs, verbose=False).fit(x))
+        tsne = TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed, n_jobs=n_jobs,
+                    verbose=False)
+        stopped = [False]
+        if progress is not None:
+            total, seen = tsne.early_exaggeration_iter + tsne.n_iter, [0]
+
+            def callback(iteration: int, error: float, embedding) -> bool:
+                seen[0] += tsne.callbacks_every_iters  # openTSNE counts each of its two phases from 0
+                stopped[0] = stopped[0] or bool(progress(min(seen[0] / total, 1.0)))
+                return stopped[0]
+
+            tsne.callbacks, tsne.callbacks_every_iters = [callback], 50
+        out = np.asarray(tsne.fit(x))
+        if stopped[0]:  # openTSNE ends a stopped phase quietly (and may go on to the next): say so
+            raise TSNECancelled("the t-SNE was stopped")
     return np.asarray(out, np.float32)
 
 
@@ -93,8 +118,9 @@ def raw_pixel_features(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def pretrained_backbone(detector: DOCDetector) -> Backbone:
-    """The detector's backbone as it was before DOC training: same config, original weights.
+def pretrained_backbone(detector: DOCDetector | BackboneConfig) -> Backbone:
+    """The backbone of a detector (or of a backbone config) as it was before DOC training: same config, original
+    weights.
 
     For ``weights="imagenet"`` the ImageNet weights are looked up as in
     :func:`doc_core.model.backbones.resolve_weights`; with ``weights=None`` it is a freshly initialised network (for the
@@ -106,13 +132,17 @@ def pretrained_backbone(detector: DOCDetector) -> Backbone:
     WeightsNotFoundError
         The original weights could not be found (nor downloaded); the message says where they were looked for.
     """
-    detector._check_fitted()
+    if isinstance(detector, BackboneConfig):
+        config = detector
+    else:
+        detector._check_fitted()
+        config = detector.backbone
     try:
-        return Backbone(detector.backbone)
+        return Backbone(config)
     except WeightsNotFoundError as exc:
         raise WeightsNotFoundError(
-            f"the pretrained (before DOC training) features need the {detector.backbone.name} backbone's original "
-            f"weights ({detector.backbone.weights!r}), which could not be found: {exc}") from exc
+            f"the pretrained (before DOC training) features need the {config.name} backbone's original "
+            f"weights ({config.weights!r}), which could not be found: {exc}") from exc
 
 
 def feature_sets(detector: DOCDetector, images: np.ndarray, batch_size: int = 256,
