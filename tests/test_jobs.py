@@ -213,10 +213,10 @@ def test_auto_preset_selects_on_training_normals_only_and_saves_the_evidence(spl
     seen = {}
 
     def spy(normal, candidates, reference=None, reference_labels=None, reference_names=None, seed=0,
-            on_progress=None):
-        seen.update(normal=np.array(normal), names=[c.name for c in candidates], reference=reference)
+            on_progress=None, **calibration):
+        seen.update(normal=np.array(normal), names=[c.name for c in candidates], reference=reference, **calibration)
         return real(normal, candidates, reference, reference_labels, reference_names, seed=seed,
-                    on_progress=on_progress)
+                    on_progress=on_progress, **calibration)
 
     monkeypatch.setattr(selection_module, "select_configuration", spy)
     phases = []
@@ -228,6 +228,7 @@ def test_auto_preset_selects_on_training_normals_only_and_saves_the_evidence(spl
     assert snap.status == SUCCEEDED, snap.error
     np.testing.assert_array_equal(seen["normal"], split.train_normal)  # the training normals, exactly
     assert seen["reference"] is split.reference
+    assert seen["calibration_fraction"] == 0.1  # so that selection drops the detector's calibration slice first
     assert "selecting" in phases
     sel = snap.run.selection
     assert sel == snap.selection and sel["chosen"] == next(r["name"] for r in sel["rows"] if r["chosen"])
@@ -302,10 +303,6 @@ class _Recording(TrainingJob):
         super()._on_step(rec)
         self.seen.append(self.snapshot(since=1 << 62))
 
-    def _on_maps_progress(self, fraction: float, eta: float, message: str) -> None:
-        super()._on_maps_progress(fraction, eta, message)
-        self.seen.append(self.snapshot(since=1 << 62))
-
 
 def test_every_stage_has_its_own_progress_and_the_job_one_time_left(split, tmp_path, monkeypatch):
     """The frozen-layer pass moves its bar batch by batch (it once sat empty for 35 s), every stage is named, and the
@@ -319,7 +316,7 @@ def test_every_stage_has_its_own_progress_and_the_job_one_time_left(split, tmp_p
     seen = job.seen
     stages = list(dict.fromkeys(s.stage for s in seen))
     assert stages == ["Running the frozen layers", "Training", "Embedding the normal training images",
-                      "Scoring the test images", "Computing the explorer's maps"]
+                      "Scoring the test images"]
     frozen = [s for s in seen if s.stage == "Running the frozen layers"]
     fractions = [s.fraction for s in frozen]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
@@ -331,7 +328,7 @@ def test_every_stage_has_its_own_progress_and_the_job_one_time_left(split, tmp_p
     assert [s.fraction for s in train] == [i / 8 for i in range(1, 9)]
     etas = [s.eta_s for s in train]
     assert all(math.isfinite(e) and e >= 0 for e in etas) and etas[-1] < etas[0]
-    after = [s for s in seen if s.phase in ("memory bank", "scoring", "maps")]
+    after = [s for s in seen if s.phase in ("memory bank", "scoring")]
     assert all(math.isfinite(s.eta_s) and s.eta_s >= 0 for s in after)
     scoring = [s.fraction for s in seen if s.phase == "scoring"]
     assert scoring[0] == 0.0 and scoring[-1] == 1.0
@@ -362,11 +359,6 @@ def test_time_left_adds_the_stages_still_to_come_at_measured_rates():
     patch = {**later, "patch maps": 200}
     assert estimate_seconds_left("embedding", 200, 200, 50.0, 2.0, rates, patch) == pytest.approx(4 + 2)
     assert estimate_seconds_left("saving", 1, 1, math.nan, 2.0, rates, later) == 0.0
-    # the explorer's maps come last: their images at the measured rate, plus their t-SNE (tail_s)
-    maps = {**later, "maps": 100}
-    assert estimate_seconds_left("saving", 1, 1, math.nan, 2.0, rates, maps, 9.0) == pytest.approx(2 + 9)
-    assert estimate_seconds_left("scoring", 50, 100, 25.0, 2.0, rates, maps, 9.0) == pytest.approx(2 + 2 + 9)
-    assert estimate_seconds_left("scoring", 50, 100, 25.0, 2.0, rates, later, 9.0) == pytest.approx(2)  # no maps
     # unknown, not guessed: before the first step, while selecting, without any rate for what comes after training
     for stage in (STAGE_FROZEN, "selecting", "building", "starting"):
         assert math.isnan(estimate_seconds_left(stage, 1, 2, 10.0, 2.0, rates, later))
@@ -375,3 +367,25 @@ def test_time_left_adds_the_stages_still_to_come_at_measured_rates():
     assert math.isnan(estimate_seconds_left("embedding", 0, 200, math.nan, 2.0, {}, later))
     # a stage whose first batch is not measured yet runs at the stand-in rate
     assert estimate_seconds_left("embedding", 0, 200, math.nan, 2.0, {STAGE_FROZEN: 100.0}, later) == pytest.approx(3)
+
+
+def test_job_holds_out_the_calibration_slice_and_says_so(split, tmp_path):
+    rng = np.random.default_rng(5)
+    big = OneClassSplit(train_normal=_images(rng, 100, 60), reference=split.reference,
+                        reference_labels=split.reference_labels, reference_names=split.reference_names,
+                        test_images=split.test_images, test_labels=split.test_labels, test_classes=split.test_classes,
+                        name="more squares")
+    job = TrainingJob(big, TINY, TrainConfig(epochs=0), runs_dir=tmp_path).start()
+    _wait(job)
+    snap = job.snapshot()
+    assert snap.status == SUCCEEDED and "30 normal images held out" in snap.message
+    run = snap.run
+    assert run.n_calibration == 30 and run.calibration["threshold_source"] == "calibration"
+    stored = runs.load_scores(run.run_id, tmp_path)
+    assert stored.n_calibration == 30
+    assert run.default_threshold == pytest.approx(np.percentile(stored.calibration_scores, 95.0))
+    off = TrainingJob(big, TINY, TrainConfig(epochs=0), runs_dir=tmp_path, calibration_fraction=0.0)
+    _wait(off.start())
+    assert off.snapshot().run.n_calibration == 0 and "fraction 0" in off.snapshot().message
+    with pytest.raises(ValueError, match="calibration fraction"):
+        TrainingJob(big, TINY, TrainConfig(epochs=0), calibration_fraction=0.9)
