@@ -365,3 +365,20 @@ def test_run_with_a_calibration_slice_stores_its_new_scores_and_moves_label_free
     bg.undo_bank_change(rid, tmp_path)
     np.testing.assert_array_equal(runs.load_scores(rid, tmp_path).calibration_scores, cal_before)
     assert runs.get_run(rid, tmp_path).threshold["value"] == 9.0
+
+
+def test_patch_detector_with_a_calibration_slice_grows_and_reloads(tmp_path, make_normal):
+    rng = np.random.default_rng(7)
+    det = _detector(ScorerConfig("patch", max_bank_size=300), make_normal(rng, 60), calibration_fraction=0.2,
+                    calibration_min=5)
+    assert det.has_calibration and det.calibration_images_ is not None
+    grown = det.with_added_normals(make_normal(rng, 3))
+    cal = grown.decision_function(det.calibration_images_)
+    np.testing.assert_allclose(grown.calibration_scores_, cal, rtol=1e-5)
+    assert grown.threshold_source_ == "calibration"
+    assert grown.threshold_ == pytest.approx(np.percentile(cal, 95), rel=1e-5)
+    assert np.all(grown.calibration_scores_ <= det.calibration_scores_ + 1e-6)
+    grown.save(tmp_path / "det")
+    back = DOCDetector.load(tmp_path / "det")
+    assert back.threshold_ == grown.threshold_ and len(back.scorer_.bank_) == len(grown.scorer_.bank_)
+    np.testing.assert_allclose(back.calibration_scores_, grown.calibration_scores_, rtol=1e-6)
