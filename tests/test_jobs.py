@@ -303,6 +303,10 @@ class _Recording(TrainingJob):
         super()._on_step(rec)
         self.seen.append(self.snapshot(since=1 << 62))
 
+    def _on_maps_progress(self, fraction: float, eta: float, message: str) -> None:
+        super()._on_maps_progress(fraction, eta, message)
+        self.seen.append(self.snapshot(since=1 << 62))
+
 
 def test_every_stage_has_its_own_progress_and_the_job_one_time_left(split, tmp_path, monkeypatch):
     """The frozen-layer pass moves its bar batch by batch (it once sat empty for 35 s), every stage is named, and the
@@ -316,7 +320,7 @@ def test_every_stage_has_its_own_progress_and_the_job_one_time_left(split, tmp_p
     seen = job.seen
     stages = list(dict.fromkeys(s.stage for s in seen))
     assert stages == ["Running the frozen layers", "Training", "Embedding the normal training images",
-                      "Scoring the test images"]
+                      "Scoring the test images", "Computing the explorer's maps"]
     frozen = [s for s in seen if s.stage == "Running the frozen layers"]
     fractions = [s.fraction for s in frozen]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
@@ -328,7 +332,7 @@ def test_every_stage_has_its_own_progress_and_the_job_one_time_left(split, tmp_p
     assert [s.fraction for s in train] == [i / 8 for i in range(1, 9)]
     etas = [s.eta_s for s in train]
     assert all(math.isfinite(e) and e >= 0 for e in etas) and etas[-1] < etas[0]
-    after = [s for s in seen if s.phase in ("memory bank", "scoring")]
+    after = [s for s in seen if s.phase in ("memory bank", "scoring", "maps")]
     assert all(math.isfinite(s.eta_s) and s.eta_s >= 0 for s in after)
     scoring = [s.fraction for s in seen if s.phase == "scoring"]
     assert scoring[0] == 0.0 and scoring[-1] == 1.0
@@ -359,6 +363,11 @@ def test_time_left_adds_the_stages_still_to_come_at_measured_rates():
     patch = {**later, "patch maps": 200}
     assert estimate_seconds_left("embedding", 200, 200, 50.0, 2.0, rates, patch) == pytest.approx(4 + 2)
     assert estimate_seconds_left("saving", 1, 1, math.nan, 2.0, rates, later) == 0.0
+    # the explorer's maps come last: their images at the measured rate, plus their t-SNE (tail_s)
+    maps = {**later, "maps": 100}
+    assert estimate_seconds_left("saving", 1, 1, math.nan, 2.0, rates, maps, 9.0) == pytest.approx(2 + 9)
+    assert estimate_seconds_left("scoring", 50, 100, 25.0, 2.0, rates, maps, 9.0) == pytest.approx(2 + 2 + 9)
+    assert estimate_seconds_left("scoring", 50, 100, 25.0, 2.0, rates, later, 9.0) == pytest.approx(2)  # no maps
     # unknown, not guessed: before the first step, while selecting, without any rate for what comes after training
     for stage in (STAGE_FROZEN, "selecting", "building", "starting"):
         assert math.isnan(estimate_seconds_left(stage, 1, 2, 10.0, 2.0, rates, later))

@@ -2,7 +2,8 @@
 
 A :class:`TrainingJob` runs :meth:`DOCDetector.fit_steps` on a daemon thread, keeps every :class:`StepRecord` in a
 thread-safe buffer, reports its phase, progress and errors through :meth:`TrainingJob.snapshot`, and when training
-ends scores the test set and saves the run with :mod:`doc_core.workflow.runs`. With ``preset="auto"`` it first chooses
+ends scores the test set, saves the run with :mod:`doc_core.workflow.runs` and then computes the Embedding explorer's
+default maps into the run folder (:mod:`doc_core.explain.explorer_maps`; a bonus: if that fails the run is kept). With ``preset="auto"`` it first chooses
 the configuration without labels (:func:`doc_core.workflow.selection.select_configuration` on the normal training
 images only) and saves that evidence with the run. Nothing here knows about a UI framework: a front end polls
 ``snapshot()`` (for example once a second) and calls ``stop()``.
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 # Status: where the job is in its life. Phase: what it is doing while running.
 QUEUED, RUNNING, SUCCEEDED, FAILED, STOPPED = "queued", "running", "succeeded", "failed", "stopped"
 FINISHED = (SUCCEEDED, FAILED, STOPPED)
-PHASES = ("starting", "selecting", "preparing", "training", "memory bank", "scoring", "saving", "done")
+PHASES = ("starting", "selecting", "preparing", "training", "memory bank", "scoring", "saving", "maps", "done")
 # "manual": train the configuration given; "auto": choose it first from doc_core.workflow.selection.auto_candidates
 PRESETS = ("manual", "auto")
 # Stages (JobSnapshot.stage): what runs now, in words; each has its own progress (JobSnapshot.fraction).
@@ -48,11 +49,11 @@ STAGE_NAMES = {"starting": "Starting", "selecting": "Choosing the configuration"
                STAGE_FROZEN: "Running the frozen layers", STAGE_ANCHORS: "Computing the pretrained features",
                "training": "Training", "embedding": "Embedding the normal training images",
                "patch maps": "Computing the patch maps of the normal images", "scoring": "Scoring the test images",
-               "saving": "Saving the run", "done": "Done"}
+               "saving": "Saving the run", "maps": "Computing the explorer's maps", "done": "Done"}
 # The phase (JobSnapshot.phase) each stage belongs to.
 _PHASE_OF = {"starting": "starting", "selecting": "selecting", "building": "preparing", STAGE_FROZEN: "preparing",
              STAGE_ANCHORS: "preparing", "training": "training", "embedding": "memory bank",
-             "patch maps": "memory bank", "scoring": "scoring", "saving": "saving", "done": "done"}
+             "patch maps": "memory bank", "scoring": "scoring", "saving": "saving", "maps": "maps", "done": "done"}
 
 
 class _Cancelled(Exception):
@@ -97,7 +98,7 @@ def step_seconds(records: list[StepRecord]) -> float:
 
 
 def estimate_seconds_left(stage: str, done: int, total: int, stage_rate: float, step_s: float,
-                          rates: dict[str, float], later: dict[str, int]) -> float:
+                          rates: dict[str, float], later: dict[str, int], tail_s: float = 0.0) -> float:
     """Seconds left of a job: what is left of the current stage at its measured rate, plus the stages still to come.
 
     Parameters
@@ -113,8 +114,11 @@ def estimate_seconds_left(stage: str, done: int, total: int, stage_rate: float, 
     rates : dict
         Measured images per second of the stages run so far, by stage.
     later : dict
-        Images each stage after training will process, by stage ("embedding", "patch maps", "scoring"; 0 or absent
-        when it does not run).
+        Images each stage after training will process, by stage ("embedding", "patch maps", "scoring", "maps": the
+        images the explorer's pretrained map embeds; 0 or absent when it does not run).
+    tail_s : float
+        Seconds of the last stage ("maps") not counted in images (its t-SNE), added before that stage begins (the
+        caller estimates the maps stage itself once it runs).
 
     Returns
     -------
@@ -124,16 +128,16 @@ def estimate_seconds_left(stage: str, done: int, total: int, stage_rate: float, 
         batch is not done) is estimated from the first measured image rate among, in order: embedding, scoring, the
         frozen layers (the trunk only: too fast) and training (forward and backward passes: too slow).
     """
-    after = ("embedding", "patch maps", "scoring")
-    if stage == "saving":
-        return 0.0
+    after = ("embedding", "patch maps", "scoring", "maps")
     forward = next((r for k in ("embedding", "scoring", STAGE_FROZEN, "training")
                     if (r := rates.get(k, math.nan)) > 0), math.nan)
     if stage == "training":
         if not math.isfinite(step_s):
             return math.nan
         left, rest = max(total - done, 0) * step_s, after
-    elif stage in after:  # before its first batch is measured, the stage runs at the stand-in rate too
+    elif stage == "saving":
+        left, rest = 0.0, ("maps",)
+    elif stage in after[:-1]:  # before its first batch is measured, the stage runs at the stand-in rate too
         left, rest = 0.0, after[after.index(stage) + 1:]
         if done < total:
             rate = stage_rate if stage_rate > 0 else forward
@@ -147,7 +151,7 @@ def estimate_seconds_left(stage: str, done: int, total: int, stage_rate: float, 
         if not (forward > 0):
             return math.nan
         left += todo / forward
-    return left
+    return left + (tail_s if "maps" in rest and later.get("maps", 0) else 0.0)
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,9 @@ class TrainingJob:
         Default: :func:`doc_core.workflow.runs.default_runs_dir` at the time the job saves.
     save : bool
         Save the run when training ends (tests may turn it off).
+    maps : bool
+        After saving, compute the explorer's default maps into the run folder (stage "maps"). Their failure is logged
+        and said in ``message``; the run stays saved and the job ``succeeded``.
 
     Use :meth:`start`, then poll :meth:`snapshot`; :meth:`stop` ends training after the current step.
     """
@@ -253,7 +260,7 @@ class TrainingJob:
     def __init__(self, split: OneClassSplit, backbone: BackboneConfig = BackboneConfig(),
                  train: TrainConfig = TrainConfig(), scorer: ScorerConfig = ScorerConfig(), *,
                  preset: str = "manual", dataset: dict | None = None, name: str | None = None, runs_dir=None,
-                 save: bool = True, job_id: str | None = None,
+                 save: bool = True, maps: bool = True, job_id: str | None = None,
                  calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION) -> None:
         train.validate()
         calibration_size(0, calibration_fraction)  # ValueError for an impossible fraction, before anything starts
@@ -271,6 +278,8 @@ class TrainingJob:
         self.name = name or ""
         self.runs_dir = runs_dir
         self.save = save
+        self.maps = maps
+        self.maps_note: str | None = None  # why the explorer's maps were not saved, once that is known
         self.detector: DOCDetector | None = None
         self._lock = threading.Lock()
         self._records: list[StepRecord] = []
@@ -381,7 +390,7 @@ class TrainingJob:
             self._fraction = min(done / max(total, 1), 1.0)
             self._message = f"{STAGE_NAMES.get(stage, stage)}: {done:,} of {total:,} images"
             self._eta = estimate_seconds_left(stage, done, total, rate, step_seconds(self._records), self._rates,
-                                              self._later)
+                                              self._later, self._tail_s)
 
     def _on_step(self, rec: StepRecord) -> None:
         with self._lock:
@@ -392,15 +401,69 @@ class TrainingJob:
                              f"step {rec.step:,} of {rec.steps_total:,}")
             self._rates["training"] = rec.images_per_s
             self._eta = estimate_seconds_left("training", rec.step, rec.steps_total, math.nan,
-                                              step_seconds(self._records), self._rates, self._later)
+                                              step_seconds(self._records), self._rates, self._later, self._tail_s)
 
     @property
     def _later(self) -> dict[str, int]:
         """Images each stage after training processes (the patch scorer maps the normal images, and scores each
-        test image by a pooled and a patch pass)."""
+        test image by a pooled and a patch pass; the maps stage embeds its points with the pretrained backbone)."""
         patch = self.scorer.name == "patch"
         n_normal, n_test = self._n_normal, self._n_test
-        return {"embedding": n_normal, "patch maps": n_normal if patch else 0, "scoring": n_test * (2 if patch else 1)}
+        return {"embedding": n_normal, "patch maps": n_normal if patch else 0, "scoring": n_test * (2 if patch else 1),
+                "maps": self._map_points}
+
+    @property
+    def _map_points(self) -> int:
+        """Points of the maps stage (0 when it does not run)."""
+        from ..explain.explorer_maps import DEFAULT_MAX_POINTS
+
+        return min(self._n_test, DEFAULT_MAX_POINTS) if (self.maps and self.save and self._n_test) else 0
+
+    @property
+    def _tail_s(self) -> float:
+        """The maps stage's t-SNE time, a prior until it is measured (three maps)."""
+        from ..explain.explorer_maps import TSNE_SECONDS_PER_POINT
+
+        return 3 * self._map_points * TSNE_SECONDS_PER_POINT
+
+    def _on_maps_progress(self, fraction: float, eta: float, message: str) -> None:
+        """The maps stage reports: ``fraction`` of its three maps done, the seconds left, what it does now."""
+        self._set(fraction=fraction, eta=eta, message=message)
+
+    def _maps_stage(self, det: DOCDetector, split: OneClassSplit, feats, run: RunSummary) -> None:
+        """The last stage: the explorer's default maps, saved in the run folder. The run is already saved: any failure
+        here is logged and kept in ``self.maps_note``, never raised."""
+        from ..explain.embedding import TSNECancelled
+        from ..explain.explorer_maps import (COMPUTE_ORDER, DEFAULT_MAX_POINTS, DEFAULT_WITH_TRAIN, MapInputs,
+                                             compute_maps, save_maps)
+
+        self._enter("maps", f"Computing the explorer's maps: {self._map_points:,} points, 3 maps")
+        t0 = time.time()
+        prior = estimate_seconds_left("saving", 1, 1, math.nan, math.nan, self._rates, self._later, self._tail_s)
+        prior = prior if math.isfinite(prior) else self._tail_s
+        self._set(eta=prior)
+
+        def progress(feature_set: str, fraction: float) -> bool:
+            done = (COMPUTE_ORDER.index(feature_set) + min(max(fraction, 0.0), 1.0)) / len(COMPUTE_ORDER)
+            spent = time.time() - t0
+            eta = spent * (1 - done) / done if done >= 0.05 else max(prior - spent, 0.0)
+            name = {"raw": "raw pixels", "doc": "DOC features", "pretrained": "pretrained features"}[feature_set]
+            self._on_maps_progress(done, eta, f"Computing the explorer's maps: map "
+                                             f"{COMPUTE_ORDER.index(feature_set) + 1} of 3 ({name}), {fraction:.0%}")
+            return self._stop.is_set()
+
+        try:
+            maps = compute_maps(MapInputs(split, det.backbone, test_features=feats, bank=det.bank_,
+                                          train_index=getattr(det, "train_index_", None)),
+                                DEFAULT_MAX_POINTS, DEFAULT_WITH_TRAIN, progress)
+            save_maps(run.path, maps)
+        except TSNECancelled:
+            self.maps_note = "stopped"
+            log.info("training job %s: the explorer's maps were stopped; the run is saved without them", self.job_id)
+        except Exception as exc:  # noqa: BLE001 - the maps are a bonus: the run is saved already
+            self.maps_note = f"{type(exc).__name__}: {exc}"
+            log.warning("training job %s: the explorer's maps could not be computed (the run is saved without "
+                        "them): %s", self.job_id, exc, exc_info=True)
 
     def _select(self, split: OneClassSplit) -> dict:
         """The ``auto`` preset: choose the configuration on the normal training images, and adopt it."""
@@ -458,20 +521,24 @@ class TrainingJob:
             run = None
             if self.save:
                 self._enter("saving", "Saving the run", fraction=1.0)
-                self._set(eta=0.0)
+                self._set(eta=estimate_seconds_left("saving", 1, 1, math.nan, math.nan, self._rates, self._later,
+                                                    self._tail_s))
                 run = save_run(det, scores, split.test_labels, split.test_classes, feats,
                                dataset={**self.dataset, "name": split.name, "counts": split.summary()},
                                name=self.name or None, steps_total=self._steps_total, stopped_early=stopped_early,
                                total_seconds=time.time() - self._started,
                                test_paths=split.info.get("test_paths"), runs_dir=self.runs_dir,
                                selection=selection)
+            if run is not None and self._map_points:
+                self._maps_stage(det, split, feats, run)
             if run is not None:
                 self.detector = None  # it is on disk now; a finished job should not hold a model in memory
             held = (f"; {det.n_calibration} normal images held out to set the threshold" if det.n_calibration
                     else f"; {det.calibration_note_}" if det.calibration_note_ else "")
             end = dict(status=SUCCEEDED, run=run, fraction=1.0,
                        message=("Stopped early; the model trained so far was saved" if stopped_early else "Finished")
-                       + held)
+                       + held
+                       + (f" (the explorer's maps were not saved: {self.maps_note})" if self.maps_note else ""))
         except _Cancelled:
             end = dict(status=STOPPED, message="Stopped before training started; nothing was saved")
             self.detector = None
