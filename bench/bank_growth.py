@@ -17,6 +17,8 @@
    with their own copy in the bank.
 4. Each change is undone (the last one kept with ``--keep``) and the scores are checked to be the same bytes as
    before.
+5. For comparison, the first N is repeated in memory (nothing saved) with k-NN at another k (``--other-k``, default
+   1: the paper's nearest-neighbour distance), from the run's stored test features.
 
 Nothing is tuned; the numbers come from one run (seed 0).
 """
@@ -87,6 +89,9 @@ def main() -> int:
     ap.add_argument("--n-mark", type=int, nargs="+", default=[20, 100, 500],
                     help="highest-scoring test sneakers marked normal, one bank change each, undone in turn "
                          "(default 20 100 500)")
+    ap.add_argument("--other-k", type=int, nargs="*", default=[1],
+                    help="also measure the first --n-mark in memory with these k-NN k (default 1; the run's own k is "
+                         "5)")
     ap.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST .gz files")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the bank change (default: undo it at the end)")
@@ -159,6 +164,29 @@ def main() -> int:
             undo = bank_growth.undo_bank_change(run_id, runs_dir)
             rows[str(n_mark)]["undo"] = {"version": undo.version, "scores_identical":
                                          (summary.path / "scores.npz").read_bytes() == scores_bytes}
+    other_k = {}
+    base = runs.load_detector(run_id, runs_dir, use_saved_threshold=False)
+    for k in args.other_k:  # the same change in memory with another k (the run itself is not touched)
+        det_k = base.with_scorer(ScorerConfig("knn", k=k))
+        sk0 = det_k.score_features(feats)
+        n_mark = args.n_mark[0]
+        marked = order[:n_mark]
+        others = np.setdiff1d(normals, marked)
+        rest = np.setdiff1d(np.arange(len(y)), marked)
+        grown = det_k.with_added_normals(test[marked], features=feats[marked])
+        sk1 = grown.score_features(feats)
+        sk1[marked] = grown.train_scores_[-n_mark:]
+        t0k, t1k = float(det_k.threshold_), float(grown.threshold_)
+        other_k[str(k)] = {
+            "n_marked": int(n_mark), "threshold_before": t0k, "threshold_after": t1k,
+            "fpr_other_normals_before": fpr(sk0[others], t0k), "fpr_other_normals_after": fpr(sk1[others], t1k),
+            "auc_rest_before": roc_auc(y[rest], sk0[rest]), "auc_rest_after": roc_auc(y[rest], sk1[rest]),
+            "tpr_anomalies_before": fpr(sk0[y == 1], t0k), "tpr_anomalies_after": fpr(sk1[y == 1], t1k),
+            "marked_flagged_before": int(np.sum(sk0[marked] > t0k)),
+            "marked_flagged_after": int(np.sum(sk1[marked] > t1k))}
+        print(f"k={k}, {n_mark} marked (in memory): FPR other normals {other_k[str(k)]['fpr_other_normals_before']:.4f}"
+              f" -> {other_k[str(k)]['fpr_other_normals_after']:.4f}, AUC rest "
+              f"{other_k[str(k)]['auc_rest_before']:.4f} -> {other_k[str(k)]['auc_rest_after']:.4f}", flush=True)
     result = {
         "protocol": "bank-growth",
         "what": ("the N highest-scoring test sneakers of a default tutorial run marked normal and added to the normal "
@@ -168,6 +196,7 @@ def main() -> int:
                 "n_test": int(len(y)), "n_test_normal": int(len(normals)), "train_seconds": summary.train_seconds,
                 "n_calibration": int(stored.n_calibration)},
         "by_n_marked": rows,
+        "other_k_in_memory": other_k,
     }
     result["total_s"] = time.time() - t_start
     result["machine"] = machine_info()
