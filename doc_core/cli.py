@@ -154,6 +154,13 @@ def _configs(args):
 
 
 def _load_split(args):
+    return _load_split_and_spec(args)[0]
+
+
+def _load_split_and_spec(args):
+    """The split the data arguments describe, and its :class:`doc_core.data.datasets.DatasetSpec` (what a dashboard
+    run records to rebuild it)."""
+    from .data.datasets import DatasetSpec
     from .data.fashion_mnist import load_fashion_mnist
     from .data.splits import ONE_VS_REST_SPLITS, SplitConfig, load_folder_split, make_split
 
@@ -163,13 +170,14 @@ def _load_split(args):
         split, skipped = load_folder_split(args.folder, image_size=args.image_size)
         for s in skipped:
             print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
-        split = with_reference(split, getattr(args, "reference", "auto"))
+        reference = getattr(args, "reference", "auto")
+        split = with_reference(split, reference)
         print(f"reference: {split.info['reference']} ({split.info['reference_reason']})", file=sys.stderr)
-        return split
+        return split, DatasetSpec.folder(Path(args.folder).resolve(), args.image_size, reference=reference)
     cfg = (SplitConfig.tutorial(args.split_seed) if args.protocol == "tutorial"
            else ONE_VS_REST_SPLITS[args.protocol](args.normal_class, seed=args.split_seed))
     cfg = SplitConfig.from_dict({**cfg.to_dict(), "n_normal": args.n_normal, "n_reference": args.n_reference})
-    return make_split(cfg, load_fashion_mnist(args.data_dir))
+    return make_split(cfg, load_fashion_mnist(args.data_dir)), DatasetSpec.fashion_mnist(cfg)
 
 
 def _embed_bar(total: int, desc: str):
@@ -187,10 +195,12 @@ def _embed_bar(total: int, desc: str):
     return progress
 
 
-def _evaluation(det, split) -> dict:
+def _evaluation(det, split, scores: np.ndarray | None = None) -> dict:
     from .evaluation.metrics import average_precision, report_at_threshold, roc_auc
 
-    scores = det.decision_function(split.test_images, progress=_embed_bar(len(split.test_images), "scoring test set"))
+    if scores is None:
+        scores = det.decision_function(split.test_images,
+                                       progress=_embed_bar(len(split.test_images), "scoring test set"))
     out = {"n_test": int(len(scores)), "threshold": float(det.threshold_)}
     if split.has_test_labels:
         labelled = split.test_labels >= 0
@@ -201,17 +211,25 @@ def _evaluation(det, split) -> dict:
 
 
 def cmd_train(args) -> int:
+    if args.out is None and args.runs is None:  # before TensorFlow is imported: an argument error stays quick
+        print("error: say where to save: --out (a detector folder), --runs (a dashboard runs folder), or both",
+              file=sys.stderr)
+        return 2
     from tqdm import tqdm
 
     from .model.detector import DETECTOR_FOLDER, DOCDetector, estimate_save_bytes
     from .workflow.output_folders import check_target, check_writable
 
     # --out is checked before any data is read or any step trained: foreign content, a parent that takes no file
-    replaced = check_target(args.out, DETECTOR_FOLDER, args.force)
-    check_writable(args.out)
-    split = _load_split(args)
+    replaced = check_target(args.out, DETECTOR_FOLDER, args.force) if args.out else None
+    for where in (args.out, args.runs):
+        if where:
+            check_writable(where)
+    split, spec = _load_split_and_spec(args)
     bb, tc, sc = _configs(args)
-    check_writable(args.out, estimate_save_bytes(bb, len(split.train_normal), tc, sc.max_bank_size))
+    for where in (args.out, args.runs):
+        if where:
+            check_writable(where, estimate_save_bytes(bb, len(split.train_normal), tc, sc.max_bank_size))
     preset = args.preset or ("auto" if args.folder else "manual")
     selection = None
     if preset == "auto":
@@ -244,14 +262,72 @@ def cmd_train(args) -> int:
               "epochs": det.train.epochs}
     if selection is not None:
         result["selection"] = selection.to_dict()
+    scores = feats = None
+    if args.runs and len(split.test_images):  # a dashboard run stores the test features too: one pass gives both
+        progress = _embed_bar(len(split.test_images), "scoring test set")
+        if det.is_patch:
+            scores, feats = det.score_images(split.test_images, progress=progress)
+        else:
+            feats = det.embed(split.test_images, progress=progress)
+            scores = det.score_features(feats)
     if len(split.test_images):
-        result.update(_evaluation(det, split))
-    path = det.save(args.out, metadata={"split": split.info, "split_name": split.name, "evaluation": result},
-                    force=args.force)
-    result["detector"] = str(path)
-    _say_replaced(result, path, replaced)
+        result.update(_evaluation(det, split, scores))
+    if args.out:
+        path = det.save(args.out, metadata={"split": split.info, "split_name": split.name, "evaluation": result},
+                        force=args.force)
+        result["detector"] = str(path)
+        _say_replaced(result, path, replaced)
+    if args.runs:
+        result.update(_save_dashboard_run(args, det, split, spec, scores, feats, selection))
     print(json.dumps(result, indent=1))
     return 0
+
+
+def _save_dashboard_run(args, det, split, spec, scores, feats, selection) -> dict:
+    """Save the trained detector as a dashboard run in ``args.runs``, then (unless ``--no-maps``) the Embedding
+    explorer's default maps into it. The maps are a bonus: if they fail the run stays and the reason is printed."""
+    import time
+
+    from .workflow.runs import save_run
+
+    if scores is None:  # no test images: nothing to show in the dashboard, but the run is still listed
+        scores, feats = np.zeros(0, np.float32), None
+    run = save_run(det, scores, split.test_labels, split.test_classes, feats,
+                   dataset={**spec.to_dict(), "description": spec.describe(), "name": split.name,
+                            "counts": split.summary()},
+                   name=args.name, steps_total=len(det.history_), total_seconds=det.fit_seconds_,
+                   test_paths=split.info.get("test_paths"), runs_dir=args.runs,
+                   selection=None if selection is None else selection.to_dict())
+    out = {"run_id": run.run_id, "run": str(run.path)}
+    print(f"saved run {run.run_id} in {Path(args.runs).resolve()}", file=sys.stderr)
+    if args.no_maps or not len(scores):
+        return out
+    from .explain.explorer_maps import (COMPUTE_ORDER, DEFAULT_WITH_TRAIN, MapInputs, compute_maps, maps_file_name,
+                                        save_maps)
+    from .explain import explorer_maps
+
+    t0 = time.perf_counter()
+    bar, last = _embed_bar(300, "explorer maps (3)"), [0]
+
+    def progress(feature_set: str, fraction: float) -> None:
+        done = int(100 * (COMPUTE_ORDER.index(feature_set) + fraction))
+        if done > last[0]:
+            bar(done)
+            last[0] = done
+
+    try:
+        maps = compute_maps(MapInputs(split, det.backbone, test_features=feats, bank=det.bank_,
+                                      train_index=getattr(det, "train_index_", None)),
+                            explorer_maps.DEFAULT_MAX_POINTS, DEFAULT_WITH_TRAIN, progress)
+        out["maps"] = str(save_maps(run.path, maps))
+        out["maps_s"] = round(time.perf_counter() - t0, 1)
+    except Exception as exc:  # noqa: BLE001 - the run is saved; the explorer computes the maps when it is opened
+        bar(300)
+        out["maps_error"] = f"{type(exc).__name__}: {exc}"
+        print(f"warning: the explorer's maps ({maps_file_name(explorer_maps.DEFAULT_MAX_POINTS, DEFAULT_WITH_TRAIN)}) "
+              f"were not saved: {exc}; the run is saved, and the explorer computes them when it is opened",
+              file=sys.stderr)
+    return out
 
 
 def _say_replaced(result: dict, path: Path, replaced: str | None) -> None:
@@ -522,10 +598,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune the backbone with DOC, score the test set (if any) and save.")
     _add_data_args(p)
     _add_model_args(p)
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", default=None,
                    help="folder to save the detector in: created, or replaced atomically if it is empty or holds a "
                         "detector saved by this tool; anything else there is kept and the command refuses (checked, "
-                        "with the free space, before training)")
+                        "with the free space, before training). --out, --runs or both")
+    p.add_argument("--runs", default=None,
+                   help="also save the run in this dashboard runs folder (a new run folder: detector, test scores "
+                        "and features, and the Embedding explorer's default maps), so the dashboard lists it")
+    p.add_argument("--name", default=None, help="--runs: the run's name in the dashboard")
+    p.add_argument("--no-maps", action="store_true",
+                   help="--runs: do not compute the explorer's maps now (the explorer computes them when opened)")
     p.add_argument("--force", action="store_true",
                    help="replace whatever is at --out, even a folder or file this tool did not write (the output "
                         "says what was replaced)")

@@ -287,3 +287,40 @@ def test_a_damaged_maps_file_is_set_aside_with_a_note_and_computed_again(runs_di
     test_idx, train_idx = explorer_rows(stored.labels, len(stored.train_scores), explorer_maps.DEFAULT_MAX_POINTS,
                                         False)
     assert load_maps(run.path, explorer_maps.DEFAULT_MAX_POINTS, False, test_idx, train_idx) is not None  # replaced
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+from test_cli import TINY as CLI_TINY, fake_fmnist  # noqa: E402,F401
+
+
+def test_cli_train_saves_a_dashboard_run_with_its_maps(tmp_path, fake_fmnist, capsys, monkeypatch):  # noqa: F811
+    import json
+
+    from doc_core.cli import main
+    from doc_core.data import load_fashion_mnist
+    from doc_core.data.datasets import DatasetSpec, load_dataset
+
+    monkeypatch.setattr(explorer_maps, "DEFAULT_MAX_POINTS", 150)  # a small map keeps the test quick
+    where = tmp_path / "runs"
+    args = ["--data-dir", str(fake_fmnist), "--protocol", "one-vs-rest", "--normal-class", "3", *CLI_TINY]
+    assert main(["train", *args, "--runs", str(where), "--name", "from the CLI"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (run,) = runs.list_runs(where)
+    assert run.run_id == out["run_id"] and run.name == "from the CLI" and run.auc == pytest.approx(out["auc"])
+    assert "detector" not in out and out["maps"].endswith("maps-150.npz")
+    split, _ = load_dataset(DatasetSpec.from_dict(run.dataset), load_fashion_mnist(fake_fmnist))  # the dashboard's way
+    assert len(split.test_images) == run.n_test
+    stored = runs.load_scores(run.run_id, where)
+    test_idx, train_idx = explorer_rows(stored.labels, len(stored.train_scores), 150, False)
+    maps = load_maps(run.path, 150, False, test_idx, train_idx)
+    n = min(150, run.n_test)
+    assert all(m.coords is not None and m.coords.shape == (n, 2) for m in maps.maps.values())
+    # --no-maps: the run without them; no place to save at all: an error before anything is read
+    assert main(["train", *args, "--runs", str(where), "--no-maps", "--out", str(tmp_path / "det")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "maps" not in out and (tmp_path / "det" / "detector.json").is_file()
+    assert not list(runs.get_run(out["run_id"], where).path.glob("maps-*"))
+    assert main(["train", *args]) == 2
+    assert "--out" in capsys.readouterr().err
