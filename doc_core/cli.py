@@ -211,10 +211,6 @@ def _evaluation(det, split, scores: np.ndarray | None = None) -> dict:
 
 
 def cmd_train(args) -> int:
-    if args.out is None and args.runs is None:  # before TensorFlow is imported: an argument error stays quick
-        print("error: say where to save: --out (a detector folder), --runs (a dashboard runs folder), or both",
-              file=sys.stderr)
-        return 2
     from tqdm import tqdm
 
     from .model.detector import DETECTOR_FOLDER, DOCDetector, estimate_save_bytes
@@ -985,7 +981,10 @@ def _os_error_text(exc: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit status: 0 done, 1 an operating-system error (read-only or full disk, no permission, a
     folder --out may not replace), 2 invalid input (data, detector, options), 130 interrupted."""
-    args = build_parser().parse_args(argv)  # --help and argument errors exit here, before TensorFlow is imported
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help and argument errors exit here, before TensorFlow is imported
+    if args.command == "train" and args.out is None and args.runs is None:
+        parser.error("train: say where to save: --out (a detector folder), --runs (a dashboard runs folder), or both")
     if getattr(args, "light", False):
         return _main_light(args)
     import_tensorflow_quietly()
