@@ -13,7 +13,7 @@ from doc_core.workflow import runs
 from doc_core.workflow.jobs import FAILED, TrainingJob, steps_per_epoch
 from doc_core.workflow.run_names import default_run_name
 from doc_core.workflow.selection import DEFECT_KINDS, MIN_FIT, MIN_HOLDOUT, auto_candidates, holdout_split
-from ui import access, cached, charts, feedback, nav, page, state, status, theme
+from ui import access, cached, charts, feedback, live_chart, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
 START = "training_start"  # where the outcome of the Start and Stop buttons is shown
@@ -206,7 +206,8 @@ def live_view() -> None:
         last = snap.records[-1]
         st.caption(f"Last step: l_D {last.l_d:.4f} · l_C {last.l_c:.4g} · total {last.total:.4f} · "
                    f"{last.images_per_s:,.0f} images/s")
-        st.plotly_chart(charts.loss_curves(snap.records), config=theme.PLOT_CONFIG, key="live_curves")
+        # updated in place (Plotly.react): st.plotly_chart would remount, and blank, the chart on every refresh
+        live_chart.live_chart(charts.loss_curves(snap.records), key="live_curves", config=theme.PLOT_CONFIG)
         st.caption(CURVES_NOTE)
     elif not snap.done:
         st.caption("The loss curves appear with the first training step.")

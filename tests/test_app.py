@@ -349,7 +349,11 @@ def test_train_through_the_page_and_see_the_run_everywhere(empty_runs_dir):
     assert_clean(at)
     assert "Training finished" in texts(at) and "from the page" in texts(at)
     assert at.session_state[state.RUN_ID] == snap.run.run_id
-    assert len(at.get("plotly_chart")) == 1  # this session's curves
+    # this session's curves, drawn by the component that updates them in place (ui.live_chart)
+    (live,) = at.get("component_instance")
+    assert live.proto.component_name == "ui.live_chart.live_chart" and not at.get("plotly_chart")
+    figure = json.loads(json.loads(live.proto.json_args)["figure"])
+    assert len(figure["data"]) == 6 and "template" not in figure["layout"]  # raw and smoothed, three losses
     at.switch_page(ROC).run()
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 4

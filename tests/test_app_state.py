@@ -45,10 +45,12 @@ def test_an_uploaded_zip_is_the_active_dataset_in_the_sidebar_at_once(empty_runs
     at.get("file_uploader")[0].upload("parts.zip", parts_zip()).run()
     assert_clean(at)
     assert "parts.zip" in sidebar_text(at) and "Fashion-MNIST" not in sidebar_text(at)  # no extra rerun needed
-    for page in (TRAINING, ROC, nav.DATASET):
+    for page in nav.PAGES:  # every page, Home included
         at.switch_page(page).run()
         assert_clean(at)
         assert "parts.zip" in sidebar_text(at), page
+        if page == nav.HOME:  # its Active dataset card
+            assert "Own images: parts.zip" in texts(at)
     at.switch_page(TRAINING).run()
     assert "Own images: parts.zip" in texts(at)
 

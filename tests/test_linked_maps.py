@@ -12,15 +12,17 @@ from PIL import Image
 
 from doc_core.explain.gallery import thumbnail_atlas
 from ui import charts, linked_maps
+from ui.component_files import FRONTEND, PLOTLY_JS, component_dir
 
 
 def test_the_component_folder_has_the_html_and_the_installed_plotly_js():
-    root = linked_maps._component_dir()
-    assert (root / "index.html").read_bytes() == linked_maps._HTML.read_bytes()
+    root = component_dir("linked_maps")
+    html = FRONTEND / "linked_maps.html"
+    assert (root / "index.html").read_bytes() == html.read_bytes()
     js = (root / "plotly.min.js").read_bytes()
-    assert js == linked_maps._PLOTLY_JS.read_bytes() and len(js) > 1_000_000
-    assert linked_maps._component_dir() == root  # built once, then reused
-    assert 'src="plotly.min.js"' in linked_maps._HTML.read_text()  # served from that folder, never from a CDN
+    assert js == PLOTLY_JS.read_bytes() and len(js) > 1_000_000
+    assert component_dir("linked_maps") == root  # built once, then reused
+    assert 'src="plotly.min.js"' in html.read_text()  # served from that folder, never from a CDN
 
 
 def test_figure_json_keeps_only_each_points_row_and_drops_the_template():

@@ -6,7 +6,7 @@ lasso selection selects the same images in every map and comes back to Python as
 once per map set, as one PNG sprite sheet (:func:`doc_core.explain.gallery.thumbnail_atlas`).
 
 The component's folder is assembled when this module is first imported, in the temp directory: the HTML from
-ui/frontend and plotly.js from the installed plotly package (no network and no build step).
+ui/frontend and plotly.js from the installed plotly package (no network and no build step; ui/component_files.py).
 """
 
 from __future__ import annotations
@@ -14,43 +14,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Callable
 
-import plotly
 import plotly.graph_objects as go
 import streamlit.components.v1 as components
 from plotly.utils import PlotlyJSONEncoder
 
 from doc_core.explain.gallery import Atlas
 
-_HTML = Path(__file__).with_name("frontend") / "linked_maps.html"
-_PLOTLY_JS = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"
+from .component_files import component_dir
 
-
-def _component_dir() -> Path:
-    """The folder Streamlit serves the component from, built once per version of the HTML and of plotly."""
-    html = _HTML.read_bytes()
-    digest = hashlib.sha256(html + plotly.__version__.encode()).hexdigest()[:16]
-    user = getattr(os, "getuid", lambda: "user")()
-    root = Path(tempfile.gettempdir()) / f"doc-explorer-{user}" / f"linked_maps-{digest}"
-    if (root / "index.html").is_file() and (root / "plotly.min.js").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".linked_maps-", dir=root.parent))
-    shutil.copyfile(_PLOTLY_JS, staging / "plotly.min.js")
-    (staging / "index.html").write_bytes(html)  # last: its presence marks a complete folder
-    try:
-        staging.rename(root)
-    except OSError:  # another process built it first
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
-
-
-_component = components.declare_component("linked_maps", path=str(_component_dir()))
+_component = components.declare_component("linked_maps", path=str(component_dir("linked_maps")))
 
 
 def figure_json(fig: go.Figure) -> str:
