@@ -10,7 +10,7 @@ from doc_core.explain.embedding import FEATURE_SET_LABELS
 from doc_core.explain import explorer_maps, gallery
 from doc_core.explain.gallery import label_names, score_ranks
 from doc_core.workflow.run_labels import selection_test_indices
-from ui import cached, detail, heatmaps, labelling, linked_maps, page, state, status, tiles
+from ui import bank, cached, detail, heatmaps, labelling, linked_maps, page, state, status, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -137,6 +137,7 @@ st.markdown(f"**{len(ordered):,} selected** · page {page_no:,} of {pages:,} (im
 board = labelling.for_test_images(run, names if stored.paths is not None else None)  # analysts' labels
 picked_tests = selection_test_indices(ordered, test_idx)
 board.bulk(detail.EXPLORER, picked_tests, f"the {len(picked_tests):,} selected test images (every page)")
+bank.section(run, data.test_images, board, detail.EXPLORER)  # confirmed normals join the normal bank
 st.caption("Each with its 5 nearest normal training images in the DOC feature space (d = Euclidean distance).")
 is_test = sel < n_test
 images = [data.test_images[test_idx[r]] if t else data.train_normal[train_idx[r - n_test]]

@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from doc_core.explain import gallery
-from ui import cached, detail, heatmaps, labelling, page, state, tiles
+from ui import bank, cached, detail, heatmaps, labelling, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -82,6 +82,7 @@ first = (ss[state.RK_PAGE] - 1) * size
 st.markdown(f"**{len(ranking):,} images** · page {ss[state.RK_PAGE]:,} of {pages:,} (images {first + 1:,}–"
             f"{first + len(idx):,})")
 board.bulk(detail.RANKED, idx, f"the {len(idx):,} images on this page")
+bank.section(run, data.test_images, board, detail.RANKED)  # confirmed normals join the normal bank
 images = data.test_images[idx]
 heat = heatmaps.maps(run, images, shown_map)
 if heat is not None:

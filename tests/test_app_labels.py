@@ -216,3 +216,36 @@ def test_read_only_mode_shows_labels_but_marks_nothing(runs_dir, run_and_split, 
     assert not [b for b in at.button if b.key == state.LB_DETAIL_SAVE]
     assert "Marking images is turned off" in view_text(detail_view(at))
     assert store_of(runs_dir).counts(run.run_id)["normal"] == 1
+
+
+def test_images_marked_normal_join_the_bank_and_undo_restores_it(runs_dir, run_and_split):  # noqa: F811
+    from doc_core.workflow.bank_growth import bank_history
+
+    run, stored, split = run_and_split
+    at = open_app(RANKED)
+    at.get("button_group")[0].set_value(state.VIEW_ALARMS).run()  # the false alarms, most anomalous first
+    add = at.button(key=state.BANK_ADD + "ranked")
+    assert add.disabled and add.label == "Add the 0 images marked normal to the normal bank"
+    assert "The normal bank is as trained." in texts(at)
+    confirmed = list(tile_pills(at, "ranked"))[:3]
+    for i in confirmed:
+        tile_pills(at, "ranked")[i].set_value("normal").run()
+    add = at.button(key=state.BANK_ADD + "ranked")
+    assert not add.disabled and add.label == "Add the 3 images marked normal to the normal bank"
+    add.click().run()
+    assert_clean(at)
+    (change,) = bank_history(run.run_id, runs_dir)
+    assert sorted(change.added_test_indices) == sorted(confirmed) and change.n_added == 3
+    body = texts(at)  # the change's summary next to the button, the new threshold at the top of the page
+    assert "Added 3 images to the normal bank" in body and f"{change.no_longer_flagged:,} no longer flagged" in body
+    assert f"Threshold {change.operating_threshold_after:.4g}" in body and "has grown 1 time since training" in body
+    after = runs.load_scores(run.run_id, runs_dir).scores
+    assert np.all(after[confirmed] <= stored.scores[confirmed])  # they now score at their leave-one-out level
+    assert np.any(after[confirmed] < stored.scores[confirmed])
+    assert at.button(key=state.BANK_ADD + "ranked").disabled  # nothing left to add
+    at.button(key=state.BANK_UNDO + "ranked").click().run()
+    assert_clean(at)
+    assert "Undone" in texts(at) and "The normal bank is as trained." in texts(at)
+    assert bank_history(run.run_id, runs_dir) == []
+    np.testing.assert_array_equal(runs.load_scores(run.run_id, runs_dir).scores, stored.scores)
+    assert at.button(key=state.BANK_ADD + "ranked").label == "Add the 3 images marked normal to the normal bank"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from doc_core.workflow.labels import LabelRecord, LabelStore, image_key
-from doc_core.workflow.run_labels import (MIN_PER_KIND, enough, image_keys, label_items, map_labels, no_labels,
-                                          selection_test_indices, image_source)
+from doc_core.workflow.run_labels import (MIN_PER_KIND, enough, image_keys, image_source, label_items, map_labels,
+                                          no_labels, pending_normals, selection_test_indices)
 
 
 def images(n: int) -> np.ndarray:
@@ -77,3 +77,12 @@ def test_sources_and_selections():
     # rows 3 and 4 are normal training images of the explorer's maps: no test image, no label
     assert list(selection_test_indices([2, 3, 0, 4], test_idx)) == [30, 10]
     assert selection_test_indices([], test_idx).shape == (0,)
+
+
+def test_pending_normals_skip_images_in_the_bank_and_twins():
+    ims = images(6)
+    keys = image_keys(ims)
+    mapped = map_labels([rec(keys[i], "normal") for i in (0, 1, 3, 5)] + [rec(keys[2], "anomaly")], keys)
+    assert list(pending_normals(mapped, keys, [])) == [0, 1, 5]  # 3 is 1's twin
+    assert list(pending_normals(mapped, keys, [keys[0], keys[3]])) == [5]  # 1 and 3 are the same image
+    assert pending_normals(no_labels(6), keys, []).shape == (0,)

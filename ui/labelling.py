@@ -34,8 +34,12 @@ from doc_core.workflow import runs
 from . import access, cached, feedback, state, theme
 
 COLORS = {"normal": theme.NORMAL, "anomaly": theme.ANOMALY, "unsure": theme.REFERENCE}
+ICONS = {"normal": ":material/check:", "anomaly": ":material/close:", "unsure": ":material/question_mark:"}
+LEGEND = ("Under each tile: " + " · ".join(f"{ICONS[w]} {w}" for w in lb.LABELS)
+          + " (click the marked one again to remove its label).")
 WHO = "dashboard"
 PLACE = "labels_"  # feedback place prefix; the page name follows
+TILE = "_tile"  # suffix of the place of the labels set under the tiles
 
 
 def store_path() -> Path:
@@ -131,9 +135,8 @@ class Board:
         """Pills to set (or, clicked again, remove) the label of image ``index``."""
         key = f"{state.LB_TILE}{where}_{index}"
         st.session_state[key] = str(self.labels.words[index]) or None  # what the database holds now
-        container.pills("Analyst's label", lb.LABELS, key=key, label_visibility="collapsed", wrap=True,
-                        disabled=not self.editable, on_change=self._on_pick, args=(where, key, index),
-                        help="Mark this image normal, anomaly or unsure (click the marked one again to remove it).")
+        container.pills("Analyst's label", lb.LABELS, key=key, label_visibility="collapsed", format_func=ICONS.get,
+                        disabled=not self.editable, on_change=self._on_pick, args=(where, key, index))
 
     def _on_pick(self, where: str, key: str, index: int) -> None:
         picked = st.session_state.get(key)
@@ -143,12 +146,12 @@ class Board:
         try:
             if picked is None:
                 store().delete(self.run_id, str(self.keys[index]))
-                feedback.note(PLACE + where, "success", f"Removed the label of {name}.")
+                feedback.note(PLACE + where + TILE, "success", f"Removed the label of {name}.")
             else:
                 store().set(self.run_id, str(self.keys[index]), picked, source=str(name), who=WHO)
-                feedback.note(PLACE + where, "success", f"Marked {name} as **{picked}**.")
+                feedback.note(PLACE + where + TILE, "success", f"Marked {name} as **{picked}**.")
         except (lb.LabelStoreError, ValueError) as exc:
-            feedback.note(PLACE + where, "error", f"Could not save the label: {exc}")
+            feedback.note(PLACE + where + TILE, "error", f"Could not save the label: {exc}")
 
     def bulk(self, where: str, indices: Sequence[int] | np.ndarray, what: str) -> None:
         """A bar that gives every image of ``indices`` (a page, a selection) one label and note at once; ``what``
@@ -157,7 +160,6 @@ class Board:
             return
         if access.read_only():
             st.caption(":material/lock: Marking images is turned off (read-only mode).")
-            feedback.show(PLACE + where)
             return
         indices = np.asarray(indices, np.int64)
         c1, c2, c3 = st.columns([1.6, 2, 2], vertical_alignment="bottom")
@@ -167,7 +169,9 @@ class Board:
                       placeholder="e.g. scuff on the toe, not a defect")
         c3.button(f"Mark {len(indices):,} as {label}", key=f"{state.LB_BULK_APPLY}{where}", icon=":material/label:",
                   on_click=self._on_bulk, args=(where, indices, what), disabled=not len(indices))
+        st.caption(LEGEND)
         feedback.show(PLACE + where)
+        feedback.show(PLACE + where + TILE, inline=False)  # a tile's label: a toast (an error shows here)
 
     def _on_bulk(self, where: str, indices: np.ndarray, what: str) -> None:
         if not self.editable:

@@ -37,6 +37,8 @@ LB_DETAIL = "lb_detail"     # the detail view's label choice
 LB_DETAIL_NOTE = "lb_detail_note"  # the detail view's note
 LB_DETAIL_SAVE = "lb_detail_save"  # the detail view's Save label button
 LB_DETAIL_FOR = "lb_detail_for"    # (run id, image key) the detail view's label widgets were filled for
+BANK_ADD = "bank_add_"      # prefix: "Add the N images marked normal to the normal bank" (page follows; ui.bank)
+BANK_UNDO = "bank_undo_"    # prefix: its Undo button (page follows)
 
 # ---------------------------------------------------------------------------------------------- Dataset page widgets
 DS_SOURCE = "ds_source"

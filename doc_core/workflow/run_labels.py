@@ -214,3 +214,32 @@ def selection_test_indices(rows: Iterable[int], test_idx: np.ndarray) -> np.ndar
     rows = np.asarray(list(rows), np.int64)
     rows = rows[(rows >= 0) & (rows < len(test_idx))]
     return test_idx[rows]
+
+
+def pending_normals(labels: RunLabels, keys: Sequence[str] | np.ndarray, in_bank: Iterable[str]) -> np.ndarray:
+    """The test images marked *normal* that are not in the run's normal bank yet: what "Add the images marked normal
+    to the normal bank" adds (:func:`doc_core.workflow.bank_growth.add_normals`).
+
+    Parameters
+    ----------
+    labels : RunLabels
+        The run's labels over its test images (:func:`map_labels` of ``keys``).
+    keys : sequence of str, shape (m,)
+        The test images' keys.
+    in_bank : iterable of str
+        Keys already added to the bank by the changes in force (``BankChange.added_keys`` of
+        :func:`doc_core.workflow.bank_growth.bank_history`).
+
+    Returns
+    -------
+    np.ndarray, int64
+        Test indices, ascending, one per distinct image (identical test images are added once).
+    """
+    keys = np.asarray(keys).astype(str)
+    seen = set(in_bank)
+    out = []
+    for i in labels.indices("normal"):
+        if keys[i] not in seen:
+            seen.add(keys[i])
+            out.append(int(i))
+    return np.asarray(out, np.int64)
