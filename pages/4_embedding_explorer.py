@@ -140,7 +140,7 @@ board.bulk(detail.EXPLORER, picked_tests, f"the {len(picked_tests):,} selected t
 bank.section(run, data.test_images, board, detail.EXPLORER)  # confirmed normals join the normal bank
 st.caption("Each with its 5 nearest normal training images in the DOC feature space (d = Euclidean distance).")
 is_test = sel < n_test
-images = [data.test_images[test_idx[r]] if t else data.train_normal[train_idx[r - n_test]]
+images = [data.test_images[test_idx[r]] if t else bank.neighbour_pictures(run, data, [train_idx[r - n_test]])[0][0]
           for r, t in zip(sel, is_test)]
 heat = heatmaps.maps(run, np.stack(images), shown_map)
 if heat is not None:
@@ -164,5 +164,5 @@ for j, (r, t) in enumerate(zip(sel, is_test)):
                                                                     [int(test_idx[r]) if t else None])))
     with right:
         keep = nn[j] != (-1 if t else int(train_idx[r - n_test]))  # a training image is not its own neighbour
-        tiles.neighbours(data.train_normal, nn[j][keep][:5], dist[j][keep][:5])
+        bank.neighbours(run, data, nn[j][keep][:5], dist[j][keep][:5])  # training images, or added later
 detail.test_image(detail.EXPLORER, run, data, scores, threshold, stored, shown_map, opacity, board.editor)

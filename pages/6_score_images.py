@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from doc_core.data import DataError
-from ui import access, cached, detail, heatmaps, labelling, page, state, tiles
+from ui import access, bank, cached, detail, heatmaps, labelling, page, state, tiles
 
 PERSIST = dict(persist_state="session")
 ss = st.session_state
@@ -67,5 +67,5 @@ for j, name in enumerate(names):
     with mid:
         tiles.grid([images[j]], [shown_map], per_row=1, heatmaps=heat[j:j + 1], opacity=opacity)
     with right:
-        tiles.neighbours(data.train_normal, result["nn_idx"][j], result["nn_dist"][j])
+        bank.neighbours(run, data, result["nn_idx"][j], result["nn_dist"][j])  # training images, or added later
 detail.upload(run, data, images, names, result, test_scores, threshold, shown_map, opacity, board.editor)

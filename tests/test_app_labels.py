@@ -243,6 +243,23 @@ def test_images_marked_normal_join_the_bank_and_undo_restores_it(runs_dir, run_a
     assert np.all(after[confirmed] <= stored.scores[confirmed])  # they now score at their leave-one-out level
     assert np.any(after[confirmed] < stored.scores[confirmed])
     assert at.button(key=state.BANK_ADD + "ranked").disabled  # nothing left to add
+    # the detail view names the nearest bank images for what they are: the added image itself (distance 0), and
+    # normal training images by their index among all of them (the calibration slice is not in the bank)
+    from doc_core.explain.embedding import nearest_normal
+
+    det = runs.load_detector(run.run_id, runs_dir)
+    assert len(det.train_index_) < len(split.train_normal)  # this run holds a calibration slice out
+    i = confirmed[0]
+    details_buttons(at, "ranked")[i].click().run()
+    assert_clean(at)
+    shown = re.findall(r"((?:train|added test) #\d+) · d ([\d.e+-]+)", view_text(detail_view(at)))
+    _, rows = nearest_normal(det, runs.load_features(run.run_id, runs_dir)[i][None], 5)
+    n_trained = len(det.train_index_)
+    added = change.added_test_indices
+    want = [f"train #{det.train_index_[r]}" if r < n_trained else f"added test #{added[r - n_trained]}" for r in rows[0]]
+    assert [name for name, _ in shown] == want
+    assert shown[0][0] == f"added test #{i}" and float(shown[0][1]) < 1e-3  # itself (up to float32 rounding)
+    at.button(key=state.DETAIL_CLOSE).click().run()
     at.button(key=state.BANK_UNDO + "ranked").click().run()
     assert_clean(at)
     assert "Undone" in texts(at) and "The normal bank is as trained." in texts(at)

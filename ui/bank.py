@@ -84,3 +84,53 @@ def section(run: runs.RunSummary, test_images: np.ndarray, board: Board, where: 
                                           f"normal bank: {exc}")
         st.rerun()  # the whole page: new scores, threshold and flags
     feedback.show(place)
+
+
+# ------------------------------------------------------------------------------------ nearest normal images
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _bank_rows(run_id: str, created: str, where: str, n_bank: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of the run's memory bank: the index of its normal training image (-1: an added image), and the
+    test index of an added image (-1: a trained row; -2: an added image that is not a test image)."""
+    from doc_core.workflow import bank_growth as bg
+
+    train_index = getattr(cached.detector(run_id, created, where), "train_index_", None)
+    n_trained_known = None if train_index is None or not len(train_index) else len(train_index)
+    try:
+        added = bg.bank_row_images(run_id, n_bank, where)
+    except runs.RunError:  # an unreadable history: rows past the trained bank are shown as unknown images
+        added = np.where(np.arange(n_bank) < (n_trained_known or n_bank), -1, -2)
+    rows = np.arange(n_bank)
+    trained = added == -1
+    train = np.full(n_bank, -1, np.int64)
+    train[trained] = rows[trained] if n_trained_known is None else np.asarray(train_index)[rows[trained]]
+    return train, np.where(trained, -1, added).astype(np.int64)
+
+
+def neighbour_pictures(run: runs.RunSummary, data, rows) -> tuple[list[np.ndarray], list[str]]:
+    """The images and names of memory-bank rows (as :func:`ui.cached.nearest_normals` returns them): a normal
+    training image (``train #i``, its index among the dataset's normal training images, calibration slice
+    included), or an image added to the bank later (``added test #i``)."""
+    det = cached.detector_of(run)
+    train, added = _bank_rows(run.run_id, run.created, str(run.path.parent), len(det.bank_))
+    images, names = [], []
+    for r in np.asarray(rows, np.int64):
+        if train[r] >= 0:
+            images.append(data.train_normal[train[r]])
+            names.append(f"train #{int(train[r])}")
+        elif added[r] >= 0:
+            images.append(data.test_images[added[r]])
+            names.append(f"added test #{int(added[r])}")
+        else:
+            images.append(np.zeros_like(data.train_normal[0]))
+            names.append("added image")
+    return images, names
+
+
+def neighbours(run: runs.RunSummary, data, rows, dist) -> None:
+    """One row of nearest normal images (bank rows ``rows`` at distances ``dist``), named for what they are."""
+    from . import tiles
+
+    images, names = neighbour_pictures(run, data, rows)
+    tiles.neighbours(images, np.arange(len(images)), dist, names=names)

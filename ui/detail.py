@@ -21,7 +21,7 @@ from doc_core.explain import overlay
 from doc_core.explain.gallery import ImageFacts, detail_picture, identities, image_facts, upload_facts
 from doc_core.workflow import runs
 
-from . import cached, heatmaps, state, theme, tiles
+from . import bank, cached, heatmaps, state, theme, tiles
 
 RANKED, EXPLORER, SCORE = "ranked", "explorer", "score"  # the pages that open the view (first item of state.DETAIL)
 MIN_PX = 320  # the image's longer side in the view, at least
@@ -96,7 +96,7 @@ def _file_aspect(file: str) -> tuple[float | None, str]:
 @st.dialog("Image details", width="large", on_dismiss=close)
 def _view(facts: ImageFacts, image: np.ndarray, heat: np.ndarray, map_name: str, map_note: str, opacity: float,
           train_images: np.ndarray, nn_idx: np.ndarray, nn_dist: np.ndarray, aspect: float | None,
-          original: str, labeller: Callable[[], None] | None = None) -> None:
+          original: str, labeller: Callable[[], None] | None = None, nn_names: list[str] | None = None) -> None:
     name = html.escape(facts.name)
     if facts.folder:
         title = f"<b>{html.escape(facts.file)}</b> · folder <b>{html.escape(facts.folder)}</b>"
@@ -122,7 +122,7 @@ def _view(facts: ImageFacts, image: np.ndarray, heat: np.ndarray, map_name: str,
     if map_note:
         st.caption(map_note)
     st.markdown(f"**Nearest normal training images** ({len(nn_idx)}, DOC feature space, d = Euclidean distance)")
-    tiles.neighbours(train_images, nn_idx, nn_dist)
+    tiles.neighbours(train_images, nn_idx, nn_dist, names=nn_names)
     if st.button("Close", key=state.DETAIL_CLOSE):
         close()
         st.rerun()
@@ -147,8 +147,9 @@ def test_image(where: str, run: runs.RunSummary, data, scores: np.ndarray, thres
     feats = np.asarray(cached.test_features_of(run)[i])[None]
     dist, nn = cached.nearest_normals(run, feats, N_NEIGHBOURS)
     aspect, original = _original_aspect(run, None if stored.paths is None else str(stored.paths[i]))
+    pics, pic_names = bank.neighbour_pictures(run, data, nn[0])  # bank rows: training images, or added later
     _view(facts, image, heat, shown, heatmaps.note(run, shown), opacity if choice == shown else 0.5,
-          data.train_normal, nn[0], dist[0], aspect, original, None if labeller is None else labeller(i))
+          pics, np.arange(len(pics)), dist[0], aspect, original, None if labeller is None else labeller(i), pic_names)
 
 
 def upload(run: runs.RunSummary, data, images: Sequence[np.ndarray], names: Sequence[str], result: dict,
@@ -165,6 +166,7 @@ def upload(run: runs.RunSummary, data, images: Sequence[np.ndarray], names: Sequ
     facts = upload_facts(j, names[j], float(result["scores"][j]), test_scores, threshold)
     shown = _shown_map(run, choice)
     heat = heatmaps.maps(run, np.asarray(images[j])[None], shown)[0]
+    pics, pic_names = bank.neighbour_pictures(run, data, result["nn_idx"][j])
     _view(facts, np.asarray(images[j]), heat, shown, heatmaps.note(run, shown), opacity if choice == shown else 0.5,
-          data.train_normal, np.asarray(result["nn_idx"][j]), np.asarray(result["nn_dist"][j]), None, "",
-          None if labeller is None else labeller(j))
+          pics, np.arange(len(pics)), np.asarray(result["nn_dist"][j]), None, "",
+          None if labeller is None else labeller(j), pic_names)

@@ -62,8 +62,11 @@ def grid(images, captions: list[str], per_row: int = 6, px: int = TILE_PX, heatm
                 below(col, i)
 
 
-def neighbours(train_images: np.ndarray, idx: np.ndarray, dist: np.ndarray, px: int = 72) -> None:
-    """One row of nearest normal training images with their distances."""
-    grid([train_images[i] for i in idx], [f"train #{int(i)} · d {float(d):.3g}" for i, d in zip(idx, dist)],
+def neighbours(train_images: np.ndarray, idx: np.ndarray, dist: np.ndarray, px: int = 72,
+               names: list[str] | None = None) -> None:
+    """One row of nearest normal images ``train_images[idx]`` with their distances, named ``names`` (default
+    ``train #<idx>``; :func:`ui.bank.neighbours` names the rows of a grown memory bank)."""
+    names = [f"train #{int(i)}" for i in idx] if names is None else names
+    grid([train_images[i] for i in idx], [f"{n} · d {float(d):.3g}" for n, d in zip(names, dist)],
          per_row=max(len(idx), 5), px=px)
 
