@@ -112,6 +112,20 @@ def test_failing_maps_keep_the_run(split, tmp_path, monkeypatch):
     assert not list(snap.run.path.glob("maps-*"))  # nothing half-written either
 
 
+def test_a_stopped_job_keeps_its_run_and_leaves_the_maps_to_the_explorer(split, tmp_path):
+    class StopAtFirstStep(TrainingJob):
+        def _on_step(self, rec):
+            super()._on_step(rec)
+            self.stop()
+
+    job = StopAtFirstStep(split, TINY, TrainConfig(epochs=3, batch_size=16), runs_dir=tmp_path).start()
+    assert job.join(120)
+    snap = job.snapshot()
+    assert snap.status == SUCCEEDED and snap.stopped_early and snap.run is not None
+    assert job.maps_note is None and "maps" not in snap.message
+    assert not list(snap.run.path.glob("maps-*"))
+
+
 def test_a_job_without_maps_saves_none(split, tmp_path):
     job = TrainingJob(split, TINY, TrainConfig(epochs=1, batch_size=16), runs_dir=tmp_path, maps=False).start()
     assert job.join(120) and job.snapshot().status == SUCCEEDED

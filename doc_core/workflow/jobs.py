@@ -457,8 +457,7 @@ class TrainingJob:
                                           train_index=getattr(det, "train_index_", None)),
                                 DEFAULT_MAX_POINTS, DEFAULT_WITH_TRAIN, progress)
             save_maps(run.path, maps)
-        except TSNECancelled:
-            self.maps_note = "stopped"
+        except TSNECancelled:  # stop() during the maps: the explorer computes them when it is opened
             log.info("training job %s: the explorer's maps were stopped; the run is saved without them", self.job_id)
         except Exception as exc:  # noqa: BLE001 - the maps are a bonus: the run is saved already
             self.maps_note = f"{type(exc).__name__}: {exc}"
@@ -529,7 +528,7 @@ class TrainingJob:
                                total_seconds=time.time() - self._started,
                                test_paths=split.info.get("test_paths"), runs_dir=self.runs_dir,
                                selection=selection)
-            if run is not None and self._map_points:
+            if run is not None and self._map_points and not self._stop.is_set():  # stopped: end now, no maps
                 self._maps_stage(det, split, feats, run)
             if run is not None:
                 self.detector = None  # it is on disk now; a finished job should not hold a model in memory
