@@ -2,7 +2,8 @@
 
 - ``st.cache_resource`` holds objects shared read-only by every session: the Fashion-MNIST arrays, loaded splits
   (large image arrays, marked read-only, shared rather than copied on every rerun), detectors loaded from run folders,
-  and the process-wide training-job registry.
+  the process-wide training-job registry, and the Embedding explorer's map jobs (one per run and settings, computing
+  in a background thread or holding maps read from the run folder).
 - ``st.cache_data`` holds everything derived: counts, sample images, run scores, curves, comparison tables, figures.
 
 Runs are keyed by (runs folder, run id, creation time): a run's arrays never change after it is saved, so a key can

@@ -8,6 +8,10 @@ Layout of one run, ``<runs dir>/<run id>/``::
                     and test image paths for folder datasets
     features.npz    test features, so other scorers can be compared without re-embedding
     history.json    the training curves: one StepRecord per step
+    maps-<points>[-train].npz
+                    optional: the Embedding explorer's t-SNE maps (:mod:`doc_core.explain.explorer_maps`), written
+                    into the finished run by the training job's last stage or by the explorer; replaced atomically,
+                    deleted with the run
 
 Every write is atomic (a temporary folder or file renamed into place), nothing is pickled (``allow_pickle=False``),
 and nothing from a run folder is ever executed. The runs folder is ``$DOC_RUNS_DIR`` or ``./runs``.
