@@ -1,10 +1,11 @@
 """The real app in a real browser: `streamlit run app.py` on a free port, driven by headless Chromium (Playwright).
 
-Visits every page with no run, trains a tiny run through the UI (tiny backbone, 200 normal and 200 reference images),
-uses the ROC page, reloads the browser, trains from two browser sessions at once, and trains with the auto preset on a
-folder of own images that has no reference/ folder. Every page is checked for
-Streamlit exception boxes, error alerts and traceback text, and a screenshot of each page is saved under
-artifacts/screenshots/ (ignored by git) to be looked at.
+Visits every page with no run, trains a tiny run through the UI (tiny backbone, 200 normal and 200 reference images)
+while watching its live loss chart refresh, uses the ROC page, reloads the browser, lassoes and pages through a
+selection in the explorer, trains from two browser sessions at once, and uploads a zip of own images (no reference/
+folder, defect types in sub-folders) whose file names must appear in hovers, captions and the detail view. Every page
+is checked for Streamlit exception boxes, error alerts and traceback text, every chart page for Plotly's toolbar over
+chart text, and a screenshot of each page is saved under artifacts/screenshots/ (ignored by git) to be looked at.
 """
 
 from __future__ import annotations
@@ -105,11 +106,72 @@ TOOLBAR_OVERLAPS = """() => [...document.querySelectorAll('.js-plotly-plot')].fl
 
 
 def toolbar_overlaps(page) -> list:
-    """Chart texts under a Plotly toolbar, after hovering every chart (which shows its toolbar)."""
-    plots = page.locator(".js-plotly-plot")
-    for i in range(plots.count()):
-        plots.nth(i).hover()
-    return page.evaluate(TOOLBAR_OVERLAPS)
+    """Chart texts under a Plotly toolbar, after hovering every chart (which shows its toolbar): the page's own charts
+    and those drawn inside component frames (the live loss curves, the explorer's maps)."""
+    found = []
+    for frame in page.frames:
+        plots = frame.locator(".js-plotly-plot")
+        for i in range(plots.count()):
+            plots.nth(i).hover()
+        found += [[frame.url.split("?")[0][-40:], *hit] for hit in frame.evaluate(TOOLBAR_OVERLAPS)]
+    page.mouse.move(0, 0)
+    return found
+
+
+def plot_count(page) -> int:
+    """Plotly charts drawn on the page, in component frames included."""
+    return sum(f.locator(".js-plotly-plot").count() for f in page.frames)
+
+
+LIVE_IFRAME = 'iframe[title="ui.live_chart.live_chart"]'
+# At every animation frame, every Plotly chart of the page and of its component frames: [its element's id (given on
+# first sight), lines drawn (SVG paths with a shape), points in its first trace, height]; and the progress text.
+PLOT_SAMPLER = """() => { window.__plots = []; let next = 1;
+  const docs = () => [document, ...[...document.querySelectorAll('iframe')].map((f) => {
+    try { return f.contentDocument; } catch (e) { return null; } }).filter(Boolean)];
+  const tick = () => {
+    const plots = docs().flatMap((d) => [...d.querySelectorAll('.js-plotly-plot')]).map((g) => {
+      if (!g.__sampleId) g.__sampleId = next++;
+      const lines = [...g.querySelectorAll('.scatterlayer path.js-line')]
+        .filter((e) => (e.getAttribute('d') || '').length > 2).length;
+      const n = g._fullData && g._fullData[0] ? g._fullData[0]._length : -1;
+      return [g.__sampleId, lines, n, Math.round(g.getBoundingClientRect().height)]; });
+    const bar = document.querySelector('[data-testid=stProgress]');
+    window.__plots.push([plots, bar ? bar.innerText : '']);
+    requestAnimationFrame(tick); };
+  requestAnimationFrame(tick); }"""
+
+
+def live_chart_never_blank(page) -> None:
+    """Sample the Training page's live loss chart at every animation frame while the job trains (the chart is
+    refreshed every second with the new steps): from its first drawing on, it is always one chart, the same element,
+    with all six curves drawn, never empty; and it was refreshed with new points at least twice meanwhile.
+
+    ``st.plotly_chart`` failed this: each refresh replaced its element, empty for about 0.15-0.2 s."""
+    page.evaluate(PLOT_SAMPLER)
+    frames = lambda: page.evaluate("() => window.__plots.length")  # noqa: E731
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the chart is drawn
+        if page.evaluate("() => window.__plots.some(([p]) => p.some((c) => c[1] > 0))"):
+            break
+        time.sleep(0.2)
+    while time.monotonic() < deadline:  # then while the training steps last, and one refresh more
+        if not page.evaluate("() => (window.__plots.at(-1) || [[], ''])[1].startsWith('Training ·')"):
+            break
+        time.sleep(0.2)
+    n = frames()
+    while frames() < n + 90 and time.monotonic() < deadline:  # about 1.5 s
+        time.sleep(0.1)
+    samples = page.evaluate("() => window.__plots")
+    drawn = next(i for i, (plots, _) in enumerate(samples) if any(c[1] > 0 for c in plots))
+    watched = samples[drawn:]
+    first = watched[0][0][0][0]
+    bad = [(i, plots, text[:40]) for i, (plots, text) in enumerate(watched)
+           if len(plots) != 1 or plots[0][0] != first or plots[0][1] < 6 or plots[0][3] <= 0]
+    assert not bad, f"{len(bad)} of {len(watched)} frames without the one drawn loss chart, e.g. {bad[:3]}"
+    points = {plots[0][2] for plots, _ in watched}
+    assert len(points) >= 3, f"the chart was refreshed with new steps only {len(points) - 1} times: {sorted(points)}"
+    print(f"live loss chart: {len(watched)} frames sampled, {len(points) - 1} refreshes with new steps, never blank")
 
 
 MAPS_IFRAME = 'iframe[title="ui.linked_maps.linked_maps"]'
@@ -124,18 +186,29 @@ SELECTED_PER_MAP = """() => [...document.querySelectorAll('.js-plotly-plot')].ma
   .reduce((n, t) => n + (t.selectedpoints ? t.selectedpoints.length : 0), 0))"""
 
 
-def maps_frame(page):
-    """The explorer's linked maps (a component iframe), once all three are drawn."""
-    page.locator(MAPS_IFRAME).wait_for()
-    frame = next(f for f in page.frames if "linked_maps" in f.url)
-    frame.locator(".js-plotly-plot").nth(2).wait_for()
-    return frame
+def maps_frame(page, timeout_s: float = 180):
+    """The explorer's linked maps (a component iframe), once all three are drawn and the page is idle. Maps that were
+    not saved with the run appear one by one, and the frame is drawn anew when the last one is ready."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            frame = page.locator(MAPS_IFRAME).element_handle(timeout=30_000).content_frame()
+            frame.locator(".js-plotly-plot").nth(2).wait_for(timeout=30_000)
+            wait_idle(page)
+            if frame.is_detached() or page.locator('[data-testid="stMain"] [data-testid="stProgress"]').count():
+                raise sync_api.Error("maps still coming")
+            return frame
+        except sync_api.Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def check_clean(page, where: str) -> None:
     """No exception box, no error alert, no traceback text anywhere on the page, no uncaught script error."""
     assert not getattr(page, "js_errors", []), f"{where}: script errors: {page.js_errors}"
-    assert page.locator('[data-testid="stException"]').count() == 0, f"{where}: exception shown"
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, f"{where}: exception shown: {exceptions.all_inner_texts()[:1]}"
     errors = page.locator('[data-testid="stAlertContentError"]')
     assert errors.count() == 0, f"{where}: error shown: {errors.all_inner_texts()}"
     text = page.inner_text("body")
@@ -183,6 +256,12 @@ def choose(page, label: str, option: str) -> None:
     wait_idle(page)
 
 
+def sidebar_dataset(page) -> str:
+    """The active dataset as the sidebar names it."""
+    text = page.locator('[data-testid="stSidebar"]').inner_text()
+    return text.split("Active dataset", 1)[1].split("Active run", 1)[0].strip()
+
+
 def small_tiny_setup(page, epochs: int, name: str) -> None:
     """Small split on the Dataset page, tiny backbone on the Training page."""
     go(page, "Dataset")
@@ -224,9 +303,11 @@ def explore_rank_and_score(page, tmp_path: Path) -> None:
     page.mouse.click(frame_box["x"] + x, frame_box["y"] + y)
     page.get_by_text(re.compile(r"^1 selected")).wait_for(timeout=30_000)
     wait_idle(page, 0.5)
-    # a lasso around the middle of the DOC map selects those images, and the same images in the other two maps
+    assert toolbar_overlaps(page) == []
+    # a lasso around most of the DOC map selects those images (more than a page of 12), the same images in the other
+    # two maps
     box = frame.locator(".js-plotly-plot").nth(2).locator(".nsewdrag").first.bounding_box()
-    cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) / 4
+    cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, min(box["width"], box["height"]) * 0.4
     page.mouse.move(cx - r, cy - r)
     page.mouse.down()
     for x, y in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r + 2)):
@@ -236,7 +317,18 @@ def explore_rank_and_score(page, tmp_path: Path) -> None:
     wait_idle(page, 1.0)
     check_clean(page, "Explorer, selected")
     mirrored = frame.evaluate(SELECTED_PER_MAP)
-    assert mirrored[0] == mirrored[1] == mirrored[2] > 1, mirrored
+    assert mirrored[0] == mirrored[1] == mirrored[2] > 12, mirrored
+    # the count is the lasso's, shown 12 per page; page 2 shows 12 other images
+    main = page.locator('[data-testid="stMain"]')
+    assert page.get_by_text(re.compile(rf"^{mirrored[0]:,} selected · page 1 of {-(-mirrored[0] // 12):,} "
+                                       r"\(images 1–12\)")).first.is_visible()
+    first = re.findall(r"test #(\d+) ·", main.inner_text())
+    assert len(first) == len(set(first)) == 12, first
+    set_number(page, f"Page (of {-(-mirrored[0] // 12):,})", 2)
+    page.get_by_text(re.compile(r"· page 2 of [\d,]+ \(images 13–")).wait_for()
+    second = re.findall(r"test #(\d+) ·", main.inner_text())
+    assert len(second) == min(12, mirrored[0] - 12) and not set(first) & set(second), (first, second)
+    check_clean(page, "Explorer, selection page 2")
     page.locator('[data-testid="stMain"]').get_by_text("Grad-CAM", exact=True).first.click()
     wait_idle(page, 1.0)
     check_clean(page, "Explorer, Grad-CAM")
@@ -246,6 +338,7 @@ def explore_rank_and_score(page, tmp_path: Path) -> None:
     wait_idle(page, 1.0)
     frame = maps_frame(page)
     check_clean(page, "Explorer, coloured by score, with training images")
+    assert toolbar_overlaps(page) == []  # the colour bar's labels too
     shot(page, "09b-explorer-by-score")
 
     go(page, "Ranked anomalies")
@@ -313,31 +406,35 @@ def test_every_page_and_a_tiny_run_through_the_ui(server, page, tmp_path):
     shot(page, "03a-dataset-bad-folder")
     segment(page, "Built-in Fashion-MNIST")
 
-    small_tiny_setup(page, epochs=8, name="browser run")
+    # long enough (over 2,000 steps, some seconds) for the live chart to be refreshed several times while it trains
+    small_tiny_setup(page, epochs=200, name="browser run")
     go(page, "Dataset")
     check_clean(page, "Dataset")
     assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "200"
     assert page.locator('[data-testid="stImage"] img').count() >= 32  # sample grids of the four roles
+    assert charts(page, 1) == 1 and toolbar_overlaps(page) == []  # the counts per class and role
     shot(page, "03-dataset")
 
     go(page, "Training")
     check_clean(page, "Training, settings")
-    assert page.get_by_text("96 training steps").is_visible()  # 200 // 16 = 12 per epoch, 8 epochs
+    plan = page.get_by_text(re.compile(r"^[\d,]+ training steps \(\d+ per epoch")).first.inner_text()
+    assert int(re.match(r"[\d,]+", plan).group(0).replace(",", "")) >= 2000, plan  # 200 epochs of 11-12 steps
     page.get_by_role("button", name="Start training").click()
-    # while it trains: the page answers, and another page can be used meanwhile
-    try:
-        page.locator('[data-testid="stProgress"]').first.wait_for(timeout=10_000)
-        shot(page, "04-training-live")
-        go(page, "Home")
-        check_clean(page, "Home during training")
-        go(page, "Training")
-    except sync_api.TimeoutError:
-        pass  # the tiny run can finish before the first progress update; the end state is checked below
+    live_chart_never_blank(page)
+    shot(page, "04-training-live")
+    # while the job runs (scoring, maps): the page answers, and another page can be used meanwhile
+    go(page, "Home")
+    check_clean(page, "Home during training")
+    go(page, "Training")
     page.get_by_text("Training finished").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
     wait_idle(page)
     check_clean(page, "Training, finished")
     assert page.get_by_text("browser run").first.is_visible()
-    assert charts(page, 1) == 1  # the loss curves
+    page.locator(LIVE_IFRAME).wait_for()
+    live = page.frame_locator(LIVE_IFRAME).locator(".js-plotly-plot")
+    live.wait_for()
+    assert live.locator(".scatterlayer path.js-line").count() == 6  # the loss curves: raw and smoothed, three losses
+    assert plot_count(page) == 1 and toolbar_overlaps(page) == []
     shot(page, "05-training-finished")
 
     go(page, "ROC and threshold")
@@ -401,34 +498,61 @@ def test_two_browser_sessions_train_at_the_same_time(server, browser):
         p.context.close()
 
 
-def test_own_images_without_a_reference_folder(server, server_tmp, page):
-    """A folder with train/ and test/ only: the Dataset page loads it with reference "none" and says why, the auto
-    preset trains a tiny run and shows its evidence, and the ranked gallery draws its heatmaps."""
+def own_images_zip(folder: Path) -> Path:
+    """tiles.zip: train/ (40 normal images), test/normal/good_*.png (10) and test/anomaly/<defect>/<defect>_*.png,
+    5 each of two defect types in sub-folders; no reference/ folder."""
+    import zipfile
+
     from conftest import smooth_noise, with_patch
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    root = server_tmp / "datasets" / "parts"
-    for folder, images in (("train", smooth_noise(rng, 40)), ("test/normal", smooth_noise(rng, 10)),
-                           ("test/anomaly", with_patch(rng, smooth_noise(rng, 10), patch=8))):
-        (root / folder).mkdir(parents=True)
-        for i, im in enumerate(images):
-            Image.fromarray(im[..., 0]).save(root / folder / f"{i:03d}.png")
+    parts = [("train/train_{:03d}.png", smooth_noise(rng, 40)), ("test/normal/good_{:03d}.png", smooth_noise(rng, 10))]
+    for defect in ("crack", "hole"):
+        parts.append((f"test/anomaly/{defect}/{defect}_{{:03d}}.png", with_patch(rng, smooth_noise(rng, 5), patch=8)))
+    path = folder / "tiles.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for pattern, images in parts:
+            for i, im in enumerate(images):
+                png = folder / "one.png"
+                Image.fromarray(im[..., 0]).save(png)
+                z.write(png, pattern.format(i))
+    return path
+
+
+ANOMALY_NAME = r"(?P<defect>crack|hole)/(?P=defect)_\d{3}\.png"  # e.g. crack/crack_003.png
+
+
+def test_own_images_names_travel_everywhere(server, page, tmp_path):
+    """A zip of own images without reference/, its defect types in sub-folders: right after the upload the sidebar
+    and every page show it; the auto preset trains a tiny run and shows its evidence; every page shows that run of
+    that dataset; file names and sub-folders are in the ranked gallery's captions, the detail view, the explorer's
+    hovers and its selection; Compare methods runs on it."""
     page.goto(server)
     wait_idle(page)
+    assert "Fashion-MNIST" in sidebar_dataset(page)
     go(page, "Dataset")
-    segment(page, "Folder on the server")
-    page.get_by_label("Folder on the server", exact=True).fill(str(root))
-    page.get_by_label("Folder on the server", exact=True).press("Enter")
-    wait_idle(page)
-    check_clean(page, "Dataset, folder without reference/")
+    segment(page, "Upload a zip")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(own_images_zip(tmp_path)))
     page.get_by_text("Reference set: none").first.wait_for()
+    wait_idle(page)
+    check_clean(page, "Dataset, uploaded zip without reference/")
+    assert "tiles.zip" in sidebar_dataset(page) and "Fashion-MNIST" not in sidebar_dataset(page)  # at once
     assert page.get_by_text("no reference/ folder").first.is_visible()
     assert page.locator('[data-testid="stMetricValue"]').first.inner_text() == "40"
+    assert toolbar_overlaps(page) == []
     shot(page, "12-dataset-own-images")
+    for title in ("Home", "Training", "ROC and threshold", "Embedding explorer", "Ranked anomalies",
+                  "Score new images", "Compare methods", "Dataset"):
+        go(page, title)
+        check_clean(page, f"{title} after the upload")
+        assert "tiles.zip" in sidebar_dataset(page), title
+    go(page, "Home")
+    assert page.locator('[data-testid="stMain"]').get_by_text("Own images: tiles.zip").first.is_visible()
 
     go(page, "Training")
     check_clean(page, "Training, own images")
+    assert page.get_by_text("Own images: tiles.zip").first.is_visible()
     assert page.get_by_role("radio", name="auto (choose by synthetic defects)").is_checked()
     choose(page, "Backbone", "Tiny CNN (random, for tests)")
     set_number(page, "Epochs", 1)
@@ -439,13 +563,61 @@ def test_own_images_without_a_reference_folder(server, server_tmp, page):
     check_clean(page, "Training, own images, finished")
     assert page.get_by_text("How the configuration was chosen").first.is_visible()
     assert page.get_by_text("not a promise").first.is_visible()
+    assert toolbar_overlaps(page) == []
     shot(page, "13-training-auto-evidence")
 
     go(page, "Ranked anomalies")
     check_clean(page, "Ranked anomalies, own images")
+    assert page.get_by_text(re.compile(r"^Run .* · Own images: tiles\.zip")).first.is_visible()
     assert page.locator('[data-testid="stImage"] img').count() == 10  # the 10 anomalies
+    names = set(m.group(0) for m in re.finditer(ANOMALY_NAME, page.locator('[data-testid="stMain"]').inner_text()))
+    assert len(names) == 10, names  # every tile's caption names its file and its defect folder
     patch = page.get_by_text("Patch defect map", exact=True)
     (patch if patch.count() else page.get_by_text("Grad-CAM", exact=True)).first.click()  # the chosen run's maps
     wait_idle(page, 1.0)
     check_clean(page, "Ranked anomalies, own images, heatmaps")
     shot(page, "14-ranked-own-images")
+    # the detail view of the first tile: its file name and its folder
+    page.get_by_role("button", name="Details").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for()
+    wait_idle(page, 0.5)
+    assert re.search(r"(crack|hole)_\d{3}\.png · folder (crack|hole)", dialog.inner_text()), dialog.inner_text()
+    check_clean(page, "Ranked anomalies, own images, detail view")
+    shot(page, "15-detail-own-images")
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="detached")
+    wait_idle(page)
+
+    go(page, "Embedding explorer")
+    check_clean(page, "Explorer, own images")
+    assert page.get_by_text(re.compile(r"^Run .* · Own images: tiles\.zip")).first.is_visible()
+    frame = maps_frame(page)
+    assert toolbar_overlaps(page) == []
+    # hovering a point of the DOC map shows the image's file name (with its defect folder) and label
+    frame_box = page.locator(MAPS_IFRAME).bounding_box()
+    x, y = frame.evaluate(POINT_XY, [2, 0])
+    page.mouse.move(frame_box["x"] + x - 4, frame_box["y"] + y - 4)
+    page.mouse.move(frame_box["x"] + x, frame_box["y"] + y, steps=4)
+    frame.locator("#tip").wait_for(state="visible", timeout=5_000)
+    tip = frame.locator("#tiptext").inner_text()
+    hovered = re.match(rf"({ANOMALY_NAME}) · anomaly\n|(good_\d{{3}}\.png) · normal\n", tip)
+    assert hovered, tip
+    # a click selects it: its caption below names it too
+    page.mouse.click(frame_box["x"] + x, frame_box["y"] + y)
+    page.get_by_text(re.compile(r"^1 selected")).wait_for(timeout=30_000)
+    wait_idle(page, 0.5)
+    assert (hovered.group(1) or hovered.group(3)) in page.locator('[data-testid="stMain"]').inner_text()
+    check_clean(page, "Explorer, own images, selected")
+    shot(page, "16-explorer-own-images")
+
+    for title in ("ROC and threshold", "Score new images", "Compare methods"):
+        go(page, title)
+        check_clean(page, f"{title}, own images")
+        assert page.get_by_text(re.compile(r"^Run .* · Own images: tiles\.zip")).first.is_visible(), title
+    page.get_by_role("button", name="Run comparison").click()
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    wait_idle(page)
+    check_clean(page, "Compare methods, own images")
+    assert toolbar_overlaps(page) == []
+    shot(page, "17-compare-own-images")
