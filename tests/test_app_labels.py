@@ -256,7 +256,8 @@ def test_images_marked_normal_join_the_bank_and_undo_restores_it(runs_dir, run_a
     _, rows = nearest_normal(det, runs.load_features(run.run_id, runs_dir)[i][None], 5)
     n_trained = len(det.train_index_)
     added = change.added_test_indices
-    want = [f"train #{det.train_index_[r]}" if r < n_trained else f"added test #{added[r - n_trained]}" for r in rows[0]]
+    want = [f"train #{det.train_index_[r]}" if r < n_trained else f"added test #{added[r - n_trained]}"
+            for r in rows[0]]
     assert [name for name, _ in shown] == want
     assert shown[0][0] == f"added test #{i}" and float(shown[0][1]) < 1e-3  # itself (up to float32 rounding)
     at.button(key=state.DETAIL_CLOSE).click().run()

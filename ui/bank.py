@@ -69,7 +69,8 @@ def section(run: runs.RunSummary, test_images: np.ndarray, board: Board, where: 
     place = PLACE + where
     if add or undo:
         try:
-            with st.spinner("Re-scoring the run with the new normal bank…" if add else "Restoring the previous bank…"):
+            doing = "Re-scoring the run with the new normal bank…" if add else "Restoring the previous bank…"
+            with st.spinner(doing):
                 if add:
                     change = bg.add_normals(run.run_id, test_images[todo], board.keys[todo].tolist(),
                                             runs_dir=cached.runs_dir(), test_images=test_images,
