@@ -267,3 +267,26 @@ def test_images_marked_normal_join_the_bank_and_undo_restores_it(runs_dir, run_a
     assert bank_history(run.run_id, runs_dir) == []
     np.testing.assert_array_equal(runs.load_scores(run.run_id, runs_dir).scores, stored.scores)
     assert at.button(key=state.BANK_ADD + "ranked").label == "Add the 3 images marked normal to the normal bank"
+
+
+def test_explorer_with_training_images_after_a_bank_change(runs_dir, run_and_split):  # noqa: F811
+    """The maps' normal training points are the bank's trained rows only: the images added from labels are test
+    images (they were out of range of the training images before, and every map failed)."""
+    from test_app_explore import map_args, wait_for_maps
+
+    run, stored, split = run_and_split
+    at = open_app(RANKED)
+    at.get("button_group")[0].set_value(state.VIEW_ALARMS).run()
+    for i in list(tile_pills(at, "ranked"))[:5]:
+        tile_pills(at, "ranked")[i].set_value("normal").run()
+    at.button(key=state.BANK_ADD + "ranked").click().run()
+    assert_clean(at)
+    at.session_state[state.EX_POINTS] = 500
+    at.session_state[state.EX_TRAIN] = True
+    at.switch_page(EXPLORER).run()
+    wait_for_maps(at)
+    assert_clean(at)
+    assert not at.info, [i.value for i in at.info]  # no "No map of ..." note
+    args = map_args(at)
+    assert len(args["figures"]) == 3
+    assert sum(h[0].startswith("normal training #") for h in args["hover"]) == 125  # a quarter of the points

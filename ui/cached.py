@@ -286,7 +286,18 @@ def _explorer_rows(run_id: str, created: str, where: str, max_points: int, with_
     from doc_core.explain.explorer_maps import explorer_rows as rows
 
     stored = run_scores(run_id, created, where)  # one training score per row of the memory bank
-    return rows(stored.labels, len(stored.train_scores), max_points, with_train)
+    return rows(stored.labels, _trained_rows(run_id, where, len(stored.train_scores)), max_points, with_train)
+
+
+def _trained_rows(run_id: str, where: str, n_bank: int) -> int:
+    """How many of the memory bank's ``n_bank`` rows are normal training images: the first ones; the rest are images
+    analysts added later (:func:`doc_core.workflow.bank_growth.bank_row_images`), which the maps show as test images."""
+    from doc_core.workflow.bank_growth import bank_row_images
+
+    try:
+        return int(np.sum(bank_row_images(run_id, n_bank, where) == -1))
+    except runs.RunError:  # an unreadable bank history: every row counts (as before bank changes existed)
+        return n_bank
 
 
 def explorer_maps(run: runs.RunSummary, max_points: int, with_train: bool):
@@ -313,7 +324,7 @@ def _map_job(run_id: str, created: str, where: str, max_points: int, with_train:
     if saved is not None:
         return MapJob.from_saved(saved, run.path)
     data = run_split(run)  # loaded here, in the script thread; the worker only reads it
-    n_bank = len(run_scores(run_id, created, where).train_scores)
+    n_bank = _trained_rows(run_id, where, len(run_scores(run_id, created, where).train_scores))
 
     def inputs() -> MapInputs:  # runs in the worker thread: no Streamlit calls
         return MapInputs(data, BackboneConfig.from_dict(run.backbone), test_features=runs.load_features(run_id, where),
