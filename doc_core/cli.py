@@ -210,6 +210,17 @@ def _evaluation(det, split, scores: np.ndarray | None = None) -> dict:
     return out
 
 
+def _calibration_fraction(text: str) -> float:
+    """``--calibration``: a number in [0, 0.5]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"must be between 0 (off) and 0.5, got {value}")
+    return value
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -235,10 +246,11 @@ def cmd_train(args) -> int:
               "(synthetic defects in held-out ones; no test labels)", file=sys.stderr)
         selection = select_configuration(split.train_normal, auto_candidates(bb, tc), split.reference,
                                          split.reference_labels, split.reference_names, seed=tc.seed,
-                                         on_progress=lambda m: print(m, file=sys.stderr, flush=True))
+                                         on_progress=lambda m: print(m, file=sys.stderr, flush=True),
+                                         calibration_fraction=args.calibration)  # never sees the slice
         print(selection.table(), file=sys.stderr)
         bb, tc, sc = selection.chosen.backbone, selection.chosen.train, selection.chosen.scorer
-    det = DOCDetector(bb, tc, sc)
+    det = DOCDetector(bb, tc, sc, calibration_fraction=args.calibration)
     print(f"training on {split.name}: {split.summary()}", file=sys.stderr)
     bar = None
     try:
@@ -255,7 +267,13 @@ def cmd_train(args) -> int:
         if bar is not None:
             bar.close()
     result = {"fit_s": det.fit_seconds_, "preset": preset, "scorer": det.scorer.to_dict(),
-              "epochs": det.train.epochs}
+              "epochs": det.train.epochs,
+              "calibration": {"n": det.n_calibration, "of": len(split.train_normal),
+                              "threshold_source": det.threshold_source_, "note": det.calibration_note_}}
+    print(f"threshold {det.threshold_:.6g}: the {det.threshold_percentile:g}th percentile of "
+          + (f"{det.n_calibration} of the {len(split.train_normal)} normal training images held out for calibration "
+             "(used for neither training nor the bank)" if det.n_calibration
+             else f"leave-one-out training scores ({det.calibration_note_})"), file=sys.stderr)
     if selection is not None:
         result["selection"] = selection.to_dict()
     scores = feats = None
@@ -612,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "defects pasted into held-out normal training images (no labels; the evidence table is "
                         "printed and saved); manual: exactly the options given. Default: auto with --folder, manual "
                         "for Fashion-MNIST (whose defaults were measured)")
+    p.add_argument("--calibration", type=_calibration_fraction, default=0.1, metavar="FRACTION",
+                   help="share of the normal training images held out (seeded) to set the threshold on images the "
+                        "detector never saw: at least 30 images, used for neither training nor the memory bank; 0 "
+                        "turns it off, and it turns itself off (the output says so) when fewer than twice as many "
+                        "would be left to train on (default 0.1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="AUC and metrics of a saved detector on a labelled test set")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from doc_core.data import DataError
 from doc_core.model.backbones import BACKBONES, BackboneConfig, resolve_weights
+from doc_core.model.calibration import calibration_size
 from doc_core.model.detector import ScorerConfig
 from doc_core.model.training import TrainConfig
 from doc_core.workflow import runs
@@ -103,9 +104,21 @@ def settings_form(disabled: bool) -> None:
                     disabled=disabled, help="Normal images per step, and as many reference images.")
     c5.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=state.TR_SEED, **PERSIST,
                     disabled=disabled, help="Seeds the head's initialisation and the batch order.")
-    st.text_input("Run name (optional)", key=state.TR_NAME, **PERSIST, disabled=disabled, max_chars=120,
+    c1, c2 = st.columns([4, 1])
+    c1.text_input("Run name (optional)", key=state.TR_NAME, **PERSIST, disabled=disabled, max_chars=120,
                   placeholder=run_name(), help="Empty: the dataset and the start time, as shown. The field is "
                                                "cleared after each start, so every run gets a name of its own.")
+    c2.number_input("Calibration hold-out (%)", min_value=0.0, max_value=50.0, step=5.0, format="%g",
+                    key=state.TR_CALIBRATION, **PERSIST, disabled=disabled,
+                    help="Share of the normal training images (at least 30) kept out of training and of the memory "
+                         "bank; the default threshold is set on their scores, so its false-alarm rate is measured "
+                         "on images the model never saw. 0 turns it off; with fewer than 90 normal images it turns "
+                         "itself off.")
+
+
+def calibration_fraction() -> float:
+    """The calibration hold-out setting as a fraction (0 to 0.5)."""
+    return float(st.session_state[state.TR_CALIBRATION]) / 100
 
 
 def run_name() -> str:
@@ -128,8 +141,10 @@ def auto_too_few(split) -> bool:
 
 
 def plan_caption(split, backbone: BackboneConfig, train: TrainConfig) -> None:
-    per_epoch = steps_per_epoch(len(split.train_normal), train.batch_size)
-    n = len(split.train_normal)
+    n_all = len(split.train_normal)
+    n_cal, why_not = calibration_size(n_all, calibration_fraction())
+    n = n_all - n_cal  # the calibration slice is taken first: neither selection nor training sees it
+    per_epoch = steps_per_epoch(n, train.batch_size)
     if preset() == "auto" and auto_too_few(split):
         st.warning(f"The auto preset needs at least {MIN_FIT + MIN_HOLDOUT} normal training images; this dataset "
                    f"has {n}. Choose manual.")
@@ -144,8 +159,9 @@ def plan_caption(split, backbone: BackboneConfig, train: TrainConfig) -> None:
         st.caption("No training: the run embeds the images with the pretrained backbone and scores the test set.")
     else:
         st.caption(f"{per_epoch * train.epochs:,} training steps ({per_epoch:,} per epoch of "
-                   f"{len(split.train_normal):,} normal images), then {len(split.test_images):,} test images are "
-                   "scored.")
+                   f"{n:,} normal images), then {len(split.test_images):,} test images are scored.")
+    st.caption(f"Threshold: set on {n_cal:,} of the {n_all:,} normal training images, held out of training and of the "
+               "memory bank." if n_cal else f"Threshold: on the training images' leave-one-out scores ({why_not}).")
     if weights_missing(backbone):
         alpha = f" with α {backbone.alpha:g}" if backbone.name == "mobilenet_v2" else ""
         st.warning(f"No ImageNet weights for {BACKBONE_LABELS[backbone.name]}{alpha} were found on this machine, and "
@@ -162,7 +178,8 @@ def start_training() -> None:
     try:
         split, _ = cached.split(spec)
         job = TrainingJob(split, backbone, train, scorer(), preset=preset(), name=run_name(),
-                          dataset={**spec.to_dict(), "description": spec.describe()}, runs_dir=cached.runs_dir())
+                          dataset={**spec.to_dict(), "description": spec.describe()}, runs_dir=cached.runs_dir(),
+                          calibration_fraction=calibration_fraction())
     except (DataError, ValueError) as exc:
         feedback.note(START, "error", f"Cannot start: {exc}")
         return

@@ -98,8 +98,28 @@ def slider_range(scores: np.ndarray, train_scores: np.ndarray) -> tuple[float, f
     return lo - pad, hi + pad, float(f"{(hi - lo + 2 * pad) / 1000:.2g}")
 
 
-def policy_threshold(policy: str, labels: np.ndarray, scores: np.ndarray, train_scores: np.ndarray) -> float | None:
-    return metrics.policy_threshold(state.POLICY_CODES[policy], scores, labels, train_scores, policy_param(policy))
+def policy_threshold(policy: str, labels: np.ndarray, scores: np.ndarray, train_scores: np.ndarray,
+                     calibration: np.ndarray | None) -> float | None:
+    return metrics.policy_threshold(state.POLICY_CODES[policy], scores, labels, train_scores, policy_param(policy),
+                                    calibration)
+
+
+def policy_basis(policy: str, n_cal: int, by_analysts) -> str:
+    """What a policy's threshold rests on, in words: label-free ones name the calibration images, label-based ones
+    say that metrics on the same labels are optimistic."""
+    whose = "the analysts'" if by_analysts is not None else "the test set's"
+    if policy == state.POLICY_PERCENTILE:
+        return (f"Uses no labels: this percentile of the scores of the {n_cal:,} held-out calibration images (normal "
+                "training images kept out of training and of the memory bank)." if n_cal else
+                "Uses no labels, but this run has no held-out calibration images: the threshold rests on the "
+                "leave-one-out scores of the normal training images, the same images that form the memory bank.")
+    if policy == state.POLICY_FPR:
+        return (f"Uses no labels: at most this share of the {n_cal:,} held-out calibration images is flagged."
+                if n_cal else f"Set on {whose} labelled normal images, so the metrics below are optimistic.")
+    if policy == state.POLICY_F1:
+        return f"Chosen with {whose} labels, so the metrics below are optimistic."
+    return "Drag the slider to any threshold."
+
 
 
 def policy_param(policy: str) -> float | None:
@@ -116,27 +136,29 @@ def threshold_section(run: runs.RunSummary, scorer: ScorerConfig, stored: runs.R
     """Policy, slider, metrics and charts; reruns on its own as the slider moves."""
     labels, by_analysts = labelling.roc_labels(run, stored)  # the test set's labels, or enough analysts' labels
     labelled = stored.has_labels or by_analysts is not None
-    policies = state.POLICIES if labelled else (state.POLICY_PERCENTILE, state.POLICY_MANUAL)
+    calibration = cached.calibration_scores_for(run, scorer)  # None: no held-out calibration images
+    n_cal = 0 if calibration is None else len(calibration)
+    label_free = (state.POLICY_PERCENTILE, state.POLICY_FPR) if n_cal else (state.POLICY_PERCENTILE,)
+    policies = state.POLICIES if labelled else label_free + (state.POLICY_MANUAL,)
     if ss[state.ROC_POLICY] not in policies:
         ss[state.ROC_POLICY] = state.POLICY_PERCENTILE
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     policy = c1.radio("Set the threshold by", policies, key=state.ROC_POLICY, horizontal=True, **PERSIST)
     if policy == state.POLICY_FPR:
         c2.number_input("Target false-positive rate (%)", min_value=0.0, max_value=100.0, step=0.5, format="%.1f",
-                        key=state.ROC_TARGET_FPR, **PERSIST,
-                        help="At most this share of the normal test images is flagged.")
+                        key=state.ROC_TARGET_FPR, **PERSIST, help=policy_basis(policy, n_cal, by_analysts))
     elif policy == state.POLICY_PERCENTILE:
-        c2.number_input("Percentile of training scores", min_value=0.0, max_value=100.0, step=0.5, format="%.1f",
-                        key=state.ROC_PERCENTILE, **PERSIST,
-                        help="Uses no test labels: the threshold is this percentile of the (leave-one-out) scores "
-                             "of the normal training images.")
-    elif policy == state.POLICY_F1:
-        c2.caption("Chosen with the test labels, so the metrics below are optimistic.")
+        c2.number_input("Percentile of calibration scores" if n_cal else "Percentile of training scores",
+                        min_value=0.0, max_value=100.0, step=0.5, format="%.1f", key=state.ROC_PERCENTILE,
+                        **PERSIST, help=policy_basis(policy, n_cal, by_analysts))
+    if policy in (state.POLICY_PERCENTILE, state.POLICY_FPR, state.POLICY_F1):
+        st.caption(policy_basis(policy, n_cal, by_analysts))
     else:
-        c2.caption("Drag the slider to any threshold.")
+        c2.caption(policy_basis(policy, n_cal, by_analysts))
 
-    lo, hi, step = slider_range(scores, train_scores)
-    wanted = policy_threshold(policy, labels, scores, train_scores)
+    lo, hi, step = slider_range(scores, train_scores if calibration is None else
+                                np.concatenate([train_scores, calibration]))
+    wanted = policy_threshold(policy, labels, scores, train_scores, calibration)
     if wanted is not None or not lo <= ss.get(state.ROC_THRESHOLD, np.nan) <= hi:
         ss[state.ROC_THRESHOLD] = float(np.clip(wanted if wanted is not None else run.default_threshold, lo, hi))
     threshold = st.slider("Threshold: images scoring above it are flagged as anomalies", min_value=lo, max_value=hi,

@@ -16,6 +16,7 @@ from app_server import fashion_or_skip, make_tiny_run
 from streamlit.testing.v1 import AppTest
 
 from doc_core.data.datasets import DatasetSpec
+from doc_core.evaluation.metrics import threshold_at_fpr
 from doc_core.model.training import TrainConfig
 from doc_core.scoring import make_scorer
 from doc_core.workflow import runs
@@ -133,8 +134,9 @@ def test_training_page_without_a_run(empty_runs_dir):
     assert "No saved runs yet" in texts(at)
     assert at.button[0].label == "Start training" and not at.button[0].disabled
     defaults = TrainConfig()
-    steps = steps_per_epoch(6000, defaults.batch_size) * defaults.epochs
-    assert f"{steps:,} training steps" in texts(at)  # 6,000 sneakers with the default batch size and epochs
+    steps = steps_per_epoch(5400, defaults.batch_size) * defaults.epochs
+    assert f"{steps:,} training steps" in texts(at)  # 6,000 sneakers less 10 % held out, default batch and epochs
+    assert "Threshold: set on 600 of the 6,000 normal training images" in texts(at)
 
 
 def test_roc_page_without_a_run_says_what_to_do(empty_runs_dir):
@@ -170,6 +172,8 @@ def test_roc_page_with_a_run(runs_dir):
     assert labels == ["Precision", "Recall", "F1", "Accuracy", "False-positive rate", "Flagged of 2,000"]
     assert at.radio(key=state.ROC_POLICY).value == state.POLICY_PERCENTILE
     assert at.download_button[0].label == "Download scores (CSV)"
+    # the default threshold rests on the 30 normal images held out of training (30 = the minimum, of 200)
+    assert "scores of the 30 held-out calibration images" in texts(at)
 
 
 def test_threshold_policies_move_the_threshold_and_can_be_saved(runs_dir):
@@ -178,11 +182,13 @@ def test_threshold_policies_move_the_threshold_and_can_be_saved(runs_dir):
     at.radio(key=state.ROC_POLICY).set_value(state.POLICY_FPR).run()
     at.number_input(key=state.ROC_TARGET_FPR).set_value(10.0).run()
     assert_clean(at)
-    fpr = next(m.value for m in at.metric if m.label == "False-positive rate")
-    assert float(fpr.rstrip("%")) <= 10.0
+    # set on the held-out calibration images, without test labels (the test set's FPR is then a measurement)
+    cal = runs.load_scores(runs.list_runs(runs_dir)[0].run_id, runs_dir).calibration_scores
+    assert at.slider(key=state.ROC_THRESHOLD).value == pytest.approx(threshold_at_fpr(cal, 0.1), rel=1e-4)
+    assert "at most this share of the 30 held-out calibration images" in texts(at)
     at.radio(key=state.ROC_POLICY).set_value(state.POLICY_F1).run()
     best = at.slider(key=state.ROC_THRESHOLD).value
-    assert best != start
+    assert best != start and "test set's labels, so the metrics below are optimistic" in texts(at)
     next(b for b in at.button if b.label == "Save threshold into run").click().run()
     assert_clean(at)
     assert "Saved threshold" in texts(at)
@@ -340,7 +346,7 @@ def test_train_through_the_page_and_see_the_run_everywhere(empty_runs_dir):
     at = open_app()
     small_dataset(at)
     tiny_settings(at, name="from the page")
-    assert "12 training steps" in texts(at)
+    assert "10 training steps" in texts(at)  # 200 sneakers less the 30 held out for calibration: 5 per epoch
     next(b for b in at.button if b.label == "Start training").click().run()
     assert_clean(at)
     snap = wait_for_job(at)
@@ -371,7 +377,7 @@ def test_two_sessions_train_at_once_without_mixing(empty_runs_dir):
     assert first.session_state[state.JOB_ID] != second.session_state[state.JOB_ID]
     a, b = wait_for_job(first), wait_for_job(second)
     assert (a.status, b.status) == (SUCCEEDED, SUCCEEDED)
-    assert (a.steps_total, b.steps_total) == (18, 6)
+    assert (a.steps_total, b.steps_total) == (15, 5)  # 170 of 200 normal images train (30 calibrate)
     first.run()
     second.run()
     assert first.session_state[state.RUN_ID] == a.run.run_id != second.session_state[state.RUN_ID] == b.run.run_id
@@ -382,7 +388,7 @@ def test_two_sessions_train_at_once_without_mixing(empty_runs_dir):
 def test_stop_keeps_what_was_trained(empty_runs_dir):
     at = open_app()
     small_dataset(at)
-    tiny_settings(at, epochs=200, name="stopped run")  # 1,200 steps: long enough to stop
+    tiny_settings(at, epochs=200, name="stopped run")  # 1,000 steps: long enough to stop
     next(b for b in at.button if b.label == "Start training").click().run()
     assert next(b for b in at.button if b.label == "Start training").disabled
     from ui import cached
@@ -395,10 +401,10 @@ def test_stop_keeps_what_was_trained(empty_runs_dir):
     snap = wait_for_job(at)
     at.run()
     assert_clean(at)
-    assert snap.status == SUCCEEDED and snap.stopped_early and snap.n_records < 1200
+    assert snap.status == SUCCEEDED and snap.stopped_early and snap.n_records < 1000
     assert "stopped early" in texts(at)
     (run,) = runs.list_runs(empty_runs_dir)
-    assert run.stopped_early and run.steps == snap.n_records and run.steps_total == 1200
+    assert run.stopped_early and run.steps == snap.n_records and run.steps_total == 1000
 
 
 def test_missing_weights_disable_start(empty_runs_dir):

@@ -151,6 +151,23 @@ def test_train_evaluate_score(tmp_path, fake_fmnist, capsys):
     assert json.loads((tmp_path / "fast" / "detector.json").read_text())["config"]["scorer"]["backend"] == "faiss"
 
 
+def test_train_holds_out_calibration_images(tmp_path, fake_fmnist, capsys):
+    args = ["--data-dir", str(fake_fmnist), "--protocol", "one-vs-rest", "--normal-class", "3", *TINY,
+            "--epochs", "0"]
+    assert main(["train", *args, "--out", str(tmp_path / "cal")]) == 0
+    captured = capsys.readouterr()
+    cal = json.loads(captured.out)["calibration"]
+    assert cal == {"n": 120, "of": 1200, "threshold_source": "calibration", "note": ""}
+    assert "120 of the 1200 normal training images held out for calibration" in captured.err
+    assert main(["train", *args, "--calibration", "0", "--out", str(tmp_path / "off")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["calibration"]["n"] == 0 and "leave-one-out" in captured.err
+    assert json.loads((tmp_path / "off" / "detector.json").read_text())["config"]["calibration_fraction"] == 0.0
+    with pytest.raises(SystemExit):
+        main(["train", *args, "--calibration", "0.9", "--out", str(tmp_path / "bad")])
+    assert "between 0 (off) and 0.5" in capsys.readouterr().err
+
+
 def test_clear_error_for_a_broken_detector(tmp_path, capsys):
     (tmp_path / "det").mkdir()
     assert main(["score", "--detector", str(tmp_path / "det"), "x.png"]) == 2
@@ -177,6 +194,14 @@ def test_benchmark_json_schema(tmp_path, fake_fmnist, capsys):
     assert res["explain_timing"]["tsne_points"] == 20 and res["explain_timing"]["detector_seed"] == 0
     out = capsys.readouterr().out
     assert "doc_knn" in out and "Grad-CAM" in out and "t-SNE of 20 points" in out
+    # the default threshold's promise and what it delivers on the test normals, for the detector methods only
+    for name in ("pretrained_knn", "doc_knn", "doc_lof"):
+        m = res["methods"][name]
+        assert m["intended_fpr"] == pytest.approx(0.05) and 0.0 <= m["realised_fpr"] <= 1.0
+        assert m["threshold_source"] == ["calibration"] and m["n_calibration"] == 120  # 10 % of 1,200 sneakers
+        assert all(0.0 <= p["realised_fpr"] <= 1.0 for p in m["per_seed"])
+    assert "realised_fpr" not in res["methods"]["raw_knn"] and "realised_fpr" not in res["methods"]["conv_ae"]
+    assert re.search(r"doc_knn.*\s5\.0%", out)
 
 
 @pytest.mark.parametrize("protocol", ["one-vs-rest", "one-vs-rest-disjoint"])
@@ -198,5 +223,8 @@ def test_one_vs_rest_per_class(fake_fmnist, protocol):
     doc = res["methods"]["doc_knn"]
     assert set(res["methods"]["doc_lof"]["per_class"]) == set(doc["per_class"])
     assert set(doc["per_class"]) == {"T-shirt/top", "Sandal"}
+    assert set(doc["per_class_realised_fpr"]) == {"T-shirt/top", "Sandal"}
+    assert doc["intended_fpr"] == pytest.approx(0.05)
+    assert doc["threshold_source"] == ["calibration"] and 0.0 <= doc["realised_fpr"] <= 1.0
     assert doc["auc"] == pytest.approx(np.mean(list(doc["per_class"].values())), abs=1e-4)
     assert "per-class AUC" in bench.format_table(res) and res["protocol"] == protocol

@@ -212,6 +212,22 @@ def scores_with(run_id: str, created: str, where: str, name: str, k: int | None)
     return det.score_features(feats), np.asarray(det.train_scores_, np.float32)
 
 
+def calibration_scores_for(run: runs.RunSummary, scorer: ScorerConfig) -> np.ndarray | None:
+    """Scores of the run's held-out calibration images under ``scorer`` (stored ones for its own scorer); None when
+    the run has no calibration slice (its label-free thresholds rest on leave-one-out training scores)."""
+    if scorer == run.scorer:
+        return scores_of(run).calibration_scores
+    if run.n_calibration == 0:
+        return None
+    return calibration_with(*_key(run), scorer.name, scorer.k)
+
+
+@st.cache_data(show_spinner="Scoring the calibration images…", max_entries=32)
+def calibration_with(run_id: str, created: str, where: str, name: str, k: int | None) -> np.ndarray | None:
+    """The calibration images' scores under another scorer, from their stored pooled features."""
+    return detector(run_id, created, where).with_scorer(ScorerConfig(name=name, k=k)).calibration_scores_
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def curves(labels: np.ndarray, scores: np.ndarray) -> dict:
     """ROC and PR curves, AUC and average precision of labelled scores (unlabelled ones are left out)."""

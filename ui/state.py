@@ -69,6 +69,7 @@ TR_EPOCHS = "tr_epochs"
 TR_BATCH = "tr_batch"
 TR_TRAINABLE = "tr_trainable"
 TR_SEED = "tr_seed"
+TR_CALIBRATION = "tr_calibration"  # percent of the normal training images held out to set the threshold
 TR_NAME = "tr_name"
 TR_PRESET = "tr_preset"  # PRESET_AUTO or PRESET_MANUAL
 TR_PRESET_FOR = "tr_preset_for"  # dataset kind the preset was defaulted for: a new kind gets its own default
@@ -196,6 +197,7 @@ DEFAULTS: dict[str, Any] = {
     TR_BATCH: _TRAIN.batch_size,
     TR_TRAINABLE: "default",
     TR_SEED: _TRAIN.seed,
+    TR_CALIBRATION: 10.0,  # doc_core.model.calibration.DEFAULT_CALIBRATION_FRACTION, in percent
     TR_NAME: "",  # empty: the run gets doc_core.workflow.run_names.default_run_name (cleared after each Start)
     TR_PICK_FOR: None,
     TR_PRESET: PRESET_MANUAL,

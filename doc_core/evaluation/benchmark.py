@@ -239,7 +239,7 @@ def _fpr_summary(checks: list[dict]) -> dict:
 
     return {"intended_fpr": mean("intended_fpr"), "realised_fpr": mean("realised_fpr"),
             "realised_fpr_loo": mean("realised_fpr_loo"),
-            "threshold_source": sorted({c["threshold_source"] for c in checks}),
+            "threshold_source": sorted({s for c in checks for s in np.atleast_1d(c["threshold_source"]).tolist()}),
             "n_calibration": int(round(mean("n_calibration") or 0))}
 
 

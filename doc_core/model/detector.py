@@ -666,7 +666,8 @@ class DOCDetector:
             if cal_n:
                 cal = read_npz(path / CALIBRATION_FILE, {
                     "features": ArraySpec(("m", "k"), "f", finite=True), "index": ArraySpec(("m",), "iu"),
-                    "train_index": ArraySpec(("t",), "iu"), "scores": ArraySpec(("m",), "f", finite=True, required=False),
+                    "train_index": ArraySpec(("t",), "iu"),
+                    "scores": ArraySpec(("m",), "f", finite=True, required=False),
                     "images": ArraySpec(("m", "h", "w", "c"), "u", required=det.is_patch)},
                     {"m": (cal_n, "detector.json's calibration.n"), "k": (feature_dim, "detector.json's feature_dim")})
                 if "images" in cal and (cal["images"].dtype != np.uint8 or cal["images"].shape[-1] not in (1, 3)):
