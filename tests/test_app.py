@@ -176,6 +176,28 @@ def test_roc_page_with_a_run(runs_dir):
     assert "scores of the 30 held-out calibration images" in texts(at)
 
 
+def test_roc_page_for_a_run_saved_before_calibration(runs_dir):
+    """An older run (no calibration scores, no calibration facts): its percentile threshold is on the leave-one-out
+    training scores and the page says so; the target-FPR policy is then set on the test labels and called optimistic."""
+    import numpy as np
+
+    run = runs.list_runs(runs_dir)[0]
+    arrays = dict(np.load(run.path / "scores.npz"))
+    del arrays["calibration_scores"]
+    np.savez(run.path / "scores.npz", **arrays)
+    doc = json.loads((run.path / "run.json").read_text())
+    del doc["calibration"]
+    (run.path / "run.json").write_text(json.dumps(doc))
+    at = open_app(ROC)
+    assert_clean(at)
+    assert "no held-out calibration images: the threshold rests on the leave-one-out scores" in texts(at)
+    train = runs.load_scores(run.run_id, runs_dir).train_scores
+    assert at.slider(key=state.ROC_THRESHOLD).value == pytest.approx(np.percentile(train, 95.0), rel=1e-4)
+    at.radio(key=state.ROC_POLICY).set_value(state.POLICY_FPR).run()
+    assert_clean(at)
+    assert "Set on the test set's labelled normal images, so the metrics below are optimistic" in texts(at)
+
+
 def test_threshold_policies_move_the_threshold_and_can_be_saved(runs_dir):
     at = open_app(ROC)
     start = at.slider(key=state.ROC_THRESHOLD).value
