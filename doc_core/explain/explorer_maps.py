@@ -449,4 +449,5 @@ class MapJob:
                 self._error = f"{type(exc).__name__}: {exc}"
                 self._state = {fs: s if s == READY else FAILED for fs, s in self._state.items()}
         finally:
+            self._inputs = None  # let the run's arrays go: a finished job holds only its maps
             self._done.set()
