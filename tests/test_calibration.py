@@ -224,3 +224,10 @@ def test_missing_calibration_file_is_a_clear_error(tmp_path, fitted):
     with pytest.raises(DetectorFormatError, match="calibration"):
         DOCDetector.load(tmp_path / "gone")
     assert Path(tmp_path / "gone" / "bank.npz").exists()
+
+
+def test_training_images_leave_the_slice_out(normal, fitted):
+    np.testing.assert_array_equal(fitted.training_images(normal), normal[fitted.train_index_])
+    assert len(fitted.training_images(normal)) == N_NORMAL - N_CAL
+    other = normal[:10]  # not the images fit was given: returned as they are
+    assert fitted.training_images(other) is other

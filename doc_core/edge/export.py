@@ -280,6 +280,8 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     k = int(detector.scorer_.k)
     rng = np.random.default_rng(config.seed)
     normal = _fit_images(normal_images, shape) if normal_images is not None and len(normal_images) else None
+    if normal is not None:  # the detector's calibration slice stays out of the bank and the int8 calibration
+        normal = detector.training_images(normal)
     if config.quantize == "int8" and normal is None:
         raise ExportError("int8 quantization needs the detector's normal training images for calibration (the CLI "
                           "finds them from the detector's metadata, or pass --folder / --data-dir)")

@@ -354,6 +354,18 @@ class DOCDetector:
         self.threshold_ = threshold_percentile(self.calibration_scores_, self.threshold_percentile)
         self.threshold_source_ = "calibration"
 
+    def training_images(self, normal: np.ndarray) -> np.ndarray:
+        """The images of ``normal`` that trained the detector and form its bank, without the calibration slice.
+
+        ``normal`` is taken to be the normal images :meth:`fit` was given when it has their number (training plus
+        calibration images): ``normal[train_index_]``; any other array is returned as it is.
+        """
+        train_index, cal_index = getattr(self, "train_index_", None), getattr(self, "calibration_index_", None)
+        if (train_index is not None and cal_index is not None and len(cal_index)
+                and len(normal) == len(train_index) + len(cal_index)):
+            return normal[train_index]
+        return normal
+
     def with_scorer(self, scorer: ScorerConfig, threshold: float | None = None,
                     normal: np.ndarray | None = None) -> "DOCDetector":
         """A copy sharing the fine-tuned backbone but scoring with another scorer (no retraining).
