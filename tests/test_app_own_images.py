@@ -292,7 +292,9 @@ def test_ranked_captions_name_files_and_the_search_narrows_them(named_run_dir, m
     # the explorer's hover text names the same files
     at.text_input(key=state.RK_QUERY).input("").run()
     at.session_state[state.EX_POINTS] = 500
-    at.switch_page(EXPLORER).run()
+    from test_app_explore import wait_for_maps
+
+    wait_for_maps(at.switch_page(EXPLORER).run())
     assert_clean(at)
     (maps,) = at.get("component_instance")
     hover = json.loads(maps.proto.json_args)["hover"]
