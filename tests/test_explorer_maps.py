@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from doc_core.data import OneClassSplit
 from doc_core.explain import embedding, explorer_maps
 from doc_core.explain.explorer_maps import (FAILED, READY, MapInputs, MapJob, compute_maps, explorer_rows, load_maps,
                                            maps_file_name, save_maps)
@@ -17,24 +16,7 @@ from doc_core.workflow import runs
 from doc_core.workflow.artifacts import ArtifactError
 from doc_core.workflow.jobs import SUCCEEDED, TrainingJob
 
-SIZE = 32
-TINY = BackboneConfig(name="tiny", input_size=SIZE)
-
-
-def _images(rng: np.random.Generator, n: int, level: int) -> np.ndarray:
-    base = rng.integers(0, 40, size=(n, SIZE, SIZE, 1))
-    base[:, 8:24, 8:24] += level
-    return np.clip(base, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def split() -> OneClassSplit:
-    rng = np.random.default_rng(0)
-    return OneClassSplit(
-        train_normal=_images(rng, 64, 60), reference=np.concatenate([_images(rng, 32, 120), _images(rng, 32, 200)]),
-        reference_labels=np.repeat([0, 1], 32), reference_names=("mid", "bright"),
-        test_images=np.concatenate([_images(rng, 20, 60), _images(rng, 20, 215)]), test_labels=np.repeat([0, 1], 20),
-        test_classes=("square",) * 20 + ("bright square",) * 20, name="synthetic squares")
+from test_jobs import TINY, split  # noqa: F401  (the same synthetic squares and their fixture)
 
 
 @pytest.fixture(scope="module")
