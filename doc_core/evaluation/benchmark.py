@@ -237,7 +237,8 @@ def _fpr_summary(checks: list[dict]) -> dict:
         values = [c[key] for c in checks if c.get(key) is not None]
         return float(np.mean(values)) if values else None
 
-    return {"intended_fpr": mean("intended_fpr"), "realised_fpr": mean("realised_fpr"),
+    intended = mean("intended_fpr")
+    return {"intended_fpr": None if intended is None else round(intended, 6), "realised_fpr": mean("realised_fpr"),
             "realised_fpr_loo": mean("realised_fpr_loo"),
             "threshold_source": sorted({s for c in checks for s in np.atleast_1d(c["threshold_source"]).tolist()}),
             "n_calibration": int(round(mean("n_calibration") or 0))}
