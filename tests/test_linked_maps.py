@@ -56,3 +56,19 @@ def test_selected_rows_reads_the_components_value_defensively():
     for bad in (None, {}, {"rows": "1,2"}, [1, 2], {"rows": [None, "x"]}):
         assert linked_maps.selected_rows(bad) == []
 
+
+
+def test_figure_json_sends_coordinates_as_float32_and_one_symbol_when_all_points_share_it():
+    coords = np.array([[0.1, 1.7], [2.123456789, 3.0], [4.0, -5.5]])
+    roles = np.array(["test normal", "test anomaly", "test normal"])
+    info = np.array([[0, "a", "rank 3"], [1, "b", "rank 1"], [2, "c", "rank 2"]], dtype=object)
+    spec = json.loads(linked_maps.figure_json(charts.embedding_map(coords, roles, np.array([0.1, 0.9, 0.2]), info,
+                                                                   "score", 0.5)))
+    (trace,) = spec["data"]
+    xs = np.frombuffer(base64.b64decode(trace["x"]["bdata"]), np.float32)
+    assert trace["x"]["dtype"] == "f4" and np.array_equal(xs, coords[:, 0].astype(np.float32))
+    assert trace["marker"]["symbol"] == "circle"  # no training images shown: one symbol, not one per point
+    mixed = np.array(["test normal", "normal training", "test normal"])
+    spec = json.loads(linked_maps.figure_json(charts.embedding_map(coords, mixed, np.array([0.1, 0.9, 0.2]), info,
+                                                                   "score", 0.5)))
+    assert list(spec["data"][0]["marker"]["symbol"]) == ["circle", "circle-open", "circle"]
