@@ -96,7 +96,7 @@ def _bank_rows(run_id: str, created: str, where: str, n_bank: int) -> tuple[np.n
     test index of an added image (-1: a trained row; -2: an added image that is not a test image)."""
     from doc_core.workflow import bank_growth as bg
 
-    train_index = getattr(cached.detector(run_id, created, where), "train_index_", None)
+    train_index = cached.bank_train_index(run_id, created, where)  # read without building the network
     n_trained_known = None if train_index is None or not len(train_index) else len(train_index)
     try:
         added = bg.bank_row_images(run_id, n_bank, where)
@@ -113,8 +113,7 @@ def neighbour_pictures(run: runs.RunSummary, data, rows) -> tuple[list[np.ndarra
     """The images and names of memory-bank rows (as :func:`ui.cached.nearest_normals` returns them): a normal
     training image (``train #i``, its index among the dataset's normal training images, calibration slice
     included), or an image added to the bank later (``added test #i``)."""
-    det = cached.detector_of(run)
-    train, added = _bank_rows(run.run_id, run.created, str(run.path.parent), len(det.bank_))
+    train, added = _bank_rows(run.run_id, run.created, str(run.path.parent), cached.bank_size(run))
     images, names = [], []
     for r in np.asarray(rows, np.int64):
         if train[r] >= 0:

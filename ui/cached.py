@@ -196,7 +196,28 @@ def history_figure_of(run: runs.RunSummary):
 
 @st.cache_resource(show_spinner="Loading the detector…", max_entries=4)
 def detector(run_id: str, created: str, where: str) -> DOCDetector:
-    return runs.load_detector(run_id, where, use_saved_threshold=False)
+    # the background load warm_detector started, waited for, or loaded here when none was
+    return _preloader().take(_preload_key(run_id, created, where),
+                             lambda: runs.load_detector(run_id, where, use_saved_threshold=False))
+
+
+def warm_detector(run: runs.RunSummary) -> None:
+    """Start loading the run's detector in a background thread (once per run and detector files, shared by every
+    session), so that a view which needs its network soon (the detail view's heatmap) finds it loaded or loading."""
+    run_id, created, where = _key(run)
+    _preloader().start(_preload_key(run_id, created, where),
+                       lambda: runs.load_detector(run_id, where, use_saved_threshold=False))  # worker: no st.* calls
+
+
+@st.cache_resource(show_spinner=False)
+def _preloader():
+    from doc_core.workflow.detector_preload import DetectorPreloader
+
+    return DetectorPreloader(keep=2)
+
+
+def _preload_key(run_id: str, created: str, where: str) -> tuple:
+    return run_id, created, where, _bank_signature(Path(where) / run_id / "detector")
 
 
 @st.cache_data(show_spinner="Scoring with the other scorer…", max_entries=32)
@@ -392,10 +413,55 @@ def patch_maps(run: runs.RunSummary, images: np.ndarray) -> np.ndarray:
 
 
 def nearest_normals(run: runs.RunSummary, features: np.ndarray, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and indices (into the run's normal training images) of the nearest normal training images."""
-    from doc_core.explain.embedding import nearest_normal
+    """Distances and indices (rows of the run's memory bank) of the nearest normal images: from the bank saved in the
+    run's detector folder (:func:`saved_bank`, no network built), or from the detector when it cannot be read."""
+    from doc_core.explain.embedding import nearest_in_bank, nearest_normal
 
-    return nearest_normal(detector_of(run), features, n)
+    saved = saved_bank(run)
+    return nearest_normal(detector_of(run), features, n) if saved is None else nearest_in_bank(saved.bank, features, n)
+
+
+def saved_bank(run: runs.RunSummary):
+    """The run's memory bank and its training-image index as saved in its detector folder
+    (:func:`doc_core.model.detector.read_bank`: arrays only, a fraction of a second where loading the detector builds
+    its network), or None when they cannot be read (the callers then use :func:`detector_of`). Keyed by the files'
+    size and time, so a bank change (which rewrites them) is read anew."""
+    return _saved_bank(*_key(run), _bank_signature(run.path / "detector"))
+
+
+def bank_train_index(run_id: str, created: str, where: str) -> np.ndarray | None:
+    """``train_index_`` of the run's detector (None without a calibration slice), read without the network when
+    possible (:func:`saved_bank`)."""
+    run = runs.get_run(run_id, where)
+    saved = saved_bank(run)
+    return getattr(detector_of(run), "train_index_", None) if saved is None else saved.train_index
+
+
+def bank_size(run: runs.RunSummary) -> int:
+    """How many rows the run's memory bank has (normal training images, then images added to it later)."""
+    saved = saved_bank(run)
+    return len(detector_of(run).bank_) if saved is None else len(saved.bank)
+
+
+def _bank_signature(folder) -> tuple:
+    out = []
+    for name in ("detector.json", "bank.npz", "calibration.npz"):
+        try:
+            st_ = (folder / name).stat()
+            out.append((name, st_.st_mtime_ns, st_.st_size))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _saved_bank(run_id: str, created: str, where: str, signature: tuple):
+    from doc_core.model.detector import DetectorFormatError, read_bank
+
+    try:
+        return read_bank(runs.get_run(run_id, where).path / "detector")
+    except (DetectorFormatError, runs.RunError, OSError):
+        return None
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

@@ -6,6 +6,10 @@ large (at least 320 px, nearest neighbour, at its original file's aspect ratio w
 its name, score, rank, verdict, label and class (:func:`doc_core.explain.gallery.image_facts`), and its nearest normal
 training images. Closing the dialog (its Close button, the X, Esc or a click outside) clears the key. Everything it
 shows comes from the caches the pages already use (ui.cached, ui.heatmaps), so opening it recomputes nothing else.
+The nearest normal images come from the stored features and the saved memory bank (no network), so the image, its
+facts and neighbours show at once; the heatmap, which needs the run's network, is drawn last into its place. Every
+page that can open the view starts loading the run's detector in the background when it opens
+(:func:`ui.cached.warm_detector`), so the heatmap is usually ready too.
 """
 
 from __future__ import annotations
@@ -94,7 +98,8 @@ def _file_aspect(file: str) -> tuple[float | None, str]:
 
 
 @st.dialog("Image details", width="large", on_dismiss=close)
-def _view(facts: ImageFacts, image: np.ndarray, heat: np.ndarray, map_name: str, map_note: str, opacity: float,
+def _view(facts: ImageFacts, image: np.ndarray, heat: Callable[[], np.ndarray], map_name: str, map_note: str,
+          opacity: float,
           train_images: np.ndarray, nn_idx: np.ndarray, nn_dist: np.ndarray, aspect: float | None,
           original: str, labeller: Callable[[], None] | None = None, nn_names: list[str] | None = None) -> None:
     name = html.escape(facts.name)
@@ -118,14 +123,20 @@ def _view(facts: ImageFacts, image: np.ndarray, heat: np.ndarray, map_name: str,
             + (f" (the file is {original})" if original else ""))
     left, right = st.columns(2, gap="medium")
     left.image(big, caption=size, width=int(big.shape[1]))
-    right.image(overlay(big, heat, opacity), caption=f"{map_name} (opacity {opacity:.2g})", width=int(big.shape[1]))
-    if map_note:
-        st.caption(map_note)
+    # the heatmap needs the run's network (loaded once per server, seconds the first time): everything else is drawn
+    # first, from stored arrays, and the heatmap fills its place when it is ready
+    slot = right.empty()
+    slot.caption(f"{map_name}: computing… The heatmap needs the run's network, loaded once (a few seconds the first "
+                 "time); the rest of this view does not wait for it.")
+    note = st.empty()
     st.markdown(f"**Nearest normal training images** ({len(nn_idx)}, DOC feature space, d = Euclidean distance)")
     tiles.neighbours(train_images, nn_idx, nn_dist, names=nn_names)
     if st.button("Close", key=state.DETAIL_CLOSE):
         close()
         st.rerun()
+    slot.image(overlay(big, heat(), opacity), caption=f"{map_name} (opacity {opacity:.2g})", width=int(big.shape[1]))
+    if map_note:
+        note.caption(map_note)
 
 
 def test_image(where: str, run: runs.RunSummary, data, scores: np.ndarray, threshold: float,
@@ -137,18 +148,19 @@ def test_image(where: str, run: runs.RunSummary, data, scores: np.ndarray, thres
     operating point (``cached.operating_point``), ``choice``/``opacity`` the page's heatmap choice and opacity;
     ``labeller(index)`` gives what the view draws for the analyst's label (:meth:`ui.labelling.Board.editor`).
     """
+    cached.warm_detector(run)  # the view's heatmap needs the network: loaded in the background from the page's open
     i = asked(where, run, len(scores))
     if i is None:
         return
     facts = image_facts(i, scores, stored.labels, stored.classes, identities(stored.classes, stored.paths), threshold)
     image = data.test_images[i]
     shown = _shown_map(run, choice)
-    heat = heatmaps.maps(run, image[None], shown)[0]  # cached per run and image
     feats = np.asarray(cached.test_features_of(run)[i])[None]
     dist, nn = cached.nearest_normals(run, feats, N_NEIGHBOURS)
     aspect, original = _original_aspect(run, None if stored.paths is None else str(stored.paths[i]))
     pics, pic_names = bank.neighbour_pictures(run, data, nn[0])  # bank rows: training images, or added later
-    _view(facts, image, heat, shown, heatmaps.note(run, shown), opacity if choice == shown else 0.5,
+    _view(facts, image, lambda: heatmaps.maps(run, image[None], shown)[0],  # cached per run and image
+          shown, heatmaps.note(run, shown), opacity if choice == shown else 0.5,
           pics, np.arange(len(pics)), dist[0], aspect, original, None if labeller is None else labeller(i), pic_names)
 
 
@@ -160,13 +172,14 @@ def upload(run: runs.RunSummary, data, images: Sequence[np.ndarray], names: Sequ
     ``result`` is :func:`ui.cached.score_images`'s (scores and nearest normal images of the uploads), ``test_scores``
     the run's test scores under the same scorer (to rank the upload among them).
     """
+    cached.warm_detector(run)
     j = asked(SCORE, run, len(images))
     if j is None:
         return
     facts = upload_facts(j, names[j], float(result["scores"][j]), test_scores, threshold)
     shown = _shown_map(run, choice)
-    heat = heatmaps.maps(run, np.asarray(images[j])[None], shown)[0]
     pics, pic_names = bank.neighbour_pictures(run, data, result["nn_idx"][j])
-    _view(facts, np.asarray(images[j]), heat, shown, heatmaps.note(run, shown), opacity if choice == shown else 0.5,
+    _view(facts, np.asarray(images[j]), lambda: heatmaps.maps(run, np.asarray(images[j])[None], shown)[0], shown,
+          heatmaps.note(run, shown), opacity if choice == shown else 0.5,
           pics, np.arange(len(pics)), np.asarray(result["nn_dist"][j]), None, "",
           None if labeller is None else labeller(j), pic_names)

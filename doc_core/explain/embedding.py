@@ -201,9 +201,16 @@ def nearest_normal(detector: DOCDetector, features: np.ndarray, n: int = 5) -> t
     indices : np.ndarray, int64, shape (m, n), rows of ``detector.bank_`` (= normal training images)
     """
     detector._check_fitted()
+    return nearest_in_bank(detector.bank_, features, n)
+
+
+def nearest_in_bank(bank: np.ndarray, features: np.ndarray, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest_normal` on a memory bank itself, e.g. one read by :func:`doc_core.model.detector.read_bank`
+    without building the network: ``bank`` float32 (b, k), ``features`` (m, k); distances float32 (m, min(n, b))
+    ascending, indices int64 (m, min(n, b)) = rows of ``bank``."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     features = np.asarray(features, np.float32)
-    if features.ndim != 2 or features.shape[1] != detector.bank_.shape[1]:
-        raise ValueError(f"features must have shape (m, {detector.bank_.shape[1]}), got {features.shape}")
-    return knn_distances(features, detector.bank_, min(n, len(detector.bank_)))
+    if features.ndim != 2 or features.shape[1] != bank.shape[1]:
+        raise ValueError(f"features must have shape (m, {bank.shape[1]}), got {features.shape}")
+    return knn_distances(features, bank, min(n, len(bank)))
