@@ -38,10 +38,11 @@ roles = np.concatenate([np.where(labels == 1, "test anomaly", np.where(labels ==
 point_scores = np.concatenate([scores[test_idx], train_scores[train_idx]]).astype(np.float64)
 ranks = score_ranks(scores)
 names, label_words = gallery.identities(stored.classes, stored.paths), label_names(stored.labels)
+train_pictures, train_names = bank.neighbour_pictures(run, data, train_idx)  # bank rows -> their training images
 info = np.column_stack([
     np.arange(n_points).astype(object),
     np.concatenate([[f"{names[i]} · {label_words[i]}" for i in test_idx],
-                    [f"normal training #{i}" for i in train_idx]]).astype(object),
+                    [f"normal training · {name}" for name in train_names]]).astype(object),
     np.concatenate([[f"rank {ranks[i]:,} of {len(scores):,}" for i in test_idx],
                     ["leave-one-out score"] * len(train_idx)]).astype(object)])
 
@@ -140,13 +141,13 @@ board.bulk(detail.EXPLORER, picked_tests, f"the {len(picked_tests):,} selected t
 bank.section(run, data.test_images, board, detail.EXPLORER)  # confirmed normals join the normal bank
 st.caption("Each with its 5 nearest normal training images in the DOC feature space (d = Euclidean distance).")
 is_test = sel < n_test
-images = [data.test_images[test_idx[r]] if t else bank.neighbour_pictures(run, data, [train_idx[r - n_test]])[0][0]
-          for r, t in zip(sel, is_test)]
+images = [data.test_images[test_idx[r]] if t else train_pictures[r - n_test] for r, t in zip(sel, is_test)]
 heat = heatmaps.maps(run, np.stack(images), shown_map)
 if heat is not None:
     st.caption(heatmaps.note(run, shown_map))
-feats = np.stack([cached.test_features_of(run)[test_idx[r]] if t else
-                  np.asarray(cached.detector_of(run).bank_)[train_idx[r - n_test]] for r, t in zip(sel, is_test)])
+bank_features = cached.bank_features(run) if not is_test.all() else None
+feats = np.stack([cached.test_features_of(run)[test_idx[r]] if t else bank_features[train_idx[r - n_test]]
+                  for r, t in zip(sel, is_test)])
 dist, nn = cached.nearest_normals(run, feats, 6)
 for j, (r, t) in enumerate(zip(sel, is_test)):
     left, right = st.columns([1, 4], gap="medium")
@@ -157,7 +158,7 @@ for j, (r, t) in enumerate(zip(sel, is_test)):
             caption = (f"{tiles.name_text(names[i])}<br>rank {ranks[i]:,} · score {s:.4g} · "
                        f"{tiles.verdict(s, threshold)}<br>" + tiles.label_text(stored.labels[i]) + board.caption(i))
         else:
-            caption = f"normal training #{int(train_idx[r - n_test])}<br>leave-one-out score {s:.4g}"
+            caption = f"normal training · {train_names[r - n_test]}<br>leave-one-out score {s:.4g}"
         tiles.grid([images[j]], [caption], per_row=1, heatmaps=None if heat is None else heat[j:j + 1],
                    opacity=opacity, below=board.below(detail.EXPLORER, [int(test_idx[r]) if t else None],
                                                       detail.opener(detail.EXPLORER, run.run_id,

@@ -97,7 +97,7 @@ def test_explorer_shows_three_linked_maps_with_thumbnails(runs_dir, fashion):  #
     args = map_args(at)
     assert len(args["figures"]) == 3 and "normal training images" in texts(at)
     assert len(args["hover"]) == 500 and args["atlas"]["count"] == 500
-    assert sum(h[0].startswith("normal training #") for h in args["hover"]) == 125  # a quarter of the points
+    assert sum(h[0].startswith("normal training · train #") for h in args["hover"]) == 125  # a quarter of the points
 
 
 def test_explorer_selection_shows_images_neighbours_and_gradcam(runs_dir, monkeypatch):  # noqa: F811

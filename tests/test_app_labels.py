@@ -289,4 +289,4 @@ def test_explorer_with_training_images_after_a_bank_change(runs_dir, run_and_spl
     assert not at.info, [i.value for i in at.info]  # no "No map of ..." note
     args = map_args(at)
     assert len(args["figures"]) == 3
-    assert sum(h[0].startswith("normal training #") for h in args["hover"]) == 125  # a quarter of the points
+    assert sum(h[0].startswith("normal training · train #") for h in args["hover"]) == 125  # a quarter of the points

@@ -34,7 +34,9 @@ def _train_and_score(normal, reference, labels, test):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert det.bank_.shape[0] == len(normal) and scores.shape == (len(test),) and np.isfinite(scores).all()
+    n_cal = det.n_calibration  # the held-out calibration slice (10 %) is in no bank
+    assert n_cal == len(normal) // 10 and det.bank_.shape[0] == len(normal) - n_cal
+    assert scores.shape == (len(test),) and np.isfinite(scores).all()
     return det, peak
 
 

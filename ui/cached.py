@@ -437,6 +437,12 @@ def bank_train_index(run_id: str, created: str, where: str) -> np.ndarray | None
     return getattr(detector_of(run), "train_index_", None) if saved is None else saved.train_index
 
 
+def bank_features(run: runs.RunSummary) -> np.ndarray:
+    """The run's memory bank, float32 (n_bank, k): read from its detector folder without the network when possible."""
+    saved = saved_bank(run)
+    return np.asarray(detector_of(run).bank_ if saved is None else saved.bank)
+
+
 def bank_size(run: runs.RunSummary) -> int:
     """How many rows the run's memory bank has (normal training images, then images added to it later)."""
     saved = saved_bank(run)
@@ -562,6 +568,9 @@ def _explorer_thumbnails(run_id: str, created: str, where: str, max_points: int,
 
     data = run_split(runs.get_run(run_id, where))
     test_idx, train_idx = _explorer_rows(run_id, created, where, max_points, with_train)
+    if len(train_idx):  # bank row r is train_normal[train_index_[r]]: the calibration slice is not in the bank
+        index = bank_train_index(run_id, created, where)
+        train_idx = train_idx if index is None else np.asarray(index)[np.asarray(train_idx)]
     images = [data.test_images[i] for i in test_idx] + [data.train_normal[i] for i in train_idx]
     return atlas_arg(thumbnail_atlas(images))
 
