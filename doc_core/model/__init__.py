@@ -5,6 +5,7 @@
 ``losses``       compactness, descriptiveness and preservation losses
 ``training``     joint DOC training (:class:`DOCTrainer`, :class:`TrainConfig`)
 ``distribute``   data-parallel training under a ``tf.distribute`` strategy
+``calibration``  the seeded calibration slice of the normal images that sets the threshold (in no bank)
 ``detector``     :class:`DOCDetector`: fine-tuned backbone, memory bank, scorer, threshold; save and load
 ===============  ====================================================================================================
 
