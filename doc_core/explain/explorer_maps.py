@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 from ..data.splits import OneClassSplit
 from ..model.backbones import BackboneConfig, WeightsNotFoundError
 from ..workflow.artifacts import ArraySpec, ArtifactError, read_npz
+from ..workflow.output_folders import write_file_atomic
 from . import embedding
 from .embedding import FEATURE_SET_LABELS, FEATURE_SETS, TSNECancelled, raw_pixel_features, tsne_2d
 from .gallery import explorer_sample
@@ -226,18 +226,8 @@ def save_maps(run_path: str | os.PathLike, maps: MapSet) -> Path:
         if np.shape(m.coords) != (n, 2):
             raise ValueError(f"the {fs} map has shape {np.shape(m.coords)}, expected ({n}, 2)")
         arrays[fs] = np.asarray(m.coords, np.float32)
-    final = Path(run_path) / maps_file_name(maps.max_points, maps.with_train)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
+    return write_file_atomic(Path(run_path) / maps_file_name(maps.max_points, maps.with_train),
+                             lambda f: np.savez(f, **arrays))
 
 
 def load_maps(run_path: str | os.PathLike, max_points: int, with_train: bool, test_idx: np.ndarray,

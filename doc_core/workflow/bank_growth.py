@@ -58,6 +58,7 @@ import numpy as np
 from ..evaluation.metrics import average_precision, policy_threshold, roc_auc
 from ..model.detector import DETECTOR_FOLDER, DetectorFormatError, DOCDetector, ScorerConfig
 from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
+from .output_folders import write_file_atomic
 from .labels import LabelStore, image_key
 from .output_folders import install_folder, remove_stale
 from .runs import RunError, RunScores, _fsync_file, _write_json_atomic, _write_lock, get_run, load_features, load_scores
@@ -330,27 +331,15 @@ def _write_scores(run_path: Path, stored: RunScores, scores: np.ndarray, train_s
         arrays["paths"] = stored.paths
     if calibration_scores is not None:
         arrays["calibration_scores"] = np.asarray(calibration_scores, np.float32)
-    fd, tmp = tempfile.mkstemp(prefix=".scores.npz.tmp-", suffix=".npz", dir=run_path)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        _fsync_file(Path(tmp))
-        os.replace(tmp, run_path / "scores.npz")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(run_path / "scores.npz", lambda f: np.savez(f, **arrays))
 
 
 def _copy_file_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.tmp-", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        _fsync_file(Path(tmp))
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def copy(f) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f)
+
+    write_file_atomic(dst, copy)
 
 
 def _update_run_json(run_id: str, runs_dir, fields: dict) -> None:

@@ -30,7 +30,6 @@ import random
 import re
 import sqlite3
 import stat
-import tempfile
 import time
 import unicodedata
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .artifacts import ArtifactError, short_repr
+from .output_folders import write_file_atomic
 
 LABELS = ("normal", "anomaly", "unsure")
 LABELS_DB_ENV = "DOC_LABELS_DB"
@@ -556,14 +556,7 @@ class LabelStore:
         target = Path(path_or_file)
         if not overwrite and (target.exists() or target.is_symlink()):
             raise FileExistsError(f"{target} exists; it is kept (choose another name, or overwrite it explicitly)")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                _write_csv(f, records)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_file_atomic(target, lambda f: _write_csv(f, records), text=True, newline="")
         return len(records)
 
     def import_csv(self, path_or_file: str | os.PathLike | IO[str]) -> int:

@@ -26,11 +26,37 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Callable
 
 STALE_AGE_S = 24 * 3600.0
 """Hidden temporary siblings older than this (seconds) are leftovers of a killed process and are removed."""
 
 _MAX_METADATA_BYTES = 64 * 2**20  # a metadata file larger than this is not one the tool wrote
+
+
+def write_file_atomic(path: str | os.PathLike, write: Callable[[IO], None], *, text: bool = False,
+                      newline: str | None = None) -> Path:
+    """Write one file so that readers see the old file or the whole new one, never a part: ``write(f)`` fills a
+    hidden temporary sibling (``.<name>.tmp-*``, binary, or UTF-8 text when ``text``), which is flushed, fsynced and
+    renamed onto ``path``. On any error the temporary file is removed and ``path`` is left as it was.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with (os.fdopen(fd, "w", encoding="utf-8", newline=newline) if text else os.fdopen(fd, "wb")) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class OutputExistsError(FileExistsError):

@@ -41,7 +41,7 @@ from ..model.calibration import MIN_CALIBRATION
 from ..model.detector import DetectorFormatError, DOCDetector, ScorerConfig
 from ..model.training import StepRecord, TrainConfig
 from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
-from .output_folders import remove_stale
+from .output_folders import remove_stale, write_file_atomic
 
 RUNS_DIR_ENV = "DOC_RUNS_DIR"
 RUN_FORMAT = "doc-explorer-run"
@@ -357,16 +357,7 @@ def _fsync_file(path: Path) -> None:
 
 
 def _write_json_atomic(path: Path, doc: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, lambda f: json.dump(doc, f, indent=1), text=True)
 
 
 def save_run(detector: DOCDetector, test_scores: np.ndarray, test_labels: np.ndarray, test_classes,
