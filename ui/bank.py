@@ -94,19 +94,10 @@ def section(run: runs.RunSummary, test_images: np.ndarray, board: Board, where: 
 def _bank_rows(run_id: str, created: str, where: str, n_bank: int) -> tuple[np.ndarray, np.ndarray]:
     """For each row of the run's memory bank: the index of its normal training image (-1: an added image), and the
     test index of an added image (-1: a trained row; -2: an added image that is not a test image)."""
-    from doc_core.workflow import bank_growth as bg
+    from doc_core.workflow.bank_growth import bank_row_sources
 
-    train_index = cached.bank_train_index(run_id, created, where)  # read without building the network
-    n_trained_known = None if train_index is None or not len(train_index) else len(train_index)
-    try:
-        added = bg.bank_row_images(run_id, n_bank, where)
-    except runs.RunError:  # an unreadable history: rows past the trained bank are shown as unknown images
-        added = np.where(np.arange(n_bank) < (n_trained_known or n_bank), -1, -2)
-    rows = np.arange(n_bank)
-    trained = added == -1
-    train = np.full(n_bank, -1, np.int64)
-    train[trained] = rows[trained] if n_trained_known is None else np.asarray(train_index)[rows[trained]]
-    return train, np.where(trained, -1, added).astype(np.int64)
+    # the training index is read without building the network
+    return bank_row_sources(run_id, n_bank, cached.bank_train_index(run_id, created, where), where)
 
 
 def neighbour_pictures(run: runs.RunSummary, data, rows) -> tuple[list[np.ndarray], list[str]]:

@@ -713,6 +713,38 @@ def bank_row_images(run_id: str, n_bank: int, runs_dir: str | os.PathLike | None
     return np.asarray([-1] * n_trained + added, np.int64)
 
 
+def bank_row_sources(run_id: str, n_bank: int, train_index: np.ndarray | None,
+                     runs_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What each row of a run's memory bank shows, for "nearest normal images" views.
+
+    Parameters
+    ----------
+    run_id : str
+    n_bank : int
+        Rows of ``detector.bank_``.
+    train_index : np.ndarray, int, or None
+        ``detector.train_index_`` (None or empty: bank row ``r`` of the trained bank is training image ``r``).
+
+    Returns
+    -------
+    train : np.ndarray, int64, shape (n_bank,)
+        The row's index among the dataset's normal training images, or -1 for an image added later.
+    added : np.ndarray, int64, shape (n_bank,)
+        The test index of an added image; -1 for a trained row; -2 for an added image that is not a test image.
+        When the run's bank history cannot be read, rows past the trained bank (if known) count as -2.
+    """
+    known = None if train_index is None or not len(train_index) else len(train_index)
+    try:
+        added = bank_row_images(run_id, n_bank, runs_dir)
+    except RunError:  # an unreadable history: rows past the trained bank are shown as unknown images
+        added = np.where(np.arange(n_bank) < (known or n_bank), -1, -2)
+    rows = np.arange(n_bank)
+    trained = added == -1
+    train = np.full(n_bank, -1, np.int64)
+    train[trained] = rows[trained] if known is None else np.asarray(train_index)[rows[trained]]
+    return train, np.where(trained, -1, added).astype(np.int64)
+
+
 # ------------------------------------------------------------------------------------------------- from labels
 
 
