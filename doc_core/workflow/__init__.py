@@ -10,7 +10,7 @@
 ``bank_growth``       confirmed normal images join a run's memory bank without retraining; undo and history
 ``detector_preload``  a run's detector loaded once in a background thread, shared by every page that needs it
 ``artifacts``         reading saved JSON and ``.npz`` files safely (sizes, types and ranges checked first)
-``output_folders``    folders written as a whole (a detector, a bundle): checked first, then renamed into place
+``output_folders``    folders and single files written as a whole: checked first, then renamed into place
 ====================  ===============================================================================================
 
 Import the modules by their full path (``from doc_core.workflow.runs import save_run``).
