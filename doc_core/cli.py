@@ -109,7 +109,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("scoring")
     s.add_argument("--scorer", choices=SCORER_NAMES, default="knn",
                    help="knn: k-NN distance of the pooled feature (default); lof; patch: k-NN over local features "
-                        "(PatchCore-style memory bank), image score = its most anomalous patch, with defect maps")
+                        "(PatchCore-style memory bank), image score from its most anomalous patches (--image-score), with "
+                        "defect maps")
     s.add_argument("--k", type=int, default=None, help="neighbours (default 5 for knn, 20 for lof, 1 for patch)")
     s.add_argument("--max-bank-size", type=int, default=None,
                    help="subsample the normal feature bank to this size (patch: patches kept by the greedy "
@@ -119,6 +120,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "block_6_expand_relu,block_10_expand_relu for MobileNetV2)")
     s.add_argument("--neighbourhood", type=int, default=3,
                    help="patch scorer: odd window each patch feature is averaged over (default 3; 1 = none)")
+    s.add_argument("--image-score", choices=("top10", "max", "mean"), default="top10",
+                   help="patch scorer: an image scores the mean of its top 10%% of patch scores (top10, default), "
+                        "its most anomalous patch (max, PatchCore) or the mean of all patches (mean)")
     _add_backend_arg(s, "exact")
 
 
@@ -150,7 +154,8 @@ def _configs(args):
                  "optimizer": args.optimizer, "weight_decay": args.weight_decay, "seed": args.seed}
     tc = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     layers = tuple(x.strip() for x in args.patch_layers.split(",") if x.strip()) if args.patch_layers else None
-    return bb, tc, ScorerConfig(args.scorer, args.k, args.max_bank_size, args.knn_backend, layers, args.neighbourhood)
+    return bb, tc, ScorerConfig(args.scorer, args.k, args.max_bank_size, args.knn_backend, layers, args.neighbourhood,
+                                args.image_score)
 
 
 def _load_split(args):

@@ -9,8 +9,10 @@ Roth et al. 2022, *Towards Total Recall in Industrial Anomaly Detection* (PatchC
    (760 images x 10 x 10 positions = 76,000 patches); :func:`greedy_coreset` keeps a subset that covers them
    (approximate greedy k-center on a random projection), so memory is ``m * c * 4`` bytes for ``m`` patches of
    ``c`` channels (``bank_bytes_``).
-3. **Scores.** A patch scores its distance to the nearest bank patch(es), an image scores its most anomalous patch,
-   and the patch scores upsampled to the image and smoothed are the anomaly map.
+3. **Scores.** A patch scores its distance to the nearest bank patch(es); an image scores its most anomalous patch
+   (``image_score="max"``, PatchCore), the mean of its top 10 % of patches (``"top10"``) or the mean of all of them
+   (``"mean"``), see :func:`aggregate_patch_scores`; the patch scores upsampled to the image and smoothed are the
+   anomaly map.
 
 Every score is a Euclidean distance in feature space: higher = more anomalous. Only numpy and scipy are needed;
 faiss (optional, ``backend="faiss"``) through :mod:`doc_core.scoring.faiss_search`.
@@ -26,6 +28,8 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from .knn import _BLOCK_FLOATS, check_backend, knn_distances
 
 CORESETS = ("greedy", "random")
+IMAGE_SCORES = ("max", "top10", "mean")
+"""How an image's patch scores become its score (:func:`aggregate_patch_scores`)."""
 PATCH_BACKENDS = ("exact", "faiss")
 # patches kept by default: 10,000 x 576 float32 = 23 MB for MobileNetV2's default layers, about 9 % of the 110,000
 # patches of 761 magnetic tiles at 96 px (the greedy coreset's time grows with it)
@@ -46,6 +50,39 @@ DEFAULT_SIGMA_AT_224 = 4.0
 
 
 # ------------------------------------------------------------------------------------------------------------ maps
+
+
+def aggregate_patch_scores(patch_scores: np.ndarray, how: str = "max") -> np.ndarray:
+    """Image scores from patch scores.
+
+    Parameters
+    ----------
+    patch_scores : np.ndarray, float, shape (n, ...)
+        Patch scores of ``n`` images (any number of patches per image, e.g. (n, h, w)); higher = more anomalous.
+    how : {"max", "top10", "mean"}
+        ``max``: the most anomalous patch (PatchCore: sensitive to a defect of one patch, and to one odd normal
+        patch); ``top10``: the mean of the ``ceil(p / 10)`` highest of the ``p`` patches; ``mean``: the mean of all
+        patches (a defect must cover a good share of the image to count).
+
+    Returns
+    -------
+    np.ndarray, float32, shape (n,); higher = more anomalous
+    """
+    if how not in IMAGE_SCORES:
+        raise ValueError(f"unknown image score {how!r}; choose one of {', '.join(IMAGE_SCORES)}")
+    arr = np.asarray(patch_scores, dtype=np.float32)
+    if arr.ndim < 2 or arr.shape[0] == 0 and arr.size:
+        raise ValueError(f"patch_scores must have shape (n, patches...), got {arr.shape}")
+    flat = arr.reshape(len(arr), -1)
+    if flat.shape[1] == 0:
+        raise ValueError("patch_scores must hold at least one patch per image")
+    if how == "max":
+        return flat.max(axis=1)
+    if how == "mean":
+        return flat.mean(axis=1, dtype=np.float64).astype(np.float32)
+    top = -(-flat.shape[1] // 10)
+    return np.partition(flat, flat.shape[1] - top, axis=1)[:, -top:].mean(axis=1, dtype=np.float64).astype(np.float32)
+
 
 
 def _as_maps(maps: np.ndarray, name: str, convert: bool = True) -> np.ndarray:
@@ -277,6 +314,9 @@ class PatchKNNScorer:
     ----------
     k : int
         Nearest bank patches averaged into a patch's score (PatchCore: 1).
+    image_score : {"max", "top10", "mean"}
+        How an image's patch scores become its score (:func:`aggregate_patch_scores`); the training scores use the
+        same rule.
     max_bank_size : int or None
         Patches kept in the memory bank (None = every training patch). Memory: ``max_bank_size * c * 4`` bytes.
     coreset : {"greedy", "random"}
@@ -320,8 +360,9 @@ class PatchKNNScorer:
 
     def __init__(self, k: int = 1, max_bank_size: int | None = DEFAULT_BANK_SIZE, coreset: str = "greedy",
                  neighbourhood: int = 3, seed: int = 0, backend: str = "exact",
-                 max_train_scores: int | None = MAX_TRAIN_SCORES) -> None:
+                 max_train_scores: int | None = MAX_TRAIN_SCORES, image_score: str = "max") -> None:
         self.k = k
+        self.image_score = image_score
         self.max_bank_size = max_bank_size
         self.coreset = coreset
         self.neighbourhood = neighbourhood
@@ -335,7 +376,7 @@ class PatchKNNScorer:
         """The constructor arguments, JSON-serialisable (for :meth:`from_arrays`)."""
         return {"k": self.k, "max_bank_size": self.max_bank_size, "coreset": self.coreset,
                 "neighbourhood": self.neighbourhood, "seed": self.seed, "backend": self.backend,
-                "max_train_scores": self.max_train_scores}
+                "max_train_scores": self.max_train_scores, "image_score": self.image_score}
 
     def _check_config(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
@@ -344,6 +385,8 @@ class PatchKNNScorer:
                                                or not isinstance(self.max_bank_size, (int, np.integer))
                                                or self.max_bank_size < 1):
             raise ValueError(f"max_bank_size must be an integer >= 1 or None, got {self.max_bank_size!r}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"unknown image score {self.image_score!r}; choose one of {', '.join(IMAGE_SCORES)}")
         if self.coreset not in CORESETS:
             raise ValueError(f"unknown coreset {self.coreset!r}; choose one of {', '.join(CORESETS)}")
         if self.max_train_scores is not None and (isinstance(self.max_train_scores, bool)
@@ -445,7 +488,7 @@ class PatchKNNScorer:
                                            batch_size=int(max(1, min(1024, _BLOCK_FLOATS // len(others)))))
                 out[rows] = d_exact.mean(axis=1)
             patch[start:start + len(q)] = out
-        return patch.reshape(n, per_image).max(axis=1)
+        return aggregate_patch_scores(patch.reshape(n, per_image), self.image_score)
 
     # -- scoring ------------------------------------------------------------------------------------------------
 
@@ -483,8 +526,9 @@ class PatchKNNScorer:
         return out
 
     def score_samples(self, maps: np.ndarray) -> np.ndarray:
-        """Image anomaly scores, shape (n,) float32: the largest patch score of each image."""
-        return self.patch_scores(maps).max(axis=(1, 2))
+        """Image anomaly scores, shape (n,) float32: each image's patch scores aggregated by ``image_score``
+        (default: the largest)."""
+        return aggregate_patch_scores(self.patch_scores(maps), self.image_score)
 
     def training_scores(self) -> np.ndarray:
         """Leave-one-image-out scores of the training images, shape (n,) float32 (for thresholds)."""
