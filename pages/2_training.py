@@ -79,8 +79,8 @@ def settings_form(disabled: bool) -> None:
     c2.selectbox("Scorer", list(SCORER_LABELS), format_func=SCORER_LABELS.get, key=state.TR_SCORER, **PERSIST,
                  disabled=disabled or ss[state.TR_PRESET] == state.PRESET_AUTO,
                  help="How a test image is scored: its pooled features' distance to the normal ones (k-NN, LOF), or "
-                      "its most anomalous patch's distance to the normal patches (patch), which also draws a defect "
-                      "map. The auto preset chooses it.")
+                      "its patches' distances to the normal patches (patch: the mean of its 10 % most anomalous "
+                      "patches), which also draws a defect map. The auto preset chooses it.")
     c1, c2, c3, c4 = st.columns(4)
     c1.selectbox("Backbone", BACKBONES, format_func=BACKBONE_LABELS.get, key=state.TR_BACKBONE, **PERSIST,
                  disabled=disabled, help="The pretrained network whose features DOC fine-tunes.")

@@ -7,6 +7,7 @@ import streamlit as st
 from doc_core.evaluation import metrics
 from doc_core.model.detector import ScorerConfig
 from doc_core.scoring import make_scorer
+from doc_core.scoring.patch import IMAGE_SCORE_WORDS
 from doc_core.workflow import runs
 from ui import access, cached, charts, feedback, labelling, page, state, theme
 
@@ -17,14 +18,14 @@ SAVE = "roc_save_threshold"  # where the outcome of "Save threshold into run" is
 
 def scorer_label(cfg: ScorerConfig) -> str:
     if cfg.name == "patch":
-        return f"patch k-NN, k={cfg.k or 1}"
+        return f"patch k-NN, k={cfg.k or 1}, image score {cfg.image_score}"
     k = make_scorer(cfg.name, cfg.k).k  # the scorer's own default when k is None
     return f"LOF, k={k}" if cfg.name == "lof" else f"k-NN distance, k={k}"
 
 
 def score_title(cfg: ScorerConfig) -> str:
     return {"lof": "local outlier factor (higher = more anomalous)",
-            "patch": "distance of the most anomalous patch (higher = more anomalous)"}.get(
+            "patch": f"patch distance, {IMAGE_SCORE_WORDS[cfg.image_score]} (higher = more anomalous)"}.get(
         cfg.name, "k-NN distance (higher = more anomalous)")
 
 
@@ -32,7 +33,8 @@ def score_meaning(cfg: ScorerConfig) -> str:
     if cfg.name == "lof":
         return "the local outlier factor of an image's features among the normal training features (about 1 = normal)"
     if cfg.name == "patch":
-        return "the distance from an image's most anomalous patch to its nearest normal training patches"
+        return (f"the distance to the nearest normal training patches of {IMAGE_SCORE_WORDS[cfg.image_score]}"
+                .replace(" its ", " an image's ", 1))
     return "the mean distance from an image's features to its nearest normal training features"
 
 

@@ -50,9 +50,11 @@ def test_train_on_a_folder_without_reference_uses_auto_and_shows_its_evidence(ow
 def test_patch_detector_and_its_defect_maps(own_folder, tmp_path, capsys):
     out = tmp_path / "det"
     assert main(["train", "--folder", str(own_folder), "--image-size", "32", *TINY, "--preset", "manual",
-                 "--scorer", "patch", "--epochs", "0", "--out", str(out)]) == 0
+                 "--scorer", "patch", "--image-score", "mean", "--epochs", "0", "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["scorer"]["name"] == "patch" and (out / "patch_bank.npz").is_file()
+    assert result["scorer"]["image_score"] == "mean"
+    assert json.loads((out / "detector.json").read_text())["config"]["scorer"]["image_score"] == "mean"
     maps_dir = tmp_path / "maps"
     images = sorted((own_folder / "test" / "anomaly").glob("*.png"))[:3]
     assert main(["explain", "--detector", str(out), *map(str, images), "--out", str(maps_dir)]) == 0

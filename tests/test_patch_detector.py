@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,29 @@ def test_patch_layers_are_checked(data):
         ScorerConfig("patch", patch_layers=("conv2_relu",))
     with pytest.raises(ValueError, match="odd"):
         ScorerConfig.from_dict({"name": "patch", "neighbourhood": 2})
+
+
+def test_image_score_config_default_round_trip_and_old_files():
+    assert ScorerConfig("patch").image_score == "top10"
+    for how in ("max", "top10", "mean"):
+        cfg = ScorerConfig("patch", image_score=how)
+        assert ScorerConfig.from_dict(cfg.to_dict()) == cfg
+    old = ScorerConfig("patch").to_dict()
+    del old["image_score"]  # a detector saved before the option existed was fitted with the largest patch score
+    assert ScorerConfig.from_dict(old).image_score == "max"
+    with pytest.raises(ValueError, match="image_score"):
+        ScorerConfig.from_dict({"name": "patch", "image_score": "median"})
+
+
+def test_detector_scores_with_its_image_score_rule(data):
+    normal, test_normal, anomalous, _ = data
+    cfg = ScorerConfig("patch", patch_layers=("conv3_relu",), max_bank_size=300, image_score="max")
+    det = DOCDetector(TINY, TrainConfig(epochs=0), cfg, calibration_fraction=0).fit(normal, None, None)
+    images = np.concatenate([test_normal[:4], anomalous[:4]])
+    patch_scores = det.scorer_.patch_scores(det.backbone_.patch_maps(images, ("conv3_relu",)))
+    np.testing.assert_allclose(det.decision_function(images), patch_scores.max(axis=(1, 2)), rtol=1e-5)
+    mean = det.with_scorer(replace(cfg, image_score="mean"), normal=normal)
+    np.testing.assert_allclose(mean.decision_function(images), patch_scores.mean(axis=(1, 2)), rtol=1e-4)
 
 
 def test_doc_training_without_reference_then_patch_scoring(data):

@@ -383,3 +383,64 @@ def test_training_scores_of_a_seeded_subset_are_the_brute_force_ones():
     assert again.n_train_ == 6 and np.array_equal(again.train_scores_, sc.train_scores_)
     with pytest.raises(ValueError, match="max_train_scores"):
         PatchKNNScorer(max_train_scores=0).fit(maps)
+
+
+# ----------------------------------------------------------------------------------------------- image scores
+
+
+def brute_image_score(patch_scores: np.ndarray, how: str) -> np.ndarray:
+    """One image at a time: sort its patch scores, then max / mean of the ceil(p / 10) largest / mean."""
+    out = []
+    for scores in patch_scores.reshape(len(patch_scores), -1).astype(np.float64):
+        ranked = sorted(scores.tolist(), reverse=True)
+        top = -(-len(ranked) // 10)
+        out.append({"max": ranked[0], "top10": sum(ranked[:top]) / top, "mean": sum(ranked) / len(ranked)}[how])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("how", patch_scoring.IMAGE_SCORES)
+@pytest.mark.parametrize("shape", [(3, 1, 1), (2, 5, 6), (4, 12, 12), (1, 3, 7)])
+def test_aggregate_patch_scores_matches_brute_force(how, shape):
+    scores = np.random.default_rng(sum(shape)).gamma(2.0, size=shape).astype(np.float32)
+    got = patch_scoring.aggregate_patch_scores(scores, how)
+    assert got.dtype == np.float32 and got.shape == (shape[0],)
+    np.testing.assert_allclose(got, brute_image_score(scores, how), rtol=1e-6)
+
+
+def test_image_scores_are_ordered_and_top10_takes_ceil_of_a_tenth():
+    # 12 patches: top10 averages the 2 largest (ceil(1.2)); one hot patch moves max most, mean least
+    scores = np.array([[0.0] * 10 + [1.0, 9.0]], np.float32)
+    agg = {how: float(patch_scoring.aggregate_patch_scores(scores, how)[0]) for how in patch_scoring.IMAGE_SCORES}
+    assert agg == pytest.approx({"max": 9.0, "top10": 5.0, "mean": 10.0 / 12})
+    with pytest.raises(ValueError, match="unknown image score 'median'"):
+        patch_scoring.aggregate_patch_scores(scores, "median")
+    with pytest.raises(ValueError, match="shape"):
+        patch_scoring.aggregate_patch_scores(np.zeros(4, np.float32), "max")
+
+
+@pytest.mark.parametrize("how", ["top10", "mean"])
+def test_scorer_image_and_training_scores_follow_the_image_score_rule(how):
+    rng = np.random.default_rng(11)
+    train, test = random_maps(rng, 6), random_maps(rng, 3)
+    scorer = PatchKNNScorer(k=2, max_bank_size=None, image_score=how).fit(train)
+    patches = brute_patch_scores(test, scorer.bank_, 2, 3)
+    np.testing.assert_allclose(scorer.score_samples(test), brute_image_score(patches, how), rtol=1e-4, atol=1e-4)
+    loio = np.concatenate([brute_image_score(brute_patch_scores(train[a:a + 1], scorer.bank_[scorer.bank_image_ != a],
+                                                                 2, 3), how) for a in range(len(train))])
+    np.testing.assert_allclose(scorer.training_scores(), loio, rtol=1e-4, atol=1e-4)
+    # the rule changes the numbers (else this test could not tell the rules apart)
+    assert not np.allclose(scorer.score_samples(test), patches.max(axis=(1, 2)))
+
+
+def test_image_score_is_saved_and_old_configs_load_as_max(tmp_path):
+    rng = np.random.default_rng(12)
+    train, test = random_maps(rng, 4), random_maps(rng, 2)
+    scorer = PatchKNNScorer(max_bank_size=None, image_score="top10").fit(train)
+    config = json.loads(json.dumps(scorer.get_config()))
+    assert config["image_score"] == "top10"
+    loaded = PatchKNNScorer.from_arrays(config, scorer.to_arrays())
+    np.testing.assert_array_equal(loaded.score_samples(test), scorer.score_samples(test))
+    old = {key: value for key, value in config.items() if key != "image_score"}  # written before the option existed
+    assert PatchKNNScorer.from_arrays(old, scorer.to_arrays()).image_score == "max"
+    with pytest.raises(ValueError, match="unknown image score"):
+        PatchKNNScorer(image_score="p95").fit(train)

@@ -55,8 +55,8 @@ class ScorerConfig:
     ----------
     name : {"knn", "lof", "patch"}
         ``knn``/``lof`` score the pooled feature vector (:mod:`doc_core.scoring`); ``patch`` keeps a memory bank of
-        local features and scores an image by its most anomalous patch, which also gives a defect map
-        (:mod:`doc_core.scoring.patch`).
+        local features and scores an image by its most anomalous patches (``image_score``), which also gives a
+        defect map (:mod:`doc_core.scoring.patch`).
     k : int or None
         Neighbours (None = the scorer's default: 5 for k-NN, 20 for LOF, 1 for patch).
     max_bank_size : int or None
@@ -284,7 +284,7 @@ class DOCDetector:
 
     @property
     def is_patch(self) -> bool:
-        """True when images are scored by their most anomalous patch (``scorer.name == "patch"``)."""
+        """True when images are scored by their patches (``scorer.name == "patch"``)."""
         return self.scorer.name == "patch"
 
     def _patch_scorer(self) -> "PatchKNNScorer":

@@ -30,6 +30,9 @@ from .knn import _BLOCK_FLOATS, check_backend, knn_distances
 CORESETS = ("greedy", "random")
 IMAGE_SCORES = ("max", "top10", "mean")
 """How an image's patch scores become its score (:func:`aggregate_patch_scores`)."""
+IMAGE_SCORE_WORDS = {"max": "its most anomalous patch", "top10": "the mean of its 10 % most anomalous patches",
+                     "mean": "the mean of all its patches"}
+"""Each image-score rule in words, for labels and help texts ("an image scores ...")."""
 PATCH_BACKENDS = ("exact", "faiss")
 # patches kept by default: 10,000 x 576 float32 = 23 MB for MobileNetV2's default layers, about 9 % of the 110,000
 # patches of 761 magnetic tiles at 96 px (the greedy coreset's time grows with it)

@@ -233,7 +233,7 @@ class TrainingJob:
     backbone : BackboneConfig
     train : TrainConfig
     scorer : ScorerConfig
-        With a patch scorer the test images are scored by their most anomalous patch
+        With a patch scorer the test images are scored by their patch scores (``scorer.image_score``)
         (:meth:`DOCDetector.score_images`); their pooled features are still saved for the explorer.
     preset : {"manual", "auto"}
         ``auto`` first runs :func:`doc_core.workflow.selection.select_configuration` on the split's normal training
@@ -512,7 +512,7 @@ class TrainingJob:
             n_test = len(split.test_images)
             self._on_progress("scoring", 0, n_test)
             progress = lambda done: self._on_progress("scoring", done, n_test)  # noqa: E731
-            if det.is_patch:  # scored by the most anomalous patch; pooled features kept for the explorer
+            if det.is_patch:  # scored by its patches; pooled features kept for the explorer
                 scores, feats = det.score_images(split.test_images, progress=progress)
             else:
                 feats = det.embed(split.test_images, progress=progress)
