@@ -243,12 +243,12 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
 
 def format_folder_table(result: dict) -> str:
     """The methods of :func:`benchmark_folder` as a plain-text table."""
-    lines = [f"{'method':<24} {'image AUROC':>11} {'pixel AUROC':>11} {'fit s':>7} {'ms/img':>7} {'bank MB':>8}"
+    lines = [f"{'method':<28} {'image AUROC':>11} {'pixel AUROC':>11} {'fit s':>7} {'ms/img':>7} {'bank MB':>8}"
              f"{'FPR intended':>14}{'realised':>10}{'(LOO)':>8}"]
     for name, m in result["methods"].items():
         px = "-" if m["pixel_auc"] is None else f"{m['pixel_auc']:.4f}"
         mb = "-" if m["bank_bytes"] is None else f"{m['bank_bytes'] / 2**20:.1f}"
-        lines.append(f"{name:<24} {m['auc']:>11.4f} {px:>11} {m['fit_s']:>7.1f} {m['score_ms_per_image']:>7.2f} "
+        lines.append(f"{name:<28} {m['auc']:>11.4f} {px:>11} {m['fit_s']:>7.1f} {m['score_ms_per_image']:>7.2f} "
                      f"{mb:>8}" + format_fpr(m))
     a = result["auto"]
     verdict = "yes" if a["picked_test_best"] else f"no (best on test: {a['test_best']}, missed by {a['miss']:.4f})"
