@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -313,3 +314,136 @@ def test_onnx_bundle_matches_keras_and_needs_no_tensorflow(fitted, tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
     scores = [r["score"] for r in json.loads((tmp_path / "out.json").read_text())["results"]]
     np.testing.assert_allclose(scores, det.decision_function(test[[0, 45]]), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ patch bundles
+
+
+@pytest.fixture(scope="module")
+def patch_fitted(tiny_config, make_normal, make_anomalous, tmp_path_factory):
+    """A tiny patch detector (top10 image score; two layers, 8x8 and 4x4, so the model resizes one) exported once."""
+    rng = np.random.default_rng(3)
+    normal = make_normal(rng, 40)
+    det = DOCDetector(tiny_config, TrainConfig(epochs=0), ScorerConfig("patch", max_bank_size=300))
+    det.fit(normal, None, None)
+    test = np.concatenate([make_normal(rng, 6), make_anomalous(rng, make_normal(rng, 6))])
+    root = tmp_path_factory.mktemp("patch-bundles")
+    doc = export_bundle(det, root / "top10", normal_images=normal)
+    return {"det": det, "normal": normal, "test": test, "root": root, "bundle": root / "top10", "doc": doc}
+
+
+def test_patch_bundle_matches_the_detector(patch_fitted):
+    det, test, path, doc = patch_fitted["det"], patch_fitted["test"], patch_fitted["bundle"], patch_fitted["doc"]
+    assert det.scorer.image_score == "top10"
+    assert sorted(p.name for p in path.iterdir()) == ["bank.npy", "bundle.json", "model.tflite", "scorer.py"]
+    on_disk = json.loads((path / "bundle.json").read_text())
+    assert on_disk["scorer"]["name"] == "patch" and on_disk["scorer"]["image_score"] == "top10"
+    assert on_disk["scorer"]["k"] == det.scorer_.k and on_disk["scorer"]["neighbourhood"] == 3
+    assert on_disk["scorer"]["map_shape"] == [8, 8] and on_disk["scorer"]["channels"] == 16 + 32
+    assert on_disk["input"]["shape"] == [32, 32, 3] and on_disk["quantize"] == "none"
+    np.testing.assert_array_equal(np.load(path / "bank.npy", allow_pickle=False), det.scorer_.bank_)
+    assert doc["threshold"] == on_disk["threshold"] == det.threshold_
+    edge = EdgeScorer(path)
+    assert edge.kind_ == "patch" and edge.threshold_ == det.threshold_
+    maps = det.backbone_.patch_maps(test, det.backbone_.patch_layers(None))
+    np.testing.assert_allclose(edge.embed(test).reshape(maps.shape), maps, rtol=1e-4, atol=1e-6)
+    scores = det.decision_function(test)
+    np.testing.assert_allclose(edge.score_samples(test), scores, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(edge.predict(test), det.predict(test))
+    assert edge.predict(test)[6:].sum() > edge.predict(test)[:6].sum()  # the planted squares are found
+    ref = det.anomaly_maps(test)
+    got = edge.anomaly_maps(test)
+    assert got.shape == ref.shape == (12, 32, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # another size: a larger smoothing kernel (sigma 4 * 52 / 224) over a non-square map
+    np.testing.assert_allclose(edge.anomaly_maps(test[:3], size=(40, 64)), det.anomaly_maps(test[:3], (40, 64)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_patch_bundle_max_rule_and_onnx(patch_fitted, tmp_path):
+    det, test, normal = patch_fitted["det"], patch_fitted["test"], patch_fitted["normal"]
+    det_max = det.with_scorer(ScorerConfig("patch", max_bank_size=300, image_score="max", neighbourhood=1),
+                              normal=normal)
+    doc = export_bundle(det_max, tmp_path / "max")
+    assert doc["scorer"]["image_score"] == "max" and doc["threshold"] == det_max.threshold_
+    edge = EdgeScorer(tmp_path / "max")
+    np.testing.assert_allclose(edge.score_samples(test), det_max.decision_function(test), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(edge.anomaly_maps(test), det_max.anomaly_maps(test), rtol=1e-4, atol=1e-5)
+    if importlib.util.find_spec("tf2onnx") and importlib.util.find_spec("onnxruntime"):
+        doc = export_bundle(det, tmp_path / "onnx", ExportConfig(format="onnx"))
+        assert doc["model"] == "model.onnx" and doc["scorer"]["name"] == "patch"
+        onnx = EdgeScorer(tmp_path / "onnx")
+        np.testing.assert_allclose(onnx.score_samples(test), det.decision_function(test), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(onnx.anomaly_maps(test), det.anomaly_maps(test), rtol=1e-4, atol=1e-5)
+
+
+def test_patch_export_refuses_quantization_and_subsampling(patch_fitted, tmp_path):
+    det, normal = patch_fitted["det"], patch_fitted["normal"]
+    for q in ("float16", "int8"):
+        with pytest.raises(ExportError, match="patch bundles are float32 only"):
+            export_bundle(det, tmp_path / q, ExportConfig(quantize=q), normal_images=normal)
+    with pytest.raises(ExportError, match="whole patch bank"):
+        export_bundle(det, tmp_path / "small", ExportConfig(max_bank_size=10))
+    with pytest.raises(ExportError, match="reembed_bank"):
+        export_bundle(det, tmp_path / "re", ExportConfig(reembed_bank=True), normal_images=normal)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("channels", 47, "channels"), ("image_score", "median", "image_score"), ("map_shape", [8], "map_shape"),
+    ("neighbourhood", 2, "odd"), ("k", 0, "k must be"), ("name", "lof", "unknown scorer")])
+def test_tampered_patch_bundle_is_refused(patch_fitted, tmp_path, field, value, message):
+    import shutil
+
+    shutil.copytree(patch_fitted["bundle"], tmp_path / "b")
+    doc = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    doc["scorer"][field] = value
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match=message):
+        EdgeScorer(tmp_path / "b")
+
+
+def test_knn_bundle_has_no_defect_maps(fitted, tmp_path):
+    edge = EdgeScorer(fitted["bundles"]["none"])
+    assert edge.kind_ == "knn"
+    with pytest.raises(BundleError, match="patch bundle"):
+        edge.anomaly_maps(fitted["test"][:2])
+    from doc_core.edge.edge_scorer import main
+
+    paths = _write_pngs(tmp_path, fitted["test"][[0]])
+    assert main(["--bundle", str(fitted["bundles"]["none"]), "--maps", str(tmp_path / "maps"), *paths]) == 2
+    assert not (tmp_path / "maps").exists()
+
+
+def test_patch_scorer_script_writes_maps_without_tensorflow(patch_fitted, tmp_path):
+    det, test, bundle = patch_fitted["det"], patch_fitted["test"], patch_fitted["bundle"]
+    paths = _write_pngs(tmp_path, test[[0, 7]])
+    proc = subprocess.run([sys.executable, "-X", "importtime", "scorer.py", "--maps", str(tmp_path / "maps"), "--out",
+                           str(tmp_path / "out.json"), *paths], capture_output=True, text=True, cwd=bundle,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "", "PYTHONDONTWRITEBYTECODE": "1"},
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "numpy" in imported and "ai_edge_litert" in imported
+    assert not imported & {*HEAVY, "scipy"}
+    out = json.loads((tmp_path / "out.json").read_text())
+    np.testing.assert_allclose([r["score"] for r in out["results"]], det.decision_function(test[[0, 7]]),
+                               rtol=1e-4, atol=1e-6)
+    assert [Path(r["map"]).name for r in out["results"]] == ["img0.png.npy", "img1.png.npy"]
+    maps = np.stack([np.load(r["map"], allow_pickle=False) for r in out["results"]])
+    np.testing.assert_allclose(maps, det.anomaly_maps(test[[0, 7]]), rtol=1e-4, atol=1e-5)
+
+
+def test_export_cli_patch_detector(patch_fitted, tmp_path):
+    from doc_core.cli import main
+
+    det_dir = patch_fitted["det"].save(tmp_path / "det")
+    assert main(["export", "--detector", str(det_dir), "--out", str(tmp_path / "edge")]) == 0
+    doc = json.loads((tmp_path / "edge" / "bundle.json").read_text())
+    assert doc["scorer"]["name"] == "patch" and doc["threshold"] == pytest.approx(patch_fitted["det"].threshold_)
+    test = patch_fitted["test"]
+    np.testing.assert_allclose(EdgeScorer(tmp_path / "edge").score_samples(test),
+                               patch_fitted["det"].decision_function(test), rtol=1e-4, atol=1e-6)
+    assert main(["export", "--detector", str(det_dir), "--quantize", "float16", "--keep-keras-bank",
+                 "--out", str(tmp_path / "e16")]) == 2

@@ -19,6 +19,7 @@ or from Python::
     from scorer import EdgeScorer
     s = EdgeScorer("path/to/bundle")
     scores = s.score_samples(images)            # uint8 (n, h, w, c) -> float32 (n,), higher = more anomalous
+    maps = s.anomaly_maps(images)               # patch bundles: defect maps float32 (n, H, W)
 
 Bundle layout (``bundle.json`` describes it; nothing is pickled)::
 
@@ -27,6 +28,14 @@ Bundle layout (``bundle.json`` describes it; nothing is pickled)::
                   (or model.onnx, run by onnxruntime, when bundle.json says "runtime": "onnxruntime")
     bank.npy      float32 (n, d): features of the normal training images, computed by this very model
     scorer.py     this file
+
+A *patch* bundle (``"scorer": {"name": "patch", ...}``, from a patch detector) has a model that outputs patch maps
+float32 (b, h, w, c) and a bank of patch features float32 (m, c); the scorer averages each position with its
+neighbours, scores every patch by its mean distance to the k nearest bank patches, and aggregates the patch scores
+to an image score (``image_score``: max, top10 or mean) or upsamples and smooths them to a defect map
+(:meth:`EdgeScorer.anomaly_maps`), all in numpy, as ``doc_core.scoring.patch.PatchKNNScorer`` does::
+
+    python scorer.py --maps OUTDIR IMAGE ...    # also writes OUTDIR/<image name>.npy: float32 (H, W) defect maps
 """
 
 from __future__ import annotations
@@ -601,6 +610,106 @@ def knn_mean_distance(queries: np.ndarray, bank: np.ndarray, k: int, bank_sq: np
     return out
 
 
+# ------------------------------------------------------------------------------------------------ patch scoring
+#
+# numpy twins of doc_core.scoring.patch (neighbourhood_average, resize_bilinear, aggregate_patch_scores) and of
+# scipy.ndimage.gaussian_filter(mode="nearest"), so a patch bundle needs neither doc_core nor scipy.
+
+PATCH_IMAGE_SCORES = ("max", "top10", "mean")
+"""Image-score rules of a patch bundle (``doc_core.scoring.patch.IMAGE_SCORES``)."""
+SIGMA_AT_224 = 4.0
+"""Gaussian smoothing of the defect maps, in pixels at 224 x 224 (``doc_core.scoring.patch.DEFAULT_SIGMA_AT_224``)."""
+
+
+def _box_mean_axis(x: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Mean over a centred window of odd ``size`` along ``axis``, edges repeated; float32 out (as scipy's
+    ``uniform_filter1d(mode="nearest")`` on float32 input)."""
+    r = size // 2
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    c = np.cumsum(np.pad(x.astype(np.float64), pad, mode="edge"), axis=axis)
+    zero = np.zeros_like(np.take(c, [0], axis=axis))
+    c = np.concatenate([zero, c], axis=axis)
+    n = x.shape[axis]
+    hi = np.take(c, np.arange(size, size + n), axis=axis)
+    lo = np.take(c, np.arange(0, n), axis=axis)
+    return ((hi - lo) / size).astype(np.float32)
+
+
+def neighbourhood_average(maps: np.ndarray, size: int) -> np.ndarray:
+    """Mean of each position's ``size x size`` neighbourhood, channel by channel, edges repeated.
+
+    maps float (n, h, w, c) -> float32 (n, h, w, c); ``size`` odd, 1 = unchanged (as
+    ``doc_core.scoring.patch.neighbourhood_average``).
+    """
+    out = np.asarray(maps, np.float32)
+    if size == 1:
+        return out
+    return _box_mean_axis(_box_mean_axis(out, size, 1), size, 2)
+
+
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) float32 weights of linear interpolation, half-pixel centres, edges clamped."""
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = src - i0
+    r = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    np.add.at(r, (rows, i0), 1.0 - frac)
+    np.add.at(r, (rows, i1), frac)
+    return r.astype(np.float32)
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (half-pixel centres, as cv2 ``INTER_LINEAR``) of float (n, h, w) to float32 (n, H, W)."""
+    arr = np.asarray(maps, np.float32)
+    out_h, out_w = (int(v) for v in size)
+    if arr.shape[1:3] == (out_h, out_w):
+        return arr
+    ry, rx = _interp_matrix(out_h, arr.shape[1]), _interp_matrix(out_w, arr.shape[2])
+    return np.matmul(np.matmul(ry, arr), rx.T).astype(np.float32, copy=False)
+
+
+def gaussian_smooth(maps: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """Gaussian smoothing of float (n, H, W) along H then W, edges repeated -> float32 (n, H, W).
+
+    The kernel of ``scipy.ndimage.gaussian_filter(maps, (0, sigma, sigma), mode="nearest")``: radius
+    ``int(truncate * sigma + 0.5)``, weights ``exp(-x^2 / (2 sigma^2))`` normalised to sum 1; 0 = unchanged.
+    """
+    out = np.asarray(maps, np.float32)
+    if sigma <= 0:
+        return out
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 / (float(sigma) ** 2) * x ** 2)
+    weights /= weights.sum()
+    for axis in (1, 2):
+        pad = [(0, 0)] * 3
+        pad[axis] = (radius, radius)
+        padded = np.pad(out.astype(np.float64), pad, mode="edge")
+        n = out.shape[axis]
+        acc = np.zeros(out.shape, np.float64)
+        for j, wj in enumerate(weights):
+            acc += wj * np.take(padded, np.arange(j, j + n), axis=axis)
+        out = acc.astype(np.float32)
+    return out
+
+
+def aggregate_patch_scores(patch_scores: np.ndarray, how: str) -> np.ndarray:
+    """Image scores float32 (n,) from patch scores (n, ...): ``max``, ``top10`` (mean of the ceil(p/10) highest of p
+    patches) or ``mean`` (as ``doc_core.scoring.patch.aggregate_patch_scores``)."""
+    flat = np.asarray(patch_scores, np.float32).reshape(len(patch_scores), -1)
+    if how == "max":
+        return flat.max(axis=1)
+    if how == "mean":
+        return flat.mean(axis=1, dtype=np.float64).astype(np.float32)
+    if how != "top10":
+        raise ValueError(f"unknown image score {how!r}; expected one of {', '.join(PATCH_IMAGE_SCORES)}")
+    top = -(-flat.shape[1] // 10)
+    return np.partition(flat, flat.shape[1] - top, axis=1)[:, -top:].mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
 class ModelRunner:
     """Runs a bundle's model on uint8 batches (b, H, W, C) -> float32 features (b, d).
 
@@ -657,6 +766,10 @@ class ModelRunner:
 class EdgeScorer:
     """A loaded bundle: LiteRT model + memory bank + threshold.
 
+    A k-NN bundle scores an image by the mean distance of its feature vector to the k nearest bank vectors; a patch
+    bundle (``kind_ == "patch"``) scores each patch of the model's patch maps that way and aggregates them
+    (``image_score_``), and also gives defect maps (:meth:`anomaly_maps`).
+
     Parameters
     ----------
     bundle : str or Path
@@ -676,6 +789,10 @@ class EdgeScorer:
         Images with a score above it are called anomalous.
     input_shape_ : tuple of int
         (H, W, C) the model takes (uint8).
+    kind_ : {"knn", "patch"}
+    neighbourhood_, image_score_, map_shape_ : int, str, (h, w)
+        Patch bundles only (None otherwise): the neighbourhood averaged around each patch, how patch scores become
+        an image score, and the patch grid the model outputs (its channels are ``bank_.shape[1]``).
     """
 
     def __init__(self, bundle: str | os.PathLike, num_threads: int = 1, max_pixels: int = MAX_PIXELS) -> None:
@@ -698,13 +815,51 @@ class EdgeScorer:
         self.k_ = int(cfg["scorer"]["k"])
         self.threshold_ = float(cfg["threshold"])
         self.input_shape_ = tuple(int(v) for v in cfg["input"]["shape"])
+        self.kind_ = cfg["scorer"].get("name", "knn") if isinstance(cfg["scorer"], dict) else None
+        self.neighbourhood_ = self.image_score_ = self.map_shape_ = None
+        if self.kind_ == "patch":
+            self._read_patch_config(cfg)
+        elif self.kind_ != "knn":
+            raise BundleError(f"{cfg_path}: unknown scorer {self.kind_!r}; this scorer reads 'knn' and 'patch'")
         self.bank_ = np.load(self.bundle / cfg["bank"], allow_pickle=False).astype(np.float32, copy=False)
         if self.bank_.ndim != 2 or self.bank_.shape[1] != int(cfg["feature_dim"]) or len(self.bank_) < self.k_:
             raise BundleError(f"bank of shape {self.bank_.shape} does not fit feature_dim {cfg['feature_dim']} "
                               f"and k {self.k_}")
+        if self.kind_ == "patch" and self.bank_.shape[1] != self._channels:
+            raise BundleError(f"bank of shape {self.bank_.shape} does not fit the {self._channels} channels of the "
+                              "patch maps recorded in bundle.json")
+        if not np.isfinite(self.bank_).all():
+            raise BundleError("the bank holds NaN or infinite values")
         self._bank_sq = np.einsum("ij,ij->i", self.bank_, self.bank_)
         self._run = ModelRunner(self.bundle / cfg["model"], self.input_shape_, cfg.get("runtime", "litert"),
                                 num_threads)
+
+    def _read_patch_config(self, cfg: dict) -> None:
+        """Check and keep a patch bundle's scorer settings (``bundle.json`` may come from anyone)."""
+        sc = cfg["scorer"]
+
+        def integer(key: str, value) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BundleError(f"bundle.json scorer {key} must be an integer >= 1, got {value!r}")
+            return value
+
+        self.k_ = integer("k", sc.get("k"))
+        self.neighbourhood_ = integer("neighbourhood", sc.get("neighbourhood"))
+        if self.neighbourhood_ % 2 == 0:
+            raise BundleError(f"bundle.json scorer neighbourhood must be odd, got {self.neighbourhood_}")
+        if sc.get("image_score") not in PATCH_IMAGE_SCORES:
+            raise BundleError(f"bundle.json scorer image_score must be one of {', '.join(PATCH_IMAGE_SCORES)}, got "
+                              f"{sc.get('image_score')!r}")
+        self.image_score_ = sc["image_score"]
+        grid = sc.get("map_shape")
+        if not isinstance(grid, list) or len(grid) != 2:
+            raise BundleError(f"bundle.json scorer map_shape must be [h, w], got {grid!r}")
+        self.map_shape_ = (integer("map_shape", grid[0]), integer("map_shape", grid[1]))
+        self._channels = integer("channels", sc.get("channels"))
+        sigma = sc.get("smoothing_sigma_at_224", SIGMA_AT_224)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma < 1e6:
+            raise BundleError(f"bundle.json scorer smoothing_sigma_at_224 must be a number >= 0, got {sigma!r}")
+        self._sigma_at_224 = float(sigma)
 
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Features of uint8 images -> float32 (n, d).
@@ -721,24 +876,95 @@ class EdgeScorer:
             images = np.stack([fit_image(im, self.input_shape_) for im in images]) if len(images) else \
                 np.zeros((0, *self.input_shape_), np.uint8)
         if len(images) == 0:
-            return np.zeros((0, self.bank_.shape[1]), np.float32)
-        return np.concatenate([self._run(np.ascontiguousarray(images[i:i + batch_size]))
-                               for i in range(0, len(images), batch_size)])
+            return np.zeros((0, self._output_dim()), np.float32)
+        out = np.concatenate([self._run(np.ascontiguousarray(images[i:i + batch_size]))
+                              for i in range(0, len(images), batch_size)])
+        if self.kind_ == "patch" and out.shape[1] != self._output_dim():
+            raise BundleError(f"the model gives {out.shape[1]} values per image, bundle.json expects "
+                              f"{self._output_dim()}")
+        return out
+
+    def _output_dim(self) -> int:
+        if self.kind_ == "patch":
+            return self.map_shape_[0] * self.map_shape_[1] * self.bank_.shape[1]
+        return self.bank_.shape[1]
+
+    def patch_scores(self, features: np.ndarray) -> np.ndarray:
+        """Patch scores of a patch bundle's model outputs (m, h * w * c) (or maps (m, h, w, c)) -> float32 (m, h, w).
+
+        Each position's neighbourhood-averaged feature: mean distance to its k nearest bank patches; higher = more
+        anomalous.
+        """
+        if self.kind_ != "patch":
+            raise BundleError("patch scores need a patch bundle; this bundle scores pooled features (k-NN)")
+        (h, w), c = self.map_shape_, self.bank_.shape[1]
+        maps = np.asarray(features, np.float32).reshape(-1, h, w, c)
+        out = np.empty((len(maps), h, w), np.float32)
+        step = max(1, 8192 // (h * w))  # bounded working memory for any number of images
+        for s in range(0, len(maps), step):
+            block = neighbourhood_average(maps[s:s + step], self.neighbourhood_)
+            out[s:s + len(block)] = knn_mean_distance(block.reshape(-1, c), self.bank_, self.k_,
+                                                      self._bank_sq).reshape(len(block), h, w)
+        return out
 
     def score_features(self, features: np.ndarray) -> np.ndarray:
-        """Anomaly scores of features (m, d) -> float32 (m,): mean distance to the k nearest bank vectors."""
+        """Anomaly scores of model outputs -> float32 (m,); higher = more anomalous.
+
+        k-NN bundle: features (m, d), mean distance to the k nearest bank vectors. Patch bundle: flattened patch
+        maps (m, h * w * c), the patch scores (:meth:`patch_scores`) aggregated by ``image_score_``.
+        """
+        if self.kind_ == "patch":
+            return aggregate_patch_scores(self.patch_scores(features), self.image_score_)
         return knn_mean_distance(features, self.bank_, self.k_, self._bank_sq)
 
     def score_samples(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Anomaly scores of uint8 images (n, H, W, C) -> float32 (n,); higher = more anomalous."""
         return self.score_features(self.embed(images, batch_size))
 
+    def anomaly_maps(self, images: np.ndarray, size: tuple[int, int] | None = None,
+                     batch_size: int = 32) -> np.ndarray:
+        """Defect maps of a patch bundle: uint8 images (n, h, w, c) -> float32 (n, H, W), higher = more anomalous.
+
+        The patch scores upsampled bilinearly to ``size`` (default the bundle's input (H, W)) and smoothed with a
+        Gaussian of sigma ``4 * (H + W) / 2 / 224`` pixels, edges repeated: the same numbers (to float32 rounding) as
+        ``DOCDetector.anomaly_maps`` / ``PatchKNNScorer.anomaly_maps``, in score units.
+
+        Raises
+        ------
+        BundleError
+            For a k-NN bundle (it scores pooled features and has no patch scores).
+        """
+        if self.kind_ != "patch":
+            raise BundleError("defect maps need a patch bundle (exported from a patch detector); this bundle scores "
+                              "pooled features with k-NN")
+        out_h, out_w = self.input_shape_[:2] if size is None else (int(v) for v in size)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"size must be two integers >= 1, got {size!r}")
+        return self._maps_of_features(self.embed(images, batch_size), (out_h, out_w), batch_size)
+
+    def _maps_of_features(self, feats: np.ndarray, size: tuple[int, int], batch_size: int = 32) -> np.ndarray:
+        out_h, out_w = size
+        sigma = self._sigma_at_224 * (out_h + out_w) / 2.0 / 224.0
+        out = np.empty((len(feats), out_h, out_w), np.float32)
+        for s in range(0, len(feats), batch_size):
+            up = resize_maps(self.patch_scores(feats[s:s + batch_size]), (out_h, out_w))
+            out[s:s + len(up)] = gaussian_smooth(up, sigma)
+        return out
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """1 (anomaly) where the score is above ``threshold_``, else 0; int64 (n,)."""
         return (self.score_samples(images) > self.threshold_).astype(np.int64)
 
-    def score_files(self, paths: list[str]) -> dict:
-        """Read, fit and score image files; unreadable or oversized ones are listed under ``skipped``."""
+    def score_files(self, paths: list[str], maps_dir: str | os.PathLike | None = None) -> dict:
+        """Read, fit and score image files; unreadable or oversized ones are listed under ``skipped``.
+
+        ``maps_dir`` (patch bundles): also write each image's defect map there, float32 (H, W) at the bundle's input
+        size, as ``<file name>.npy`` (``<index>-<file name>.npy`` when two files share a name); each result then
+        names its ``map`` file. Existing files there are replaced.
+        """
+        if maps_dir is not None and self.kind_ != "patch":
+            raise BundleError("defect maps need a patch bundle (exported from a patch detector); this bundle scores "
+                              "pooled features with k-NN")
         images, ok, skipped = [], [], []
         for p in paths:
             try:
@@ -746,11 +972,25 @@ class EdgeScorer:
                 ok.append(str(p))
             except Exception as exc:  # noqa: BLE001 - report any unreadable file and go on
                 skipped.append({"path": str(p), "reason": f"{type(exc).__name__}: {exc}"})
-        scores = self.score_samples(np.stack(images)) if images else np.zeros(0, np.float32)
-        return {"threshold": self.threshold_,
-                "results": [{"path": p, "score": float(s), "anomalous": bool(s > self.threshold_)}
-                            for p, s in zip(ok, scores)],
-                "skipped": skipped}
+        if maps_dir is None:
+            scores = self.score_samples(np.stack(images)) if images else np.zeros(0, np.float32)
+            return {"threshold": self.threshold_,
+                    "results": [{"path": p, "score": float(s), "anomalous": bool(s > self.threshold_)}
+                                for p, s in zip(ok, scores)],
+                    "skipped": skipped}
+        feats = self.embed(np.stack(images)) if images else np.zeros((0, self._output_dim()), np.float32)
+        scores = self.score_features(feats)
+        maps = self._maps_of_features(feats, self.input_shape_[:2])
+        folder = Path(maps_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [Path(p).name for p in ok]
+        results = []
+        for i, (p, s, m) in enumerate(zip(ok, scores, maps)):
+            name = names[i] if names.count(names[i]) == 1 else f"{i}-{names[i]}"
+            np.save(folder / f"{name}.npy", m, allow_pickle=False)
+            results.append({"path": p, "score": float(s), "anomalous": bool(s > self.threshold_),
+                            "map": str(folder / f"{name}.npy")})
+        return {"threshold": self.threshold_, "results": results, "skipped": skipped}
 
     def time_per_image(self, images: np.ndarray, repeats: int = 1, warmup: int = 5) -> dict:
         """Milliseconds per image at batch size 1: model, k-NN and both (end to end, on this process's cores)."""
@@ -783,6 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="bundle folder (default: the folder this script is in, if it holds bundle.json)")
     p.add_argument("--threads", type=int, default=1, help="LiteRT interpreter / onnxruntime threads (default 1)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--maps", default=None, metavar="DIR",
+                   help="patch bundles: also write each image's defect map (float32 (H, W), higher = more anomalous) "
+                        "to DIR/<image file name>.npy")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"skip images with more pixels than this, checked from their headers (default {MAX_PIXELS:,})")
     args = p.parse_args(argv)
@@ -795,10 +1038,13 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         scorer = EdgeScorer(bundle, num_threads=args.threads, max_pixels=args.max_pixels)
+        if args.maps is not None and scorer.kind_ != "patch":
+            raise BundleError("--maps needs a patch bundle (exported from a patch detector); this bundle scores "
+                              "pooled features with k-NN")
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = scorer.score_files(args.images)
+    result = scorer.score_files(args.images, maps_dir=args.maps)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text)

@@ -10,6 +10,14 @@ A bundle is a folder::
     bank.npy      float32 (n, d): features of the normal training images (optionally a random subsample)
     scorer.py     a copy of :mod:`doc_core.edge.edge_scorer` (numpy + ai_edge_litert or onnxruntime; Pillow optional)
 
+A **patch detector** (``scorer.name == "patch"``) is exported the same way, but the model outputs its patch maps
+float32 (b, h, w, c) (the patch layers, coarser ones resized bilinearly to the finest grid inside the model and the
+channels concatenated, as :func:`doc_core.scoring.patch.combine_maps`), ``bank.npy`` holds the detector's patch bank
+float32 (m, c) as it is, and the scorer averages neighbourhoods, scores patches by k-NN and aggregates them (image
+score) or upsamples and smooths them (defect maps, ``EdgeScorer.anomaly_maps``) in numpy, as
+:class:`doc_core.scoring.patch.PatchKNNScorer` does. Patch bundles are float32 only (``quantize="none"``) and keep
+the whole patch bank and the detector's threshold.
+
 Quantization (``quantize``):
 
 ``none``
@@ -130,6 +138,37 @@ def infer_input_shape(detector: DOCDetector, path: str | os.PathLike | None = No
     return (s, s, 3)
 
 
+def _served(detector: DOCDetector):
+    """What the exported model computes from a uint8 batch, and the Keras model whose weights it uses.
+
+    k-NN detector: the pooled features float32 (b, d). Patch detector: the patch maps float32 (b, h, w, c) of
+    ``detector.backbone_.patch_layers(detector.scorer.patch_layers)``, coarser maps resized bilinearly (half-pixel
+    centres, as :func:`doc_core.scoring.patch.resize_bilinear`) to the largest grid and the channels concatenated in
+    layer order (:func:`doc_core.scoring.patch.combine_maps`).
+    """
+    import tensorflow as tf
+
+    import keras
+
+    from ..model.backbones import preprocess
+
+    model, cfg = detector.backbone_.model, detector.backbone_.config
+    if not detector.is_patch:
+        return (lambda images: model(preprocess(images, cfg), training=False)), model
+    layers = detector.backbone_.patch_layers(detector.scorer.patch_layers)
+    sub = keras.Model(model.input, [model.get_layer(name).output for name in layers], name="patch_maps")
+
+    def maps(images):
+        outs = sub(preprocess(images, cfg), training=False)
+        outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+        h, w = max(int(o.shape[1]) for o in outs), max(int(o.shape[2]) for o in outs)
+        outs = [o if (int(o.shape[1]), int(o.shape[2])) == (h, w) else
+                tf.image.resize(o, (h, w), method="bilinear", antialias=False) for o in outs]
+        return outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
+
+    return maps, sub
+
+
 def tflite_model(detector: DOCDetector, input_shape: tuple[int, int, int], quantize: str = "none",
                  calibration_images: np.ndarray | None = None) -> bytes:
     """Convert the detector's feature extractor (with its preprocessing) to a LiteRT flatbuffer.
@@ -145,18 +184,16 @@ def tflite_model(detector: DOCDetector, input_shape: tuple[int, int, int], quant
 
     Returns
     -------
-    bytes : the ``.tflite`` model; output float32 (b, d).
+    bytes : the ``.tflite`` model; output float32 (b, d), or the patch maps (b, h, w, c) of a patch detector.
     """
     import tensorflow as tf
 
     import keras
 
-    from ..model.backbones import preprocess
-
-    model, cfg = detector.backbone_.model, detector.backbone_.config
+    serve, model = _served(detector)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", lambda images: model(preprocess(images, cfg), training=False),
+    archive.add_endpoint("serve", serve,
                          input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="image")])
     tmp = Path(tempfile.mkdtemp(prefix="doc-export-"))
     try:
@@ -181,22 +218,21 @@ def tflite_model(detector: DOCDetector, input_shape: tuple[int, int, int], quant
 def onnx_model(detector: DOCDetector, input_shape: tuple[int, int, int], opset: int = 17) -> bytes:
     """The detector's feature extractor with its preprocessing as an ONNX model (tf2onnx), serialized.
 
-    Input ``image``: uint8 (b, H, W, C), b dynamic; output ``features``: float32 (b, d).
+    Input ``image``: uint8 (b, H, W, C), b dynamic; output ``features``: float32 (b, d), or the patch maps
+    (b, h, w, c) of a patch detector.
     """
     import tensorflow as tf
-
-    from ..model.backbones import preprocess
 
     try:
         import tf2onnx
     except ImportError as exc:
         raise ExportError("ONNX export needs tf2onnx: `.venv/bin/pip install tf2onnx==1.17.0` (pinned in "
                           "requirements.txt), and onnxruntime to score the bundle") from exc
-    model, cfg = detector.backbone_.model, detector.backbone_.config
+    compute, _ = _served(detector)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name="image")])
     def serve(images):
-        return {"features": model(preprocess(images, cfg), training=False)}
+        return {"features": compute(images)}
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset)
     return proto.SerializeToString()
@@ -251,7 +287,9 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     Parameters
     ----------
     detector : DOCDetector
-        Fitted, with the k-NN scorer (the bundle scores by mean distance to the k nearest bank vectors).
+        Fitted, with the k-NN scorer (the bundle scores by mean distance to the k nearest bank vectors) or the patch
+        scorer (patch maps out of the model, the detector's patch bank, image scores and defect maps in numpy;
+        ``quantize="none"`` only, the whole patch bank, the detector's threshold).
     out : path
         The bundle folder.
     config : ExportConfig
@@ -265,20 +303,26 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     Raises
     ------
     ExportError
-        LOF scorer, int8 without normal images, bad options.
+        LOF scorer, int8 without normal images, a patch detector with float16/int8, a bank subsample or
+        ``reembed_bank``, bad options.
     OutputExistsError
         ``out`` holds something this tool did not write and ``force`` is False; nothing was written or deleted.
     """
     config.validate()
     check_target(out, BUNDLE_FOLDER, force)
     detector._check_fitted()
-    if detector.scorer.name != "knn":
-        raise ExportError(f"edge bundles score with k-NN; this detector uses {detector.scorer.name!r}. Export "
-                          "detector.with_scorer(ScorerConfig('knn')) instead (or a run whose saved threshold is for "
-                          "the k-NN scorer)")
+    if detector.scorer.name not in ("knn", "patch"):
+        raise ExportError(f"edge bundles score with k-NN (pooled features or patches); this detector uses "
+                          f"{detector.scorer.name!r}. Export detector.with_scorer(ScorerConfig('knn')) instead (or a "
+                          "run whose saved threshold is for the k-NN scorer)")
+    patch = detector.is_patch
+    if patch:
+        _check_patch_export(detector, config)
     shape = tuple(int(v) for v in (config.input_shape or infer_input_shape(detector, source)))
     k = int(detector.scorer_.k)
     rng = np.random.default_rng(config.seed)
+    if patch:  # float32 only: the patch bank is the detector's, no calibration or re-embedding needs images
+        normal_images = None
     normal = _fit_images(normal_images, shape) if normal_images is not None and len(normal_images) else None
     if normal is not None:  # the detector's calibration slice stays out of the bank and the int8 calibration
         normal = detector.training_images(normal)
@@ -302,6 +346,11 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / model_file).write_bytes(model_bytes)
+        if patch:
+            doc = _write_patch_bundle(detector, tmp, shape, config, model_file, model_bytes, convert_s, source)
+            install_folder(tmp, out, BUNDLE_FOLDER, force)
+            doc["sizes_bytes"]["bundle"] = bundle_size(out)
+            return doc
         reembed = config.reembed_bank if config.reembed_bank is not None else \
             (config.quantize != "none" and normal is not None)
         if reembed and normal is None:
@@ -364,6 +413,73 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     return doc
 
 
+def _check_patch_export(detector: DOCDetector, config: ExportConfig) -> None:
+    """Raise :class:`ExportError` for the export options a patch bundle does not support."""
+    if config.quantize != "none":
+        raise ExportError(f"patch bundles are float32 only (quantize='none'), not {config.quantize!r}: a quantized "
+                          "model changes the patch features, so the patch bank would have to be recomputed from the "
+                          "quantized model's patch maps of the training images (with the coreset) and the threshold "
+                          "remapped, which this export does not do. Export with quantize='none', or export "
+                          "detector.with_scorer(ScorerConfig('knn')) for a quantized image-level bundle")
+    if config.reembed_bank:
+        raise ExportError("reembed_bank is not supported for patch bundles: they keep the detector's patch bank")
+    if config.max_bank_size is not None and config.max_bank_size < len(detector.scorer_.bank_):
+        raise ExportError(f"patch bundles keep the detector's whole patch bank ({len(detector.scorer_.bank_)} "
+                          f"patches, more than max_bank_size={config.max_bank_size}); refit the detector with "
+                          "ScorerConfig('patch', max_bank_size=...) for a smaller (coreset) bank")
+
+
+def _write_patch_bundle(detector: DOCDetector, tmp: Path, shape: tuple[int, int, int], config: ExportConfig,
+                        model_file: str, model_bytes: bytes, convert_s: float, source: str | None) -> dict:
+    """Write bank.npy, scorer.py and bundle.json of a patch bundle into ``tmp`` (the model is there); its JSON."""
+    sc, scfg = detector.scorer_, detector.scorer
+    bank = np.ascontiguousarray(sc.bank_, np.float32)
+    grid = [int(v) for v in sc.map_shape_]
+    k = int(sc.k)
+    if len(bank) < k:
+        raise ExportError(f"a patch bank of {len(bank)} patches is too small for k={k}")
+    np.save(tmp / BANK_FILE, bank, allow_pickle=False)
+    shutil.copyfile(Path(__file__).with_name("edge_scorer.py"), tmp / SCORER_FILE)
+    bb = detector.backbone_.config
+    layers = list(detector.backbone_.patch_layers(scfg.patch_layers))
+    doc = {
+        "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
+        "model": model_file, "runtime": RUNTIMES[config.format], "bank": BANK_FILE, "scorer_script": SCORER_FILE,
+        "input": {"shape": list(shape), "dtype": "uint8", "range": [0, 255], "batch": "dynamic (default 1)"},
+        "preprocessing": {
+            "in_model": True,
+            "steps": [f"cast to float32; bilinear resize (half-pixel centres) to {bb.input_size}x{bb.input_size} "
+                      "if the input differs", "gray repeated to RGB" if shape[2] == 1 else "RGB as given",
+                      "BGR, minus ImageNet channel means" if bb.name == "vgg16" else "x / 127.5 - 1"],
+            "outside_model": "the scorer converts channels (luma for RGB->gray, repeat for gray->RGB) and resizes "
+                             "files to the input shape (area when shrinking, bilinear when enlarging)",
+            "backbone": bb.to_dict(),
+        },
+        "model_output": {"kind": "patch maps", "shape": ["b", *grid, int(bank.shape[1])], "layers": layers,
+                         "combined": "coarser layers resized bilinearly (half-pixel centres) to the finest grid, "
+                                     "channels concatenated in layer order"},
+        "scorer": {"name": "patch", "k": k, "metric": "euclidean", "neighbourhood": int(sc.neighbourhood),
+                   "image_score": str(sc.image_score), "map_shape": grid, "channels": int(bank.shape[1]),
+                   "smoothing_sigma_at_224": 4.0,
+                   "score": "patch: mean distance of its neighbourhood-averaged feature to the k nearest bank "
+                            "patches; image: the patch scores aggregated by image_score (max, top10 = mean of the "
+                            "ceil(p/10) largest, mean); higher = more anomalous"},
+        "threshold": float(detector.threshold_), "threshold_source": "the detector's threshold",
+        "threshold_train_quantile": float(np.mean(detector.train_scores_ <= detector.threshold_)),
+        "detector_threshold": float(detector.threshold_),
+        "quantize": config.quantize, "feature_dim": int(bank.shape[1]), "bank_size": int(len(bank)),
+        "bank_source": "the detector's patch bank (Keras patch features, coreset)",
+        "calibration_images": 0, "calibration": None,
+        "sizes_bytes": {"model": len(model_bytes), "bank": (tmp / BANK_FILE).stat().st_size},
+        "convert_s": convert_s,
+        "source": {"detector": str(source) if source else None, "config": detector.config_dict(),
+                   "reference_names": list(detector.reference_names_)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (tmp / BUNDLE_JSON).write_text(json.dumps(doc, indent=1))
+    return doc
+
+
 def _embed_with_model(model_path: Path, shape: tuple[int, int, int], images: np.ndarray, runtime: str,
                       batch_size: int = 64) -> np.ndarray:
     from .edge_scorer import ModelRunner
@@ -386,6 +502,9 @@ def estimate_bundle_bytes(detector: DOCDetector, n_normal: int = 0) -> int:
     """
     detector._check_fitted()
     model = int(detector.backbone_.model.count_params() * 4 * 1.1) + 2 * 2**20
+    if detector.is_patch:  # the detector's patch bank, as it is
+        return model + int(detector.scorer_.bank_.nbytes) + \
+            Path(__file__).with_name("edge_scorer.py").stat().st_size + 2**20
     bank = max(len(detector.bank_), int(n_normal)) * int(detector.bank_.shape[1]) * 4
     return model + bank + Path(__file__).with_name("edge_scorer.py").stat().st_size + 2**20
 
