@@ -169,6 +169,24 @@ def _served(detector: DOCDetector):
     return maps, sub
 
 
+def _bundle_header(model_file: str, fmt: str, shape: tuple[int, int, int], bb) -> dict:
+    """The part of ``bundle.json`` that k-NN and patch bundles share: format, files, input and preprocessing."""
+    return {
+        "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
+        "model": model_file, "runtime": RUNTIMES[fmt], "bank": BANK_FILE, "scorer_script": SCORER_FILE,
+        "input": {"shape": list(shape), "dtype": "uint8", "range": [0, 255], "batch": "dynamic (default 1)"},
+        "preprocessing": {
+            "in_model": True,
+            "steps": [f"cast to float32; bilinear resize (half-pixel centres) to {bb.input_size}x{bb.input_size} "
+                      "if the input differs", "gray repeated to RGB" if shape[2] == 1 else "RGB as given",
+                      "BGR, minus ImageNet channel means" if bb.name == "vgg16" else "x / 127.5 - 1"],
+            "outside_model": "the scorer converts channels (luma for RGB->gray, repeat for gray->RGB) and resizes "
+                             "files to the input shape (area when shrinking, bilinear when enlarging)",
+            "backbone": bb.to_dict(),
+        },
+    }
+
+
 def tflite_model(detector: DOCDetector, input_shape: tuple[int, int, int], quantize: str = "none",
                  calibration_images: np.ndarray | None = None) -> bytes:
     """Convert the detector's feature extractor (with its preprocessing) to a LiteRT flatbuffer.
@@ -375,18 +393,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
         shutil.copyfile(Path(__file__).with_name("edge_scorer.py"), tmp / SCORER_FILE)
         bb = detector.backbone_.config
         doc = {
-            "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
-            "model": model_file, "runtime": RUNTIMES[config.format], "bank": BANK_FILE, "scorer_script": SCORER_FILE,
-            "input": {"shape": list(shape), "dtype": "uint8", "range": [0, 255], "batch": "dynamic (default 1)"},
-            "preprocessing": {
-                "in_model": True,
-                "steps": [f"cast to float32; bilinear resize (half-pixel centres) to {bb.input_size}x{bb.input_size} "
-                          "if the input differs", "gray repeated to RGB" if shape[2] == 1 else "RGB as given",
-                          "BGR, minus ImageNet channel means" if bb.name == "vgg16" else "x / 127.5 - 1"],
-                "outside_model": "the scorer converts channels (luma for RGB->gray, repeat for gray->RGB) and resizes "
-                                 "files to the input shape (area when shrinking, bilinear when enlarging)",
-                "backbone": bb.to_dict(),
-            },
+            **_bundle_header(model_file, config.format, shape, bb),
             "scorer": {"name": "knn", "k": k, "metric": "euclidean",
                        "score": "mean distance to the k nearest bank vectors; higher = more anomalous"},
             "threshold": float(threshold), "threshold_source": threshold_source,
@@ -443,18 +450,7 @@ def _write_patch_bundle(detector: DOCDetector, tmp: Path, shape: tuple[int, int,
     bb = detector.backbone_.config
     layers = list(detector.backbone_.patch_layers(scfg.patch_layers))
     doc = {
-        "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
-        "model": model_file, "runtime": RUNTIMES[config.format], "bank": BANK_FILE, "scorer_script": SCORER_FILE,
-        "input": {"shape": list(shape), "dtype": "uint8", "range": [0, 255], "batch": "dynamic (default 1)"},
-        "preprocessing": {
-            "in_model": True,
-            "steps": [f"cast to float32; bilinear resize (half-pixel centres) to {bb.input_size}x{bb.input_size} "
-                      "if the input differs", "gray repeated to RGB" if shape[2] == 1 else "RGB as given",
-                      "BGR, minus ImageNet channel means" if bb.name == "vgg16" else "x / 127.5 - 1"],
-            "outside_model": "the scorer converts channels (luma for RGB->gray, repeat for gray->RGB) and resizes "
-                             "files to the input shape (area when shrinking, bilinear when enlarging)",
-            "backbone": bb.to_dict(),
-        },
+        **_bundle_header(model_file, config.format, shape, bb),
         "model_output": {"kind": "patch maps", "shape": ["b", *grid, int(bank.shape[1])], "layers": layers,
                          "combined": "coarser layers resized bilinearly (half-pixel centres) to the finest grid, "
                                      "channels concatenated in layer order"},
