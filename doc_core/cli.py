@@ -490,7 +490,8 @@ def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
 
 def cmd_export(args) -> int:
     from .data.splits import load_folder_split
-    from .edge.export import BUNDLE_FOLDER, ExportConfig, estimate_bundle_bytes, export_bundle, normal_images_for
+    from .edge.export import (BUNDLE_FOLDER, ExportConfig, check_patch_export, estimate_bundle_bytes, export_bundle,
+                              normal_images_for)
     from .workflow.output_folders import check_target, check_writable
 
     out = args.out or f"{Path(args.detector).resolve().name}-{args.format}-{args.quantize}"
@@ -501,6 +502,8 @@ def cmd_export(args) -> int:
                        max_bank_size=args.max_bank_size, calibration_size=args.calibration_images,
                        reembed_bank=False if args.keep_keras_bank else None)
     cfg.validate()
+    if det.is_patch:  # refuse unsupported options before reading any training images
+        check_patch_export(det, cfg)
     normal = None
     if args.folder:
         normal = load_folder_split(args.folder, image_size=args.image_size)[0].train_normal

@@ -335,7 +335,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
                           "run whose saved threshold is for the k-NN scorer)")
     patch = detector.is_patch
     if patch:
-        _check_patch_export(detector, config)
+        check_patch_export(detector, config)
     shape = tuple(int(v) for v in (config.input_shape or infer_input_shape(detector, source)))
     k = int(detector.scorer_.k)
     rng = np.random.default_rng(config.seed)
@@ -420,7 +420,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     return doc
 
 
-def _check_patch_export(detector: DOCDetector, config: ExportConfig) -> None:
+def check_patch_export(detector: DOCDetector, config: ExportConfig) -> None:
     """Raise :class:`ExportError` for the export options a patch bundle does not support."""
     if config.quantize != "none":
         raise ExportError(f"patch bundles are float32 only (quantize='none'), not {config.quantize!r}: a quantized "
