@@ -145,6 +145,7 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     from ..workflow.selection import auto_candidates, select_configuration
 
     log = log or (lambda msg: None)
+    machine = machine_info()  # before the run: the commit and tree state of the code that runs
     if not split.has_test_labels or len(set(split.test_labels.tolist()) - {-1}) < 2:
         raise DataError("the folder benchmark needs labelled test images: test/normal and test/anomaly")
     labelled = split.test_labels >= 0
@@ -238,7 +239,7 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     return {"data": {"name": split.name, "n_train": len(split.train_normal), "n_test_normal": int((y == 0).sum()),
                      "n_test_anomaly": int((y == 1).sum()), "image_size": int(test.shape[1]),
                      "pixel_masks": masks is not None},
-            "methods": methods, "auto": auto, "seed": seed, "machine": machine_info()}
+            "methods": methods, "auto": auto, "seed": seed, "machine": machine}
 
 
 def format_folder_table(result: dict) -> str:
