@@ -29,6 +29,7 @@ CURVES_NOTE = ("Thin lines: the loss of each step; thick lines: smoothed (expone
 TRAINABLE = {"default": "Last blocks (default)", "all": "All layers",
              "none": "None: ImageNet features as they are (no training)"}
 SCORER_LABELS = {"knn": "k-NN distance (whole image)", "patch": "patch (defect maps)", "lof": "Local Outlier Factor"}
+IMAGE_SCORE_LABELS = {"top10": "top 10 % of patches", "max": "most anomalous patch", "mean": "mean of all patches"}
 EVIDENCE_NOTE = ("Validation AUROC: held-out normal training images against copies of them with synthetic defects "
                  "pasted in (cut-and-paste patches, scars, spots); no test image or label is used. Real defects can "
                  "look different, and choosing without labels is known to be unreliable: this is evidence, not a "
@@ -50,7 +51,8 @@ def settings() -> tuple[BackboneConfig, TrainConfig]:
 
 def scorer() -> ScorerConfig:
     """The scorer of a manual run (an auto run chooses its own)."""
-    return ScorerConfig(st.session_state[state.TR_SCORER])
+    ss = st.session_state
+    return ScorerConfig(ss[state.TR_SCORER], image_score=ss[state.TR_IMAGE_SCORE])
 
 
 def preset() -> str:
@@ -69,7 +71,7 @@ def follow_dataset_kind(kind: str) -> None:
 
 def settings_form(disabled: bool) -> None:
     ss = st.session_state
-    c1, c2 = st.columns([2, 2], vertical_alignment="bottom")
+    c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="bottom")
     c1.radio("Preset", state.PRESETS, key=state.TR_PRESET, horizontal=True, **PERSIST, disabled=disabled,
              help="auto: first fits a few candidates (pretrained or DOC-trained features, whole-image or patch "
                   "scoring) on most of the normal training images and keeps the one that best finds synthetic "
@@ -81,6 +83,13 @@ def settings_form(disabled: bool) -> None:
                  help="How a test image is scored: its pooled features' distance to the normal ones (k-NN, LOF), or "
                       "its patches' distances to the normal patches (patch: the mean of its 10 % most anomalous "
                       "patches), which also draws a defect map. The auto preset chooses it.")
+    c3.selectbox("Image score (patch)", list(IMAGE_SCORE_LABELS), format_func=IMAGE_SCORE_LABELS.get,
+                 key=state.TR_IMAGE_SCORE, **PERSIST,
+                 disabled=disabled or ss[state.TR_PRESET] == state.PRESET_AUTO or ss[state.TR_SCORER] != "patch",
+                 help="How a patch scorer turns an image's patch scores into its score: the mean of its 10 % most "
+                      "anomalous patches (default; one odd patch of a normal image does not decide), its single most "
+                      "anomalous patch (PatchCore; finds a defect of one patch, also flags one odd normal patch) or "
+                      "the mean of all patches. The defect map is the same for all three.")
     c1, c2, c3, c4 = st.columns(4)
     c1.selectbox("Backbone", BACKBONES, format_func=BACKBONE_LABELS.get, key=state.TR_BACKBONE, **PERSIST,
                  disabled=disabled, help="The pretrained network whose features DOC fine-tunes.")

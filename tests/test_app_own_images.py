@@ -182,7 +182,11 @@ def test_patch_map_scale_is_fixed_and_shared(env, no_reference_folder):
     a normal test image's map stays cooler than an anomalous one's."""
     at = open_folder(no_reference_folder)
     tiny(at, state.PRESET_MANUAL, scorer="patch")
+    rule = at.selectbox(key=state.TR_IMAGE_SCORE)
+    assert rule.value == "top10" and not rule.disabled
+    rule.select("max").run()
     snap = train(at)
+    assert snap.run.scorer.image_score == "max"  # the Training page's choice reaches the run
     from doc_core.data.datasets import DatasetSpec, load_dataset
     from ui import cached
 
@@ -204,6 +208,7 @@ def test_patch_map_scale_is_fixed_and_shared(env, no_reference_folder):
 def test_runs_without_patch_scoring_offer_gradcam_only(env, no_reference_folder):
     at = open_folder(no_reference_folder)
     tiny(at, state.PRESET_MANUAL, scorer="knn")
+    assert at.selectbox(key=state.TR_IMAGE_SCORE).disabled  # an image-score rule only for the patch scorer
     train(at)
     at.switch_page(RANKED).run()
     assert_clean(at)
