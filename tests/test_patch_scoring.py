@@ -416,6 +416,10 @@ def test_image_scores_are_ordered_and_top10_takes_ceil_of_a_tenth():
         patch_scoring.aggregate_patch_scores(scores, "median")
     with pytest.raises(ValueError, match="shape"):
         patch_scoring.aggregate_patch_scores(np.zeros(4, np.float32), "max")
+    with pytest.raises(ValueError, match="at least one patch"):
+        patch_scoring.aggregate_patch_scores(np.zeros((2, 0, 3), np.float32), "top10")
+    empty = patch_scoring.aggregate_patch_scores(np.zeros((0, 4, 4), np.float32), "top10")
+    assert empty.shape == (0,) and empty.dtype == np.float32
 
 
 @pytest.mark.parametrize("how", ["top10", "mean"])

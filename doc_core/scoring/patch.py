@@ -74,11 +74,13 @@ def aggregate_patch_scores(patch_scores: np.ndarray, how: str = "max") -> np.nda
     if how not in IMAGE_SCORES:
         raise ValueError(f"unknown image score {how!r}; choose one of {', '.join(IMAGE_SCORES)}")
     arr = np.asarray(patch_scores, dtype=np.float32)
-    if arr.ndim < 2 or arr.shape[0] == 0 and arr.size:
+    if arr.ndim < 2:
         raise ValueError(f"patch_scores must have shape (n, patches...), got {arr.shape}")
+    if 0 in arr.shape[1:]:
+        raise ValueError(f"patch_scores must hold at least one patch per image, got shape {arr.shape}")
+    if len(arr) == 0:
+        return np.zeros(0, np.float32)
     flat = arr.reshape(len(arr), -1)
-    if flat.shape[1] == 0:
-        raise ValueError("patch_scores must hold at least one patch per image")
     if how == "max":
         return flat.max(axis=1)
     if how == "mean":
