@@ -187,6 +187,19 @@ def _bundle_header(model_file: str, fmt: str, shape: tuple[int, int, int], bb) -
     }
 
 
+def _bundle_provenance(detector: DOCDetector, tmp: Path, model_bytes: bytes, convert_s: float,
+                       source: str | None) -> dict:
+    """The part of ``bundle.json`` after the scorer settings that every bundle shares: sizes, conversion time, where
+    the detector came from and when (``bank.npy`` must already be in ``tmp``)."""
+    return {
+        "sizes_bytes": {"model": len(model_bytes), "bank": (tmp / BANK_FILE).stat().st_size},
+        "convert_s": convert_s,
+        "source": {"detector": str(source) if source else None, "config": detector.config_dict(),
+                   "reference_names": list(detector.reference_names_)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def tflite_model(detector: DOCDetector, input_shape: tuple[int, int, int], quantize: str = "none",
                  calibration_images: np.ndarray | None = None) -> bytes:
     """Convert the detector's feature extractor (with its preprocessing) to a LiteRT flatbuffer.
@@ -405,11 +418,7 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
             "calibration": "normal training images" + (" + synthetic black/white/noise images"
                                                        if config.calibration_extremes else "")
                            if calibration is not None else None,
-            "sizes_bytes": {"model": len(model_bytes), "bank": (tmp / BANK_FILE).stat().st_size},
-            "convert_s": convert_s,
-            "source": {"detector": str(source) if source else None, "config": detector.config_dict(),
-                       "reference_names": list(detector.reference_names_)},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **_bundle_provenance(detector, tmp, model_bytes, convert_s, source),
         }
         (tmp / BUNDLE_JSON).write_text(json.dumps(doc, indent=1))
         install_folder(tmp, out, BUNDLE_FOLDER, force)
@@ -466,11 +475,7 @@ def _write_patch_bundle(detector: DOCDetector, tmp: Path, shape: tuple[int, int,
         "quantize": config.quantize, "feature_dim": int(bank.shape[1]), "bank_size": int(len(bank)),
         "bank_source": "the detector's patch bank (Keras patch features, coreset)",
         "calibration_images": 0, "calibration": None,
-        "sizes_bytes": {"model": len(model_bytes), "bank": (tmp / BANK_FILE).stat().st_size},
-        "convert_s": convert_s,
-        "source": {"detector": str(source) if source else None, "config": detector.config_dict(),
-                   "reference_names": list(detector.reference_names_)},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **_bundle_provenance(detector, tmp, model_bytes, convert_s, source),
     }
     (tmp / BUNDLE_JSON).write_text(json.dumps(doc, indent=1))
     return doc
