@@ -33,8 +33,8 @@ def score_meaning(cfg: ScorerConfig) -> str:
     if cfg.name == "lof":
         return "the local outlier factor of an image's features among the normal training features (about 1 = normal)"
     if cfg.name == "patch":
-        return (f"the distance to the nearest normal training patches of {IMAGE_SCORE_WORDS[cfg.image_score]}"
-                .replace(" its ", " an image's ", 1))
+        return ("the distance of an image's patches to their nearest normal training patches: "
+                f"{IMAGE_SCORE_WORDS[cfg.image_score]}")
     return "the mean distance from an image's features to its nearest normal training features"
 
 

@@ -699,7 +699,8 @@ def gaussian_smooth(maps: np.ndarray, sigma: float, truncate: float = 4.0) -> np
 def aggregate_patch_scores(patch_scores: np.ndarray, how: str) -> np.ndarray:
     """Image scores float32 (n,) from patch scores (n, ...): ``max``, ``top10`` (mean of the ceil(p/10) highest of p
     patches) or ``mean`` (as ``doc_core.scoring.patch.aggregate_patch_scores``)."""
-    flat = np.asarray(patch_scores, np.float32).reshape(len(patch_scores), -1)
+    arr = np.asarray(patch_scores, np.float32)
+    flat = arr.reshape(len(arr), int(np.prod(arr.shape[1:])))  # also for no images
     if how == "max":
         return flat.max(axis=1)
     if how == "mean":
@@ -940,14 +941,16 @@ class EdgeScorer:
         out_h, out_w = self.input_shape_[:2] if size is None else (int(v) for v in size)
         if out_h < 1 or out_w < 1:
             raise ValueError(f"size must be two integers >= 1, got {size!r}")
-        return self._maps_of_features(self.embed(images, batch_size), (out_h, out_w), batch_size)
+        return self._maps_of_patch_scores(self.patch_scores(self.embed(images, batch_size)), (out_h, out_w),
+                                          batch_size)
 
-    def _maps_of_features(self, feats: np.ndarray, size: tuple[int, int], batch_size: int = 32) -> np.ndarray:
+    def _maps_of_patch_scores(self, patches: np.ndarray, size: tuple[int, int], batch_size: int = 32) -> np.ndarray:
+        """Patch scores float32 (m, h, w) upsampled to ``size`` and smoothed -> float32 (m, H, W)."""
         out_h, out_w = size
         sigma = self._sigma_at_224 * (out_h + out_w) / 2.0 / 224.0
-        out = np.empty((len(feats), out_h, out_w), np.float32)
-        for s in range(0, len(feats), batch_size):
-            up = resize_maps(self.patch_scores(feats[s:s + batch_size]), (out_h, out_w))
+        out = np.empty((len(patches), out_h, out_w), np.float32)
+        for s in range(0, len(patches), batch_size):
+            up = resize_maps(patches[s:s + batch_size], (out_h, out_w))
             out[s:s + len(up)] = gaussian_smooth(up, sigma)
         return out
 
@@ -979,8 +982,9 @@ class EdgeScorer:
                                 for p, s in zip(ok, scores)],
                     "skipped": skipped}
         feats = self.embed(np.stack(images)) if images else np.zeros((0, self._output_dim()), np.float32)
-        scores = self.score_features(feats)
-        maps = self._maps_of_features(feats, self.input_shape_[:2])
+        patches = self.patch_scores(feats)  # one k-NN search gives both the scores and the maps
+        scores = aggregate_patch_scores(patches, self.image_score_)
+        maps = self._maps_of_patch_scores(patches, self.input_shape_[:2])
         folder = Path(maps_dir)
         folder.mkdir(parents=True, exist_ok=True)
         names = [Path(p).name for p in ok]

@@ -49,6 +49,7 @@ import numpy as np
 
 from ..model.detector import DOCDetector
 from ..scoring.knn import knn_distances, subsample_bank
+from ..scoring.patch import DEFAULT_SIGMA_AT_224
 from ..workflow.output_folders import OutputKind, check_target, install_folder, prepare_save
 from .edge_scorer import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, EdgeScorer
 
@@ -377,49 +378,47 @@ def export_bundle(detector: DOCDetector, out: str | os.PathLike, config: ExportC
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / model_file).write_bytes(model_bytes)
-        if patch:
-            doc = _write_patch_bundle(detector, tmp, shape, config, model_file, model_bytes, convert_s, source)
-            install_folder(tmp, out, BUNDLE_FOLDER, force)
-            doc["sizes_bytes"]["bundle"] = bundle_size(out)
-            return doc
-        reembed = config.reembed_bank if config.reembed_bank is not None else \
-            (config.quantize != "none" and normal is not None)
-        if reembed and normal is None:
-            raise ExportError("reembed_bank needs the normal training images")
-        if reembed:
-            # the exported model's own features of the normal images, subsampled as the detector's scorer does
-            bank = _embed_with_model(tmp / model_file, shape, normal, RUNTIMES[config.format])
-            bank = subsample_bank(bank, detector.scorer.max_bank_size, 0)
-        else:
-            bank = np.asarray(detector.scorer_.bank_, np.float32)
-        bank = subsample_bank(bank, config.max_bank_size, config.seed)
-        if len(bank) <= k:
-            raise ExportError(f"a bank of {len(bank)} vectors is too small for k={k} (leave-one-out needs k+1)")
-        if reembed or len(bank) != len(detector.scorer_.bank_):
-            threshold, quantile = _mapped_threshold(detector, bank, k)
-            threshold_source = "mapped to the same quantile of the bundle's leave-one-out training scores"
-        else:
-            threshold = float(detector.threshold_)
-            quantile = float(np.mean(detector.train_scores_ <= detector.threshold_))
-            threshold_source = "the detector's threshold"
-        np.save(tmp / BANK_FILE, np.ascontiguousarray(bank, np.float32), allow_pickle=False)
         shutil.copyfile(Path(__file__).with_name("edge_scorer.py"), tmp / SCORER_FILE)
-        bb = detector.backbone_.config
-        doc = {
-            **_bundle_header(model_file, config.format, shape, bb),
-            "scorer": {"name": "knn", "k": k, "metric": "euclidean",
-                       "score": "mean distance to the k nearest bank vectors; higher = more anomalous"},
-            "threshold": float(threshold), "threshold_source": threshold_source,
-            "threshold_train_quantile": quantile, "detector_threshold": float(detector.threshold_),
-            "quantize": config.quantize, "feature_dim": int(bank.shape[1]), "bank_size": int(len(bank)),
-            "bank_source": "recomputed by this model from the normal training images" if reembed
-                           else "the detector's bank (Keras features)",
-            "calibration_images": int(len(calibration)) if calibration is not None else 0,
-            "calibration": "normal training images" + (" + synthetic black/white/noise images"
-                                                       if config.calibration_extremes else "")
-                           if calibration is not None else None,
-            **_bundle_provenance(detector, tmp, model_bytes, convert_s, source),
-        }
+        if patch:
+            doc = _patch_bundle_doc(detector, tmp, shape, config, model_file, model_bytes, convert_s, source)
+        else:
+            reembed = config.reembed_bank if config.reembed_bank is not None else \
+                (config.quantize != "none" and normal is not None)
+            if reembed and normal is None:
+                raise ExportError("reembed_bank needs the normal training images")
+            if reembed:
+                # the exported model's own features of the normal images, subsampled as the detector's scorer does
+                bank = _embed_with_model(tmp / model_file, shape, normal, RUNTIMES[config.format])
+                bank = subsample_bank(bank, detector.scorer.max_bank_size, 0)
+            else:
+                bank = np.asarray(detector.scorer_.bank_, np.float32)
+            bank = subsample_bank(bank, config.max_bank_size, config.seed)
+            if len(bank) <= k:
+                raise ExportError(f"a bank of {len(bank)} vectors is too small for k={k} (leave-one-out needs k+1)")
+            if reembed or len(bank) != len(detector.scorer_.bank_):
+                threshold, quantile = _mapped_threshold(detector, bank, k)
+                threshold_source = "mapped to the same quantile of the bundle's leave-one-out training scores"
+            else:
+                threshold = float(detector.threshold_)
+                quantile = float(np.mean(detector.train_scores_ <= detector.threshold_))
+                threshold_source = "the detector's threshold"
+            np.save(tmp / BANK_FILE, np.ascontiguousarray(bank, np.float32), allow_pickle=False)
+            bb = detector.backbone_.config
+            doc = {
+                **_bundle_header(model_file, config.format, shape, bb),
+                "scorer": {"name": "knn", "k": k, "metric": "euclidean",
+                           "score": "mean distance to the k nearest bank vectors; higher = more anomalous"},
+                "threshold": float(threshold), "threshold_source": threshold_source,
+                "threshold_train_quantile": quantile, "detector_threshold": float(detector.threshold_),
+                "quantize": config.quantize, "feature_dim": int(bank.shape[1]), "bank_size": int(len(bank)),
+                "bank_source": "recomputed by this model from the normal training images" if reembed
+                               else "the detector's bank (Keras features)",
+                "calibration_images": int(len(calibration)) if calibration is not None else 0,
+                "calibration": "normal training images" + (" + synthetic black/white/noise images"
+                                                           if config.calibration_extremes else "")
+                               if calibration is not None else None,
+                **_bundle_provenance(detector, tmp, model_bytes, convert_s, source),
+            }
         (tmp / BUNDLE_JSON).write_text(json.dumps(doc, indent=1))
         install_folder(tmp, out, BUNDLE_FOLDER, force)
     except BaseException:
@@ -445,9 +444,9 @@ def check_patch_export(detector: DOCDetector, config: ExportConfig) -> None:
                           "ScorerConfig('patch', max_bank_size=...) for a smaller (coreset) bank")
 
 
-def _write_patch_bundle(detector: DOCDetector, tmp: Path, shape: tuple[int, int, int], config: ExportConfig,
-                        model_file: str, model_bytes: bytes, convert_s: float, source: str | None) -> dict:
-    """Write bank.npy, scorer.py and bundle.json of a patch bundle into ``tmp`` (the model is there); its JSON."""
+def _patch_bundle_doc(detector: DOCDetector, tmp: Path, shape: tuple[int, int, int], config: ExportConfig,
+                      model_file: str, model_bytes: bytes, convert_s: float, source: str | None) -> dict:
+    """Write the patch bank into ``tmp/bank.npy`` (the model is there) and return the patch bundle's JSON."""
     sc, scfg = detector.scorer_, detector.scorer
     bank = np.ascontiguousarray(sc.bank_, np.float32)
     grid = [int(v) for v in sc.map_shape_]
@@ -455,17 +454,16 @@ def _write_patch_bundle(detector: DOCDetector, tmp: Path, shape: tuple[int, int,
     if len(bank) < k:
         raise ExportError(f"a patch bank of {len(bank)} patches is too small for k={k}")
     np.save(tmp / BANK_FILE, bank, allow_pickle=False)
-    shutil.copyfile(Path(__file__).with_name("edge_scorer.py"), tmp / SCORER_FILE)
     bb = detector.backbone_.config
     layers = list(detector.backbone_.patch_layers(scfg.patch_layers))
-    doc = {
+    return {
         **_bundle_header(model_file, config.format, shape, bb),
         "model_output": {"kind": "patch maps", "shape": ["b", *grid, int(bank.shape[1])], "layers": layers,
                          "combined": "coarser layers resized bilinearly (half-pixel centres) to the finest grid, "
                                      "channels concatenated in layer order"},
         "scorer": {"name": "patch", "k": k, "metric": "euclidean", "neighbourhood": int(sc.neighbourhood),
                    "image_score": str(sc.image_score), "map_shape": grid, "channels": int(bank.shape[1]),
-                   "smoothing_sigma_at_224": 4.0,
+                   "smoothing_sigma_at_224": DEFAULT_SIGMA_AT_224,
                    "score": "patch: mean distance of its neighbourhood-averaged feature to the k nearest bank "
                             "patches; image: the patch scores aggregated by image_score (max, top10 = mean of the "
                             "ceil(p/10) largest, mean); higher = more anomalous"},
@@ -477,8 +475,6 @@ def _write_patch_bundle(detector: DOCDetector, tmp: Path, shape: tuple[int, int,
         "calibration_images": 0, "calibration": None,
         **_bundle_provenance(detector, tmp, model_bytes, convert_s, source),
     }
-    (tmp / BUNDLE_JSON).write_text(json.dumps(doc, indent=1))
-    return doc
 
 
 def _embed_with_model(model_path: Path, shape: tuple[int, int, int], images: np.ndarray, runtime: str,
@@ -503,10 +499,8 @@ def estimate_bundle_bytes(detector: DOCDetector, n_normal: int = 0) -> int:
     """
     detector._check_fitted()
     model = int(detector.backbone_.model.count_params() * 4 * 1.1) + 2 * 2**20
-    if detector.is_patch:  # the detector's patch bank, as it is
-        return model + int(detector.scorer_.bank_.nbytes) + \
-            Path(__file__).with_name("edge_scorer.py").stat().st_size + 2**20
-    bank = max(len(detector.bank_), int(n_normal)) * int(detector.bank_.shape[1]) * 4
+    bank = int(detector.scorer_.bank_.nbytes) if detector.is_patch else \
+        max(len(detector.bank_), int(n_normal)) * int(detector.bank_.shape[1]) * 4  # patch: the detector's bank
     return model + bank + Path(__file__).with_name("edge_scorer.py").stat().st_size + 2**20
 
 

@@ -11,7 +11,7 @@ The patch scorer's defect maps come from :meth:`doc_core.scoring.patch.PatchKNNS
 :meth:`doc_core.model.detector.DOCDetector.anomaly_maps`) and are drawn with the same :func:`overlay` and
 :func:`map_to_unit` as Grad-CAM.
 
-``GradCAM``        , ``explainable_layers``, ``overlay`` and ``map_to_unit`` are importable from here; they are imported on
+``GradCAM``, ``explainable_layers``, ``overlay`` and ``map_to_unit`` are importable from here; they are imported on
 first use, so ``from doc_core.explain.gallery import ...`` does not load TensorFlow.
 """
 

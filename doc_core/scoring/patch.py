@@ -30,9 +30,9 @@ from .knn import _BLOCK_FLOATS, check_backend, knn_distances
 CORESETS = ("greedy", "random")
 IMAGE_SCORES = ("max", "top10", "mean")
 """How an image's patch scores become its score (:func:`aggregate_patch_scores`)."""
-IMAGE_SCORE_WORDS = {"max": "its most anomalous patch", "top10": "the mean of its 10 % most anomalous patches",
-                     "mean": "the mean of all its patches"}
-"""Each image-score rule in words, for labels and help texts ("an image scores ...")."""
+IMAGE_SCORE_WORDS = {"max": "the most anomalous patch", "top10": "the mean of the 10 % most anomalous patches",
+                     "mean": "the mean of all patches"}
+"""Each image-score rule in words, for labels and help texts (what an image's score is taken from)."""
 PATCH_BACKENDS = ("exact", "faiss")
 # patches kept by default: 10,000 x 576 float32 = 23 MB for MobileNetV2's default layers, about 9 % of the 110,000
 # patches of 761 magnetic tiles at 96 px (the greedy coreset's time grows with it)
@@ -87,7 +87,6 @@ def aggregate_patch_scores(patch_scores: np.ndarray, how: str = "max") -> np.nda
         return flat.mean(axis=1, dtype=np.float64).astype(np.float32)
     top = -(-flat.shape[1] // 10)
     return np.partition(flat, flat.shape[1] - top, axis=1)[:, -top:].mean(axis=1, dtype=np.float64).astype(np.float32)
-
 
 
 def _as_maps(maps: np.ndarray, name: str, convert: bool = True) -> np.ndarray:

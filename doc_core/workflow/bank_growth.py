@@ -58,9 +58,8 @@ import numpy as np
 from ..evaluation.metrics import average_precision, policy_threshold, roc_auc
 from ..model.detector import DETECTOR_FOLDER, DetectorFormatError, DOCDetector, ScorerConfig
 from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
-from .output_folders import write_file_atomic
 from .labels import LabelStore, image_key
-from .output_folders import install_folder, remove_stale
+from .output_folders import install_folder, remove_stale, write_file_atomic
 from .runs import RunError, RunScores, _fsync_file, _write_json_atomic, _write_lock, get_run, load_features, load_scores
 
 BANK_DIR = "bank_history"
