@@ -120,9 +120,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "block_6_expand_relu,block_10_expand_relu for MobileNetV2)")
     s.add_argument("--neighbourhood", type=int, default=3,
                    help="patch scorer: odd window each patch feature is averaged over (default 3; 1 = none)")
-    s.add_argument("--image-score", choices=("top10", "max", "mean"), default="top10",
-                   help="patch scorer: an image scores the mean of its top 10%% of patch scores (top10, default), "
-                        "its most anomalous patch (max, PatchCore) or the mean of all patches (mean)")
+    # the rules of doc_core.scoring.patch.IMAGE_SCORES (not imported here: it would import scikit-learn; a test
+    # checks that they agree), default first
+    s.add_argument("--image-score", choices=("top25", "max", "top10", "top50", "mean"), default="top25",
+                   help="patch scorer: an image scores the mean of its top 25%% of patch scores (top25, default), "
+                        "its most anomalous patch (max, PatchCore), the mean of its top 10%% or 50%% (top10, top50) "
+                        "or the mean of all patches (mean)")
     _add_backend_arg(s, "exact")
 
 

@@ -29,7 +29,8 @@ CURVES_NOTE = ("Thin lines: the loss of each step; thick lines: smoothed (expone
 TRAINABLE = {"default": "Last blocks (default)", "all": "All layers",
              "none": "None: ImageNet features as they are (no training)"}
 SCORER_LABELS = {"knn": "k-NN distance (whole image)", "patch": "patch (defect maps)", "lof": "Local Outlier Factor"}
-IMAGE_SCORE_LABELS = {"top10": "top 10 % of patches", "max": "most anomalous patch", "mean": "mean of all patches"}
+IMAGE_SCORE_LABELS = {"top25": "top 25 % of patches", "max": "most anomalous patch", "top10": "top 10 % of patches",
+                      "top50": "top 50 % of patches", "mean": "mean of all patches"}
 EVIDENCE_NOTE = ("Validation AUROC: held-out normal training images against copies of them with synthetic defects "
                  "pasted in (cut-and-paste patches, scars, spots); no test image or label is used. Real defects can "
                  "look different, and choosing without labels is known to be unreliable: this is evidence, not a "
@@ -81,15 +82,16 @@ def settings_form(disabled: bool) -> None:
     c2.selectbox("Scorer", list(SCORER_LABELS), format_func=SCORER_LABELS.get, key=state.TR_SCORER, **PERSIST,
                  disabled=disabled or ss[state.TR_PRESET] == state.PRESET_AUTO,
                  help="How a test image is scored: its pooled features' distance to the normal ones (k-NN, LOF), or "
-                      "its patches' distances to the normal patches (patch: the mean of its 10 % most anomalous "
+                      "its patches' distances to the normal patches (patch: the mean of its 25 % most anomalous "
                       "patches), which also draws a defect map. The auto preset chooses it.")
     c3.selectbox("Image score (patch)", list(IMAGE_SCORE_LABELS), format_func=IMAGE_SCORE_LABELS.get,
                  key=state.TR_IMAGE_SCORE, **PERSIST,
                  disabled=disabled or ss[state.TR_PRESET] == state.PRESET_AUTO or ss[state.TR_SCORER] != "patch",
-                 help="How a patch scorer turns an image's patch scores into its score: the mean of its 10 % most "
-                      "anomalous patches (default; one odd patch of a normal image does not decide), its single most "
-                      "anomalous patch (PatchCore; finds a defect of one patch, also flags one odd normal patch) or "
-                      "the mean of all patches. The defect map is the same for all three.")
+                 help="How a patch scorer turns an image's patch scores into its score: the mean of its 25 % most "
+                      "anomalous patches (default; one odd patch of a normal image does not decide, and a defect or "
+                      "object covering much of the image counts fully), its single most anomalous patch (PatchCore; "
+                      "finds a defect of one patch, also flags one odd normal patch), the mean of its 10 % or 50 % "
+                      "most anomalous patches, or the mean of all patches. The defect map is the same for all.")
     c1, c2, c3, c4 = st.columns(4)
     c1.selectbox("Backbone", BACKBONES, format_func=BACKBONE_LABELS.get, key=state.TR_BACKBONE, **PERSIST,
                  disabled=disabled, help="The pretrained network whose features DOC fine-tunes.")

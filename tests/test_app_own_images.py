@@ -183,7 +183,7 @@ def test_patch_map_scale_is_fixed_and_shared(env, no_reference_folder):
     at = open_folder(no_reference_folder)
     tiny(at, state.PRESET_MANUAL, scorer="patch")
     rule = at.selectbox(key=state.TR_IMAGE_SCORE)
-    assert rule.value == "top10" and not rule.disabled
+    assert rule.value == "top25" and not rule.disabled
     rule.select("max").run()
     snap = train(at)
     assert snap.run.scorer.image_score == "max"  # the Training page's choice reaches the run

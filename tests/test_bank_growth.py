@@ -104,12 +104,12 @@ def test_patch_bank_grows_bounded_with_leave_one_image_out_scores(images):
     assert g.n_train_ == 44 and set(g.bank_image_[len(sc.bank_):]) <= {40, 41, 42, 43}
     # brute force: each added image's patch distances to the bank patches of the other images, aggregated by the
     # scorer's image-score rule (the rule itself is checked against brute force in test_patch_scoring)
-    assert g.image_score == sc.image_score == "top10"
+    assert g.image_score == sc.image_score == "top25"
     layers = det.backbone_.patch_layers(det.scorer.patch_layers)
     maps = neighbourhood_average(det.backbone_.patch_maps(test_normal[:4], layers), sc.neighbourhood)
     for j in range(4):
         others = g.bank_[g.bank_image_ != 40 + j]
-        expect = aggregate_patch_scores(_knn(maps[j].reshape(h * w, -1), others, 1)[None], "top10")[0]
+        expect = aggregate_patch_scores(_knn(maps[j].reshape(h * w, -1), others, 1)[None], "top25")[0]
         assert g.train_scores_[40 + j] == pytest.approx(expect, rel=1e-4, abs=1e-5)
     np.testing.assert_array_equal(g.train_scores_[:40], sc.train_scores_)
     assert grown.bank_.shape == (44, det.bank_.shape[1])

@@ -321,23 +321,23 @@ def test_onnx_bundle_matches_keras_and_needs_no_tensorflow(fitted, tmp_path):
 
 @pytest.fixture(scope="module")
 def patch_fitted(tiny_config, make_normal, make_anomalous, tmp_path_factory):
-    """A tiny patch detector (top10 image score; two layers, 8x8 and 4x4, so the model resizes one) exported once."""
+    """A tiny patch detector (default top25 image score; two layers, 8x8 and 4x4, so the model resizes one) exported once."""
     rng = np.random.default_rng(3)
     normal = make_normal(rng, 40)
     det = DOCDetector(tiny_config, TrainConfig(epochs=0), ScorerConfig("patch", max_bank_size=300))
     det.fit(normal, None, None)
     test = np.concatenate([make_normal(rng, 6), make_anomalous(rng, make_normal(rng, 6))])
     root = tmp_path_factory.mktemp("patch-bundles")
-    doc = export_bundle(det, root / "top10", normal_images=normal)
-    return {"det": det, "normal": normal, "test": test, "root": root, "bundle": root / "top10", "doc": doc}
+    doc = export_bundle(det, root / "top25", normal_images=normal)
+    return {"det": det, "normal": normal, "test": test, "root": root, "bundle": root / "top25", "doc": doc}
 
 
 def test_patch_bundle_matches_the_detector(patch_fitted):
     det, test, path, doc = patch_fitted["det"], patch_fitted["test"], patch_fitted["bundle"], patch_fitted["doc"]
-    assert det.scorer.image_score == "top10"
+    assert det.scorer.image_score == "top25"
     assert sorted(p.name for p in path.iterdir()) == ["bank.npy", "bundle.json", "model.tflite", "scorer.py"]
     on_disk = json.loads((path / "bundle.json").read_text())
-    assert on_disk["scorer"]["name"] == "patch" and on_disk["scorer"]["image_score"] == "top10"
+    assert on_disk["scorer"]["name"] == "patch" and on_disk["scorer"]["image_score"] == "top25"
     assert on_disk["scorer"]["k"] == det.scorer_.k and on_disk["scorer"]["neighbourhood"] == 3
     assert on_disk["scorer"]["map_shape"] == [8, 8] and on_disk["scorer"]["channels"] == 16 + 32
     assert on_disk["input"]["shape"] == [32, 32, 3] and on_disk["quantize"] == "none"

@@ -10,6 +10,7 @@ import pytest
 from doc_core import BackboneConfig, DetectorFormatError, DOCDetector, ScorerConfig, TrainConfig
 from doc_core.evaluation.metrics import roc_auc
 from doc_core.model.backbones import DEFAULT_PATCH_LAYERS
+from doc_core.scoring.patch import DEFAULT_IMAGE_SCORE
 
 TINY = BackboneConfig(name="tiny", input_size=32, weights=None)
 PATCH = ScorerConfig("patch", max_bank_size=400)
@@ -111,8 +112,8 @@ def test_patch_layers_are_checked(data):
 
 
 def test_image_score_config_default_round_trip_and_old_files():
-    assert ScorerConfig("patch").image_score == "top10"
-    for how in ("max", "top10", "mean"):
+    assert ScorerConfig("patch").image_score == "top25" == DEFAULT_IMAGE_SCORE
+    for how in ("max", "top10", "top25", "top50", "mean"):
         cfg = ScorerConfig("patch", image_score=how)
         assert ScorerConfig.from_dict(cfg.to_dict()) == cfg
     old = ScorerConfig("patch").to_dict()

@@ -4,6 +4,7 @@ leave-one-image-out training scores, the greedy coreset, map alignment, combinin
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -389,12 +390,13 @@ def test_training_scores_of_a_seeded_subset_are_the_brute_force_ones():
 
 
 def brute_image_score(patch_scores: np.ndarray, how: str) -> np.ndarray:
-    """One image at a time: sort its patch scores, then max / mean of the ceil(p / 10) largest / mean."""
+    """One image at a time: sort its patch scores, then max / mean of the ceil(p * q / 100) largest (topq) / mean."""
     out = []
     for scores in patch_scores.reshape(len(patch_scores), -1).astype(np.float64):
         ranked = sorted(scores.tolist(), reverse=True)
-        top = -(-len(ranked) // 10)
-        out.append({"max": ranked[0], "top10": sum(ranked[:top]) / top, "mean": sum(ranked) / len(ranked)}[how])
+        tops = {f"top{q}": math.ceil(len(ranked) * q / 100) for q in (10, 25, 50)}
+        rules = {"max": ranked[0], "mean": sum(ranked) / len(ranked), **{k: sum(ranked[:t]) / t for k, t in tops.items()}}
+        out.append(rules[how])
     return np.array(out)
 
 
@@ -407,11 +409,13 @@ def test_aggregate_patch_scores_matches_brute_force(how, shape):
     np.testing.assert_allclose(got, brute_image_score(scores, how), rtol=1e-6)
 
 
-def test_image_scores_are_ordered_and_top10_takes_ceil_of_a_tenth():
-    # 12 patches: top10 averages the 2 largest (ceil(1.2)); one hot patch moves max most, mean least
-    scores = np.array([[0.0] * 10 + [1.0, 9.0]], np.float32)
+def test_image_scores_are_ordered_and_top_rules_take_the_ceiling():
+    # 12 patches: top10 averages the 2 largest (ceil(1.2)), top25 the 3 largest, top50 the 6 largest; one hot patch
+    # moves max most, mean least
+    scores = np.array([[0.0] * 9 + [2.0, 1.0, 9.0]], np.float32)
     agg = {how: float(patch_scoring.aggregate_patch_scores(scores, how)[0]) for how in patch_scoring.IMAGE_SCORES}
-    assert agg == pytest.approx({"max": 9.0, "top10": 5.0, "mean": 10.0 / 12})
+    assert agg == pytest.approx({"max": 9.0, "top10": 5.5, "top25": 4.0, "top50": 2.0, "mean": 1.0})
+    assert patch_scoring.DEFAULT_IMAGE_SCORE in patch_scoring.IMAGE_SCORES
     with pytest.raises(ValueError, match="unknown image score 'median'"):
         patch_scoring.aggregate_patch_scores(scores, "median")
     with pytest.raises(ValueError, match="shape"):
@@ -422,7 +426,7 @@ def test_image_scores_are_ordered_and_top10_takes_ceil_of_a_tenth():
     assert empty.shape == (0,) and empty.dtype == np.float32
 
 
-@pytest.mark.parametrize("how", ["top10", "mean"])
+@pytest.mark.parametrize("how", ["top10", "top25", "mean"])
 def test_scorer_image_and_training_scores_follow_the_image_score_rule(how):
     rng = np.random.default_rng(11)
     train, test = random_maps(rng, 6), random_maps(rng, 3)
@@ -448,3 +452,28 @@ def test_image_score_is_saved_and_old_configs_load_as_max(tmp_path):
     assert PatchKNNScorer.from_arrays(old, scorer.to_arrays()).image_score == "max"
     with pytest.raises(ValueError, match="unknown image score"):
         PatchKNNScorer(image_score="p95").fit(train)
+
+
+def test_every_place_that_lists_the_image_score_rules_agrees():
+    """The edge bundle's numpy twin, the CLI (which does not import this module), the Training page and the session
+    defaults name the same rules and the same default as doc_core.scoring.patch."""
+    import ast
+    from pathlib import Path
+
+    from doc_core.cli import build_parser
+    from doc_core.edge import edge_scorer
+    from ui import state
+
+    assert edge_scorer.PATCH_IMAGE_SCORES == patch_scoring.IMAGE_SCORES
+    scores = np.random.default_rng(5).gamma(2.0, size=(3, 7, 5)).astype(np.float32)
+    for how in patch_scoring.IMAGE_SCORES:
+        np.testing.assert_allclose(edge_scorer.aggregate_patch_scores(scores, how),
+                                   patch_scoring.aggregate_patch_scores(scores, how), rtol=1e-6)
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                 if a.dest == "image_score")
+    assert set(train.choices) == set(patch_scoring.IMAGE_SCORES)
+    assert train.default == patch_scoring.DEFAULT_IMAGE_SCORE == state.DEFAULTS[state.TR_IMAGE_SCORE]
+    page = Path(__file__).resolve().parent.parent / "pages" / "2_training.py"
+    labels = next(ast.literal_eval(node.value) for node in ast.parse(page.read_text()).body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "IMAGE_SCORE_LABELS")
+    assert set(labels) == set(patch_scoring.IMAGE_SCORES) and next(iter(labels)) == patch_scoring.DEFAULT_IMAGE_SCORE

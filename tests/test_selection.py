@@ -92,9 +92,11 @@ def test_folder_benchmark_runs_every_method_and_its_choice_ignores_test_labels(m
     kw = dict(backbone=TINY, train=TrainConfig(epochs=1, batch_size=16), fashion_reference=False)
     res = benchmark_folder(split, masks, **kw)
     assert set(res["methods"]) == {"raw_knn", "pretrained_knn", "pretrained_patch", "pretrained_patch_coarse",
+                                   "pretrained_patch_top10", "pretrained_patch_coarse_top10",
                                    "pretrained_patch_max", "pretrained_patch_coarse_max", "doc_knn_noref",
                                    "doc_patch_noref", "auto"}
-    assert res["methods"]["pretrained_patch"]["config"]["scorer"]["image_score"] == "top10"
+    assert res["methods"]["pretrained_patch"]["config"]["scorer"]["image_score"] == "top25"
+    assert res["methods"]["pretrained_patch_top10"]["config"]["scorer"]["image_score"] == "top10"
     assert res["methods"]["pretrained_patch_max"]["config"]["scorer"]["image_score"] == "max"
     for name, m in res["methods"].items():
         assert 0.0 <= m["auc"] <= 1.0, name

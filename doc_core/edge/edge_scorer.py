@@ -32,7 +32,7 @@ Bundle layout (``bundle.json`` describes it; nothing is pickled)::
 A *patch* bundle (``"scorer": {"name": "patch", ...}``, from a patch detector) has a model that outputs patch maps
 float32 (b, h, w, c) and a bank of patch features float32 (m, c); the scorer averages each position with its
 neighbours, scores every patch by its mean distance to the k nearest bank patches, and aggregates the patch scores
-to an image score (``image_score``: max, top10 or mean) or upsamples and smooths them to a defect map
+to an image score (``image_score``: max, top10, top25, top50 or mean) or upsamples and smooths them to a defect map
 (:meth:`EdgeScorer.anomaly_maps`), all in numpy, as ``doc_core.scoring.patch.PatchKNNScorer`` does::
 
     python scorer.py --maps OUTDIR IMAGE ...    # also writes OUTDIR/<image name>.npy: float32 (H, W) defect maps
@@ -615,7 +615,7 @@ def knn_mean_distance(queries: np.ndarray, bank: np.ndarray, k: int, bank_sq: np
 # numpy twins of doc_core.scoring.patch (neighbourhood_average, resize_bilinear, aggregate_patch_scores) and of
 # scipy.ndimage.gaussian_filter(mode="nearest"), so a patch bundle needs neither doc_core nor scipy.
 
-PATCH_IMAGE_SCORES = ("max", "top10", "mean")
+PATCH_IMAGE_SCORES = ("max", "top10", "top25", "top50", "mean")
 """Image-score rules of a patch bundle (``doc_core.scoring.patch.IMAGE_SCORES``)."""
 SIGMA_AT_224 = 4.0
 """Gaussian smoothing of the defect maps, in pixels at 224 x 224 (``doc_core.scoring.patch.DEFAULT_SIGMA_AT_224``)."""
@@ -697,17 +697,19 @@ def gaussian_smooth(maps: np.ndarray, sigma: float, truncate: float = 4.0) -> np
 
 
 def aggregate_patch_scores(patch_scores: np.ndarray, how: str) -> np.ndarray:
-    """Image scores float32 (n,) from patch scores (n, ...): ``max``, ``top10`` (mean of the ceil(p/10) highest of p
-    patches) or ``mean`` (as ``doc_core.scoring.patch.aggregate_patch_scores``)."""
+    """Image scores float32 (n,) from patch scores (n, ...): ``max``, ``top10`` / ``top25`` / ``top50`` (mean of the
+    ceil(p/10) / ceil(p/4) / ceil(p/2) highest of p patches) or ``mean`` (as
+    ``doc_core.scoring.patch.aggregate_patch_scores``)."""
     arr = np.asarray(patch_scores, np.float32)
     flat = arr.reshape(len(arr), int(np.prod(arr.shape[1:])))  # also for no images
     if how == "max":
         return flat.max(axis=1)
     if how == "mean":
         return flat.mean(axis=1, dtype=np.float64).astype(np.float32)
-    if how != "top10":
+    divisor = {"top10": 10, "top25": 4, "top50": 2}.get(how)
+    if divisor is None:
         raise ValueError(f"unknown image score {how!r}; expected one of {', '.join(PATCH_IMAGE_SCORES)}")
-    top = -(-flat.shape[1] // 10)
+    top = -(-flat.shape[1] // divisor)
     return np.partition(flat, flat.shape[1] - top, axis=1)[:, -top:].mean(axis=1, dtype=np.float64).astype(np.float32)
 
 

@@ -465,8 +465,8 @@ def _patch_bundle_doc(detector: DOCDetector, tmp: Path, shape: tuple[int, int, i
                    "image_score": str(sc.image_score), "map_shape": grid, "channels": int(bank.shape[1]),
                    "smoothing_sigma_at_224": DEFAULT_SIGMA_AT_224,
                    "score": "patch: mean distance of its neighbourhood-averaged feature to the k nearest bank "
-                            "patches; image: the patch scores aggregated by image_score (max, top10 = mean of the "
-                            "ceil(p/10) largest, mean); higher = more anomalous"},
+                            "patches; image: the patch scores aggregated by image_score (max, topN = mean of the "
+                            "ceil(p*N/100) largest for N = 10, 25, 50, mean); higher = more anomalous"},
         "threshold": float(detector.threshold_), "threshold_source": "the detector's threshold",
         "threshold_train_quantile": float(np.mean(detector.train_scores_ <= detector.threshold_)),
         "detector_threshold": float(detector.threshold_),

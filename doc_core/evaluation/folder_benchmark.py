@@ -197,9 +197,12 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     coarse = DEFAULT_PATCH_LAYERS[backbone.name][-1:]
     det, fit_s = fit(DOCDetector(backbone, pre, ScorerConfig("knn")), split)
     evaluate("pretrained_knn", det, fit_s, gradcam=True)
-    for name, layers, how in (("pretrained_patch", None, "top10"), ("pretrained_patch_coarse", coarse, "top10"),
+    dflt = ScorerConfig("patch").image_score
+    for name, layers, how in (("pretrained_patch", None, dflt), ("pretrained_patch_coarse", coarse, dflt),
+                              ("pretrained_patch_top10", None, "top10"), ("pretrained_patch_coarse_top10", coarse, "top10"),
                               ("pretrained_patch_max", None, "max"), ("pretrained_patch_coarse_max", coarse, "max")):
-        t0 = time.perf_counter()  # *_max: PatchCore's image score (the most anomalous patch), for comparison
+        # *_top10: the default before; *_max: PatchCore's image score (the most anomalous patch), for comparison
+        t0 = time.perf_counter()
         pdet = det.with_scorer(ScorerConfig("patch", patch_layers=layers, image_score=how), normal=split.train_normal)
         evaluate(name, pdet, fit_s + time.perf_counter() - t0)
     refs = [("none", "doc_knn_noref")]

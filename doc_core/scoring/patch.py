@@ -10,8 +10,8 @@ Roth et al. 2022, *Towards Total Recall in Industrial Anomaly Detection* (PatchC
    (approximate greedy k-center on a random projection), so memory is ``m * c * 4`` bytes for ``m`` patches of
    ``c`` channels (``bank_bytes_``).
 3. **Scores.** A patch scores its distance to the nearest bank patch(es); an image scores its most anomalous patch
-   (``image_score="max"``, PatchCore), the mean of its top 10 % of patches (``"top10"``) or the mean of all of them
-   (``"mean"``), see :func:`aggregate_patch_scores`; the patch scores upsampled to the image and smoothed are the
+   (``image_score="max"``, PatchCore), the mean of its top 10, 25 (the default) or 50 % of patches (``"top10"``,
+   ``"top25"``, ``"top50"``) or the mean of all of them (``"mean"``), see :func:`aggregate_patch_scores`; the patch scores upsampled to the image and smoothed are the
    anomaly map.
 
 Every score is a Euclidean distance in feature space: higher = more anomalous. Only numpy and scipy are needed;
@@ -28,10 +28,17 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from .knn import _BLOCK_FLOATS, check_backend, knn_distances
 
 CORESETS = ("greedy", "random")
-IMAGE_SCORES = ("max", "top10", "mean")
+IMAGE_SCORES = ("max", "top10", "top25", "top50", "mean")
 """How an image's patch scores become its score (:func:`aggregate_patch_scores`)."""
+TOP_FRACTIONS = {"top10": 10, "top25": 4, "top50": 2}
+DEFAULT_IMAGE_SCORE = "top25"
+"""The default rule (:class:`doc_core.model.detector.ScorerConfig`, ``train --image-score``, the Training page):
+the broadest rule that ``auto``'s label-free synthetic-defect signal does not penalise by more than 0.01 on the
+magnetic tiles and on Fashion-MNIST sneakers (``bench/tile_image_score.py``, README "Patch image score")."""
+"""``topN`` rules: the mean of the ``ceil(p / d)`` highest of an image's ``p`` patch scores, ``d`` given here."""
 IMAGE_SCORE_WORDS = {"max": "the most anomalous patch", "top10": "the mean of the 10 % most anomalous patches",
-                     "mean": "the mean of all patches"}
+                     "top25": "the mean of the 25 % most anomalous patches",
+                     "top50": "the mean of the 50 % most anomalous patches", "mean": "the mean of all patches"}
 """Each image-score rule in words, for labels and help texts (what an image's score is taken from)."""
 PATCH_BACKENDS = ("exact", "faiss")
 # patches kept by default: 10,000 x 576 float32 = 23 MB for MobileNetV2's default layers, about 9 % of the 110,000
@@ -62,10 +69,11 @@ def aggregate_patch_scores(patch_scores: np.ndarray, how: str = "max") -> np.nda
     ----------
     patch_scores : np.ndarray, float, shape (n, ...)
         Patch scores of ``n`` images (any number of patches per image, e.g. (n, h, w)); higher = more anomalous.
-    how : {"max", "top10", "mean"}
+    how : {"max", "top10", "top25", "top50", "mean"}
         ``max``: the most anomalous patch (PatchCore: sensitive to a defect of one patch, and to one odd normal
-        patch); ``top10``: the mean of the ``ceil(p / 10)`` highest of the ``p`` patches; ``mean``: the mean of all
-        patches (a defect must cover a good share of the image to count).
+        patch); ``top10`` / ``top25`` / ``top50``: the mean of the ``ceil(p / 10)`` / ``ceil(p / 4)`` /
+        ``ceil(p / 2)`` highest of the ``p`` patches (:data:`TOP_FRACTIONS`); ``mean``: the mean of all patches (a
+        defect must cover a good share of the image to count).
 
     Returns
     -------
@@ -85,7 +93,7 @@ def aggregate_patch_scores(patch_scores: np.ndarray, how: str = "max") -> np.nda
         return flat.max(axis=1)
     if how == "mean":
         return flat.mean(axis=1, dtype=np.float64).astype(np.float32)
-    top = -(-flat.shape[1] // 10)
+    top = -(-flat.shape[1] // TOP_FRACTIONS[how])
     return np.partition(flat, flat.shape[1] - top, axis=1)[:, -top:].mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
@@ -318,7 +326,7 @@ class PatchKNNScorer:
     ----------
     k : int
         Nearest bank patches averaged into a patch's score (PatchCore: 1).
-    image_score : {"max", "top10", "mean"}
+    image_score : {"max", "top10", "top25", "top50", "mean"}
         How an image's patch scores become its score (:func:`aggregate_patch_scores`); the training scores use the
         same rule.
     max_bank_size : int or None
