@@ -9,7 +9,8 @@ import pytest
 
 from doc_core import BackboneConfig, ScorerConfig, TrainConfig
 from doc_core.data import OneClassSplit
-from doc_core.evaluation.folder_benchmark import benchmark_folder, format_folder_table, pixel_auroc
+from doc_core.evaluation.folder_benchmark import (benchmark_folder, format_folder_table, pixel_auroc,
+                                                  pixel_auroc_breakdown)
 from doc_core.workflow.selection import (DEFECT_KINDS, MIN_HOLDOUT, Candidate, auto_candidates, holdout_split,
                                 select_configuration, synthetic_defects)
 
@@ -102,6 +103,10 @@ def test_folder_benchmark_runs_every_method_and_its_choice_ignores_test_labels(m
         assert 0.0 <= m["auc"] <= 1.0, name
     assert res["methods"]["pretrained_patch"]["pixel_auc"] is not None
     assert res["methods"]["pretrained_knn"]["pixel_auc"] is not None  # Grad-CAM maps
+    breakdown = res["methods"]["pretrained_patch"]["pixel_breakdown"]
+    assert breakdown["by_class"]["anomaly"] == pytest.approx(res["methods"]["pretrained_patch"]["pixel_auc"])
+    assert res["methods"]["raw_knn"].get("pixel_breakdown") is None
+    assert "within the anomalous images only" in format_folder_table(res)
     assert res["auto"]["chosen"] in res["auto"]["test_auc_of_candidates"]
     assert res["auto"]["picked_test_best"] == (res["auto"]["miss"] == 0.0)
     assert "auto picked" in format_folder_table(res)
@@ -120,6 +125,31 @@ def test_pixel_auroc_is_the_auroc_over_all_pixels():
     maps[1, :2, :2] = 1.0
     assert pixel_auroc(masks, maps) == 1.0
     assert pixel_auroc(masks, -maps) == 0.0
+
+
+def _brute_pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
+    """P(random defect pixel scores above a random normal pixel), ties counting half."""
+    pos, neg = maps[masks], maps[~masks]
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+
+
+def test_pixel_auroc_breakdown_by_class_and_within_anomalous_images():
+    rng = np.random.default_rng(3)
+    labels = np.array([0, 0, 1, 1, 1])
+    classes = ("Free", "Free", "crack", "spot", "crack")
+    masks = np.zeros((5, 6, 6), bool)
+    masks[2, 1:3, 1:4] = masks[3, 4, 4] = masks[4, 0, :] = True
+    maps = rng.random((5, 6, 6)).astype(np.float32) + masks * 0.6
+    maps[3] += 0.8  # a hot image: its normal pixels beat other images' defect pixels in the pooled AUROC
+    got = pixel_auroc_breakdown(masks, maps, labels, classes)
+    crack, spot = np.array([0, 1, 2, 4]), np.array([0, 1, 3])
+    assert got["by_class"]["crack"] == pytest.approx(_brute_pixel_auroc(masks[crack], maps[crack]))
+    assert got["by_class"]["spot"] == pytest.approx(_brute_pixel_auroc(masks[spot], maps[spot]))
+    assert got["anomalous_only"] == pytest.approx(_brute_pixel_auroc(masks[2:], maps[2:]))
+    assert pixel_auroc(masks, maps) == pytest.approx(_brute_pixel_auroc(masks, maps))
+    # a class with no defect pixel has no AUROC rather than a made-up one
+    masks[3] = False
+    assert pixel_auroc_breakdown(masks, maps, labels, classes)["by_class"]["spot"] is None
 
 
 def test_selection_never_sees_the_calibration_slice(make_normal, monkeypatch):

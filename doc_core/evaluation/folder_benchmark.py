@@ -122,6 +122,41 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float:
     return roc_auc(masks.ravel().astype(np.int64), maps.ravel())
 
 
+def pixel_auroc_breakdown(masks: np.ndarray, maps: np.ndarray, labels: np.ndarray,
+                          classes: tuple[str, ...] | list[str]) -> dict:
+    """Where the pooled :func:`pixel_auroc` comes from.
+
+    Parameters
+    ----------
+    masks : np.ndarray, bool, shape (m, h, w)
+    maps : np.ndarray, float, shape (m, h, w); higher = more anomalous
+    labels : np.ndarray, int, shape (m,)
+        0 normal, 1 anomalous.
+    classes : sequence of str, length m
+        Each test image's class (its defect type; any name for normal images).
+
+    Returns
+    -------
+    dict
+        ``by_class``: class -> pixel AUROC over the normal images and the anomalous images of that class (None for a
+        class without defect pixels); ``anomalous_only``: pixel AUROC over the anomalous images alone (how well a
+        map finds the defect *within* a defective image; None without both kinds of pixel there).
+    """
+    labels = np.asarray(labels)
+    classes = np.asarray(classes)
+    normal = labels == 0
+
+    def auc(sel: np.ndarray) -> float | None:
+        m = masks[sel]
+        if not m.any() or m.all():
+            return None
+        return float(roc_auc(m.ravel().astype(np.int64), maps[sel].ravel()))
+
+    names = sorted(set(classes[labels == 1].tolist()))
+    return {"by_class": {c: auc(normal | ((labels == 1) & (classes == c))) for c in names},
+            "anomalous_only": auc(labels == 1)}
+
+
 def _gradcam_maps(det: DOCDetector, images: np.ndarray) -> np.ndarray:
     from ..explain.gradcam import GradCAM
 
@@ -159,8 +194,8 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     methods: dict[str, dict] = {}
 
     def record(name: str, res: MethodResult, det: DOCDetector | None = None, pixel: float | None = None,
-               config: dict | None = None) -> None:
-        methods[name] = {"auc": res.auc, "pixel_auc": pixel, "fit_s": res.fit_s,
+               config: dict | None = None, pixel_breakdown: dict | None = None) -> None:
+        methods[name] = {"auc": res.auc, "pixel_auc": pixel, "pixel_breakdown": pixel_breakdown, "fit_s": res.fit_s,
                          "score_ms_per_image": res.score_ms_per_image,
                          "bank_bytes": _bank_bytes(det) if det is not None else None, "config": config,
                          **(res.threshold or {})}
@@ -175,14 +210,14 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
         t0 = time.perf_counter()
         scores = det.decision_function(test)
         ms = (time.perf_counter() - t0) * 1000 / len(test)
-        pixel = None
-        if masks is not None and det.is_patch:
-            pixel = pixel_auroc(masks, det.anomaly_maps(test))
-        elif masks is not None and gradcam:
-            pixel = pixel_auroc(masks, _gradcam_maps(det, test))
+        pixel = breakdown = None
+        if masks is not None and (det.is_patch or gradcam):
+            maps = det.anomaly_maps(test) if det.is_patch else _gradcam_maps(det, test)
+            pixel = pixel_auroc(masks, maps)
+            breakdown = pixel_auroc_breakdown(masks, maps, y, split.test_classes)
         res = MethodResult.of(y, scores, fit_s, ms)
         res.threshold = threshold_check(det, y, scores)
-        record(name, res, det, pixel, det.config_dict())
+        record(name, res, det, pixel, det.config_dict(), breakdown)
         return det
 
     def fit(det: DOCDetector, s: OneClassSplit) -> tuple[DOCDetector, float]:
@@ -254,6 +289,15 @@ def format_folder_table(result: dict) -> str:
         mb = "-" if m["bank_bytes"] is None else f"{m['bank_bytes'] / 2**20:.1f}"
         lines.append(f"{name:<28} {m['auc']:>11.4f} {px:>11} {m['fit_s']:>7.1f} {m['score_ms_per_image']:>7.2f} "
                      f"{mb:>8}" + format_fpr(m))
+    rows = {name: m["pixel_breakdown"] for name, m in result["methods"].items() if m.get("pixel_breakdown")}
+    classes = sorted({c for b in rows.values() for c in b["by_class"]})
+    if rows:
+        lines.append("pixel AUROC by anomaly class (normal images + that class) and within the anomalous images only:")
+        lines.append(f"{'method':<28}" + "".join(f"{c[:10]:>11}" for c in classes) + f"{'within':>11}")
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        for name, b in rows.items():
+            lines.append(f"{name:<28}" + "".join(f"{fmt(b['by_class'].get(c)):>11}" for c in classes)
+                         + f"{fmt(b['anomalous_only']):>11}")
     a = result["auto"]
     verdict = "yes" if a["picked_test_best"] else f"no (best on test: {a['test_best']}, missed by {a['miss']:.4f})"
     lines.append(f"auto picked {a['chosen']!r}; the test set's best candidate? {verdict}")
