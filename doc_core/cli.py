@@ -235,6 +235,9 @@ def cmd_train(args) -> int:
     from .model.detector import DETECTOR_FOLDER, DOCDetector, estimate_save_bytes
     from .workflow.output_folders import check_target, check_writable
 
+    if args.anomalies != "any" and (args.preset or ("auto" if args.folder else "manual")) != "auto":
+        raise ValueError("--anomalies chooses the auto preset's candidates; use it with --preset auto (the default "
+                         "with --folder)")
     # --out is checked before any data is read or any step trained: foreign content, a parent that takes no file
     replaced = check_target(args.out, DETECTOR_FOLDER, args.force) if args.out else None
     for where in (args.out, args.runs):
@@ -252,10 +255,11 @@ def cmd_train(args) -> int:
 
         print(f"preset auto: choosing a configuration on the {len(split.train_normal)} normal training images "
               "(synthetic defects in held-out ones; no test labels)", file=sys.stderr)
-        selection = select_configuration(split.train_normal, auto_candidates(bb, tc), split.reference,
-                                         split.reference_labels, split.reference_names, seed=tc.seed,
-                                         on_progress=lambda m: print(m, file=sys.stderr, flush=True),
+        selection = select_configuration(split.train_normal, auto_candidates(bb, tc, anomalies=args.anomalies),
+                                         split.reference, split.reference_labels, split.reference_names,
+                                         seed=tc.seed, on_progress=lambda m: print(m, file=sys.stderr, flush=True),
                                          calibration_fraction=args.calibration)  # never sees the slice
+        selection.anomalies = args.anomalies
         print(selection.table(), file=sys.stderr)
         bb, tc, sc = selection.chosen.backbone, selection.chosen.train, selection.chosen.scorer
     det = DOCDetector(bb, tc, sc, calibration_fraction=args.calibration)
@@ -584,7 +588,7 @@ def _benchmark_folder(args) -> int:
     for seed in args.seeds:
         log(f"seed {seed}")
         runs.append(benchmark_folder(split, masks, bb, tc, fashion_reference=not args.no_fashion_reference,
-                                     seed=seed, log=log))
+                                     seed=seed, log=log, anomalies=args.anomalies))
         print(format_folder_table(runs[-1]))
     res = runs[0] if len(runs) == 1 else {"seeds": list(args.seeds), "runs": runs}
     res["protocol"] = args.protocol
@@ -641,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "defects pasted into held-out normal training images (no labels; the evidence table is "
                         "printed and saved); manual: exactly the options given. Default: auto with --folder, manual "
                         "for Fashion-MNIST (whose defaults were measured)")
+    p.add_argument("--anomalies", choices=("any", "defects", "objects"), default="any",
+                   help="auto: what your anomalies are like, if you know (no labels needed): any (default: every "
+                        "candidate), defects (local scratches, spots, cracks: patch scoring only) or objects "
+                        "(different objects or whole-image changes: global scoring only). The synthetic defects "
+                        "auto compares on are local, so it favours patch scoring even where the anomalies are "
+                        "different objects; say objects then")
     p.add_argument("--calibration", type=_calibration_fraction, default=0.1, metavar="FRACTION",
                    help="share of the normal training images held out (seeded) to set the threshold on images the "
                         "detector never saw: at least 30 images, used for neither training nor the memory bank; 0 "
@@ -771,6 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--split-seed", type=int, default=0, help="magnetic-tile: seed of the 80/20 split (default 0)")
     f.add_argument("--no-fashion-reference", action="store_true",
                    help="skip the DOC run with the built-in Fashion-MNIST reference set")
+    f.add_argument("--anomalies", choices=("any", "defects", "objects"), default="any",
+                   help="auto's candidates, as for train --anomalies (default any)")
     _add_model_args(p)
     p.set_defaults(func=cmd_benchmark)
 

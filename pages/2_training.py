@@ -13,7 +13,8 @@ from doc_core.model.training import TrainConfig
 from doc_core.workflow import runs
 from doc_core.workflow.jobs import FAILED, TrainingJob, steps_per_epoch
 from doc_core.workflow.run_names import default_run_name
-from doc_core.workflow.selection import DEFECT_KINDS, MIN_FIT, MIN_HOLDOUT, auto_candidates, holdout_split
+from doc_core.workflow.selection import (ANOMALY_KIND_WORDS, DEFECT_KINDS, MIN_FIT, MIN_HOLDOUT, auto_candidates,
+                                         holdout_split)
 from ui import access, cached, charts, feedback, live_chart, nav, page, state, status, theme
 
 PERSIST = dict(persist_state="session")
@@ -31,6 +32,8 @@ TRAINABLE = {"default": "Last blocks (default)", "all": "All layers",
 SCORER_LABELS = {"knn": "k-NN distance (whole image)", "patch": "patch (defect maps)", "lof": "Local Outlier Factor"}
 IMAGE_SCORE_LABELS = {"top25": "top 25 % of patches", "max": "most anomalous patch", "top10": "top 10 % of patches",
                       "top50": "top 50 % of patches", "mean": "mean of all patches"}
+ANOMALY_LABELS = {"any": "Not sure: compare every candidate", "defects": "Local defects (scratches, spots, cracks)",
+                  "objects": "Different objects or whole-image changes"}
 EVIDENCE_NOTE = ("Validation AUROC: held-out normal training images against copies of them with synthetic defects "
                  "pasted in (cut-and-paste patches, scars, spots); no test image or label is used. Real defects can "
                  "look different, and choosing without labels is known to be unreliable: this is evidence, not a "
@@ -54,6 +57,11 @@ def scorer() -> ScorerConfig:
     """The scorer of a manual run (an auto run chooses its own)."""
     ss = st.session_state
     return ScorerConfig(ss[state.TR_SCORER], image_score=ss[state.TR_IMAGE_SCORE])
+
+
+def anomalies() -> str:
+    """What the user said the anomalies are like (auto's candidates); "any" for a manual run."""
+    return st.session_state[state.TR_ANOMALIES] if preset() == "auto" else "any"
 
 
 def preset() -> str:
@@ -92,6 +100,14 @@ def settings_form(disabled: bool) -> None:
                       "object covering much of the image counts fully), its single most anomalous patch (PatchCore; "
                       "finds a defect of one patch, also flags one odd normal patch), the mean of its 10 % or 50 % "
                       "most anomalous patches, or the mean of all patches. The defect map is the same for all.")
+    a1, _ = st.columns([2, 2])
+    a1.selectbox("Your anomalies (auto)", list(ANOMALY_LABELS), format_func=ANOMALY_LABELS.get,
+                 key=state.TR_ANOMALIES, **PERSIST, disabled=disabled or ss[state.TR_PRESET] != state.PRESET_AUTO,
+                 help="What the anomalies you want to find are like, if you know (no labels needed). Auto compares "
+                      "its candidates on small synthetic defects, so it favours patch scoring; that is right for "
+                      "scratches and spots but wrong when an anomaly is a different object (a boot among sneakers), "
+                      "where whole-image k-NN is better. Local defects: only patch scoring is compared; different "
+                      "objects: only whole-image k-NN (pretrained or DOC-trained).")
     c1, c2, c3, c4 = st.columns(4)
     c1.selectbox("Backbone", BACKBONES, format_func=BACKBONE_LABELS.get, key=state.TR_BACKBONE, **PERSIST,
                  disabled=disabled, help="The pretrained network whose features DOC fine-tunes.")
@@ -160,7 +176,7 @@ def plan_caption(split, backbone: BackboneConfig, train: TrainConfig) -> None:
         st.warning(f"The auto preset needs at least {MIN_FIT + MIN_HOLDOUT} normal training images; this dataset "
                    f"has {n}. Choose manual.")
     elif preset() == "auto":
-        names = [c.name for c in auto_candidates(backbone, train)]
+        names = [c.name for c in auto_candidates(backbone, train, anomalies=anomalies())]
         n_fit, n_held = (len(part) for part in holdout_split(n))
         st.caption(f"Auto: first {len(names)} candidates ({'; '.join(names)}) are fitted on {n_fit:,} of the "
                    f"{n:,} normal training images and compared on synthetic defects pasted into copies of the other "
@@ -188,7 +204,7 @@ def start_training() -> None:
     backbone, train = settings()
     try:
         split, _ = cached.split(spec)
-        job = TrainingJob(split, backbone, train, scorer(), preset=preset(), name=run_name(),
+        job = TrainingJob(split, backbone, train, scorer(), preset=preset(), anomalies=anomalies(), name=run_name(),
                           dataset={**spec.to_dict(), "description": spec.describe()}, runs_dir=cached.runs_dir(),
                           calibration_fraction=calibration_fraction())
     except (DataError, ValueError) as exc:
@@ -245,8 +261,10 @@ def live_view() -> None:
 
 def evidence(selection: dict) -> None:
     """The auto preset's evidence: one row per candidate, the chosen one marked."""
+    kind = selection.get("anomalies", "any")
     st.markdown(f"**How the configuration was chosen** · {selection['n_fit']:,} normal training images fitted, "
-                f"{selection['n_holdout']:,} held out and given synthetic defects")
+                f"{selection['n_holdout']:,} held out and given synthetic defects"
+                + ("" if kind == "any" else f" · anomalies: {ANOMALY_KIND_WORDS[kind]}"))
     rows = []
     for r in selection["rows"]:
         by_kind = r.get("val_auroc_by_kind") or {}

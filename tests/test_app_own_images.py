@@ -131,6 +131,22 @@ def test_auto_preset_trains_and_shows_its_evidence(env, no_reference_folder):
     assert any("Candidate" in d.value.columns for d in again.dataframe) and "not a promise" in texts(again)
 
 
+def test_auto_told_the_anomalies_are_objects_compares_global_scoring_only(env, no_reference_folder):
+    at = open_folder(no_reference_folder)
+    tiny(at, state.PRESET_MANUAL)
+    assert at.selectbox(key=state.TR_ANOMALIES).disabled  # it chooses auto's candidates only
+    tiny(at, state.PRESET_AUTO, name="auto, objects")
+    kind = at.selectbox(key=state.TR_ANOMALIES)
+    assert kind.value == "any" and not kind.disabled
+    kind.select("objects").run()
+    assert "2 candidates (pretrained, global k-NN; DOC, global k-NN)" in texts(at)
+    snap = train(at)
+    run = runs.get_run(snap.run.run_id, env)
+    assert run.selection["anomalies"] == "objects" and run.scorer.name == "knn"
+    assert [r["name"] for r in run.selection["rows"]] == ["pretrained, global k-NN", "DOC, global k-NN"]
+    assert "anomalies: different objects or whole-image changes" in texts(at)
+
+
 def test_patch_run_offers_defect_maps_wherever_gradcam_is(env, no_reference_folder):
     at = open_folder(no_reference_folder)
     tiny(at, state.PRESET_MANUAL, scorer="patch", name="patch on parts")

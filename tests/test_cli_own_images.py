@@ -47,6 +47,20 @@ def test_train_on_a_folder_without_reference_uses_auto_and_shows_its_evidence(ow
     assert saved["metadata"]["evaluation"]["selection"]["chosen"] == result["selection"]["chosen"]
 
 
+def test_train_told_the_anomalies_are_objects_compares_global_scoring_only(own_folder, tmp_path, capsys):
+    assert main(["train", "--folder", str(own_folder), "--image-size", "32", *TINY, "--anomalies", "objects",
+                 "--out", str(tmp_path / "det")]) == 0
+    cap = capsys.readouterr()
+    result = json.loads(cap.out)
+    assert [r["name"] for r in result["selection"]["rows"]] == ["pretrained, global k-NN", "DOC, global k-NN"]
+    assert result["selection"]["anomalies"] == "objects" and "global scoring only" in cap.err
+    assert result["scorer"]["name"] == "knn"
+    # the option only chooses auto's candidates: with manual settings it is an error, before any data is read
+    assert main(["train", "--folder", str(own_folder / "missing"), "--preset", "manual", "--anomalies",
+                 "defects", "--out", str(tmp_path / "det2")]) == 2
+    assert "--anomalies chooses the auto preset's candidates" in capsys.readouterr().err
+
+
 def test_patch_detector_and_its_defect_maps(own_folder, tmp_path, capsys):
     out = tmp_path / "det"
     assert main(["train", "--folder", str(own_folder), "--image-size", "32", *TINY, "--preset", "manual",

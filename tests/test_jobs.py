@@ -202,6 +202,8 @@ def test_patch_scorer_job_scores_images_and_keeps_pooled_features(split, tmp_pat
 def test_unknown_preset_is_refused(split):
     with pytest.raises(ValueError, match="preset"):
         TrainingJob(split, TINY, TrainConfig(epochs=1), preset="best")
+    with pytest.raises(ValueError, match="unknown anomaly kind"):
+        TrainingJob(split, TINY, TrainConfig(epochs=1), preset="auto", anomalies="dents")
 
 
 def test_auto_preset_selects_on_training_normals_only_and_saves_the_evidence(split, tmp_path, monkeypatch):

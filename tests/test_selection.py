@@ -65,6 +65,20 @@ def test_selection_prefers_what_finds_the_synthetic_defects(make_normal):
     assert set(rows["patch"]["val_auroc_by_kind"]) == set(DEFECT_KINDS)
     assert sel.n_holdout == 12 and sel.n_fit == 48
     assert "<- chosen" in sel.table() and sel.to_dict()["chosen"] == "patch"
+    assert sel.to_dict()["anomalies"] == "any" and "anomalies:" not in sel.table()
+    sel.anomalies = "objects"  # set by the caller that chose the candidates
+    assert sel.to_dict()["anomalies"] == "objects" and "global scoring only" in sel.table()
+
+
+def test_auto_candidates_follow_what_the_user_says_the_anomalies_are_like():
+    every = auto_candidates(TINY, TrainConfig(epochs=3))
+    assert auto_candidates(TINY, TrainConfig(epochs=3), anomalies="any") == every
+    objects = auto_candidates(TINY, TrainConfig(epochs=3), anomalies="objects")
+    defects = auto_candidates(TINY, TrainConfig(epochs=3), anomalies="defects")
+    assert [c.name for c in objects] == ["pretrained, global k-NN", "DOC, global k-NN"]
+    assert [c.name for c in defects] == [c.name for c in every if c.scorer.name == "patch"] and len(defects) == 3
+    with pytest.raises(ValueError, match="unknown anomaly kind 'scratches'"):
+        auto_candidates(TINY, TrainConfig(), anomalies="scratches")
 
 
 def test_auto_candidates_cover_pretrained_and_doc_global_and_patch():

@@ -74,6 +74,7 @@ TR_NAME = "tr_name"
 TR_PRESET = "tr_preset"  # PRESET_AUTO or PRESET_MANUAL
 TR_PRESET_FOR = "tr_preset_for"  # dataset kind the preset was defaulted for: a new kind gets its own default
 TR_SCORER = "tr_scorer"  # the scorer of a manual run: "knn", "lof" or "patch"
+TR_ANOMALIES = "tr_anomalies"  # auto's candidates: one of doc_core.workflow.selection.ANOMALY_KINDS
 TR_IMAGE_SCORE = "tr_image_score"  # a manual patch run's image-score rule: one of doc_core.scoring.patch.IMAGE_SCORES
 TR_PICK_RUN = "tr_pick_run"  # the Saved runs picker (Make active, Delete)
 TR_PICK_FOR = "tr_pick_for"  # the active run the picker was last set to: a new active run moves the picker to it
@@ -204,6 +205,7 @@ DEFAULTS: dict[str, Any] = {
     TR_PRESET: PRESET_MANUAL,
     TR_PRESET_FOR: None,
     TR_SCORER: "knn",
+    TR_ANOMALIES: "any",
     TR_IMAGE_SCORE: "top25",  # doc_core.model.detector.ScorerConfig's default (a test checks they agree)
     ROC_SCORER: SCORER_RUN,
     ROC_K: 5,

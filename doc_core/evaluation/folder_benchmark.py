@@ -170,8 +170,10 @@ def _bank_bytes(det: DOCDetector) -> int:
 def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
                      backbone: BackboneConfig = BackboneConfig(), train: TrainConfig = TrainConfig(),
                      fashion_reference: bool = True, seed: int = 0,
-                     log: Callable[[str], None] | None = None) -> dict:
+                     log: Callable[[str], None] | None = None, anomalies: str = "any") -> dict:
     """Every method side by side on one labelled folder split; see the module docstring.
+
+    ``anomalies`` restricts ``auto``'s candidates (:func:`doc_core.workflow.selection.auto_candidates`).
 
     Returns a JSON-serialisable dict: ``methods`` (name -> auc, pixel_auc, fit_s, score_ms_per_image, bank_bytes,
     config), ``auto`` (the selection table, its pick, the test-best candidate and the miss), ``machine`` and the data.
@@ -255,10 +257,11 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     # auto: chosen on the normal training images only, then refitted on all of them
     auto_split = with_reference(split, "auto")
     t0 = time.perf_counter()
-    cands = auto_candidates(backbone, train)
+    cands = auto_candidates(backbone, train, anomalies=anomalies)
     sel = select_configuration(auto_split.train_normal, cands, auto_split.reference, auto_split.reference_labels,
                                auto_split.reference_names, seed=seed, on_progress=log,
                                calibration_fraction=DEFAULT_CALIBRATION_FRACTION)  # never sees the threshold's slice
+    sel.anomalies = anomalies
     chosen = sel.chosen
     det, _ = fit(DOCDetector(chosen.backbone, chosen.train, chosen.scorer), auto_split)
     evaluate("auto", det, time.perf_counter() - t0)

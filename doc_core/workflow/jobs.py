@@ -239,6 +239,9 @@ class TrainingJob:
         ``auto`` first runs :func:`doc_core.workflow.selection.select_configuration` on the split's normal training
         images (never the test set) over :func:`doc_core.workflow.selection.auto_candidates` built from ``backbone`` and
         ``train`` (``scorer`` is ignored), then trains the chosen configuration on all normal training images.
+    anomalies : {"any", "defects", "objects"}
+        ``auto`` only: what the anomalies are like, if known (:data:`doc_core.workflow.selection.ANOMALY_KINDS`);
+        restricts the candidates to patch or to global scoring.
     calibration_fraction : float
         Share of the normal training images held out to set the threshold (:mod:`doc_core.model.calibration`; 0 =
         none). ``auto`` selection never sees that slice.
@@ -261,11 +264,14 @@ class TrainingJob:
                  train: TrainConfig = TrainConfig(), scorer: ScorerConfig = ScorerConfig(), *,
                  preset: str = "manual", dataset: dict | None = None, name: str | None = None, runs_dir=None,
                  save: bool = True, maps: bool = True, job_id: str | None = None,
-                 calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION) -> None:
+                 calibration_fraction: float = DEFAULT_CALIBRATION_FRACTION, anomalies: str = "any") -> None:
+        from .selection import check_anomaly_kind
+
         train.validate()
         calibration_size(0, calibration_fraction)  # ValueError for an impossible fraction, before anything starts
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        self.anomalies = check_anomaly_kind(anomalies)
         self.job_id = job_id or secrets.token_hex(6)
         self.split = split
         self._n_normal, self._n_test = len(split.train_normal), len(split.test_images)
@@ -468,7 +474,7 @@ class TrainingJob:
         """The ``auto`` preset: choose the configuration on the normal training images, and adopt it."""
         from .selection import auto_candidates, select_configuration
 
-        candidates = auto_candidates(self.backbone, self.train)
+        candidates = auto_candidates(self.backbone, self.train, anomalies=self.anomalies)
         seen = 0
 
         def on_progress(message: str) -> None:
@@ -486,6 +492,7 @@ class TrainingJob:
         except RuntimeError as exc:  # every candidate failed
             raise ValueError(f"automatic selection failed: {exc}") from exc
         self._check_cancel()
+        selection.anomalies = self.anomalies
         chosen = selection.chosen
         self.backbone, self.train, self.scorer = chosen.backbone, chosen.train, chosen.scorer
         doc = selection.to_dict()

@@ -42,6 +42,7 @@ from ..model.detector import DetectorFormatError, DOCDetector, ScorerConfig
 from ..model.training import StepRecord, TrainConfig
 from .artifacts import ArraySpec, ArtifactError, Fields, read_json, read_npz
 from .output_folders import remove_stale, write_file_atomic
+from .selection import ANOMALY_KINDS
 
 RUNS_DIR_ENV = "DOC_RUNS_DIR"
 RUN_FORMAT = "doc-explorer-run"
@@ -323,7 +324,8 @@ def _selection_fields(f: Fields) -> dict | None:
     return {"rows": rows, "chosen": sel.str("chosen", max_chars=200),
             "n_fit": sel.int("n_fit", 0, MAX_COUNT), "n_holdout": sel.int("n_holdout", 0, MAX_COUNT),
             "n_calibration": sel.int("n_calibration", 0, MAX_COUNT, default=0),
-            "seed": sel.int("seed", -2**63, 2**63 - 1, default=0), "rule": sel.str("rule", default="", max_chars=2000)}
+            "seed": sel.int("seed", -2**63, 2**63 - 1, default=0), "rule": sel.str("rule", default="", max_chars=2000),
+            "anomalies": sel.str("anomalies", default="any", choices=ANOMALY_KINDS)}
 
 
 # ------------------------------------------------------------------------------------------------------- writing

@@ -33,6 +33,12 @@ MAX_HOLDOUT = 200
 MIN_FIT = 2
 # candidates whose validation AUROCs differ by less than this are treated as tied; the earlier (simpler) one wins
 TIE_MARGIN = 0.005
+ANOMALY_KINDS = ("any", "defects", "objects")
+"""What the user says their anomalies are like, for ``auto`` (:func:`auto_candidates`): not known, local defects,
+or different objects / whole-image changes."""
+ANOMALY_KIND_WORDS = {"any": "not known: every candidate",
+                      "defects": "local defects (scratches, spots, cracks): patch scoring only",
+                      "objects": "different objects or whole-image changes: global scoring only"}
 
 
 # ------------------------------------------------------------------------------------------------ synthetic defects
@@ -184,6 +190,9 @@ class Selection:
     seed : int
     rule : str
         The selection rule in words.
+    anomalies : str
+        What the user said the anomalies are like (:data:`ANOMALY_KINDS`), which chose the candidates; set by the
+        caller of :func:`select_configuration` ("any" = every candidate).
     """
 
     rows: list[dict]
@@ -195,10 +204,12 @@ class Selection:
     rule: str = (f"highest AUROC of held-out normal images against synthetic defects in copies of them; candidates "
                  f"within {TIE_MARGIN} of the best count as tied and the first listed (simplest) wins")
     extra: dict = field(default_factory=dict)
+    anomalies: str = "any"
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "chosen": self.chosen.name, "n_fit": self.n_fit, "n_holdout": self.n_holdout,
-                "n_calibration": self.n_calibration, "seed": self.seed, "rule": self.rule}
+                "n_calibration": self.n_calibration, "seed": self.seed, "rule": self.rule,
+                "anomalies": self.anomalies}
 
     def table(self) -> str:
         """A plain-text table for the command line."""
@@ -208,8 +219,9 @@ class Selection:
             auc = "failed" if r["val_auroc"] is None else f"{r['val_auroc']:.4f}"
             lines.append(f"{r['name']:<34} {auc:>9} {r['fit_s']:>7.1f} {r['score_ms']:>7.2f}{mark}")
         cal = f", {self.n_calibration} kept out for the threshold's calibration" if self.n_calibration else ""
+        kind = "" if self.anomalies == "any" else f"; anomalies: {ANOMALY_KIND_WORDS[self.anomalies]}"
         lines.append(f"({self.n_fit} normal images fitted, {self.n_holdout} held out with synthetic defects{cal}; "
-                     f"rule: {self.rule})")
+                     f"rule: {self.rule}{kind})")
         return "\n".join(lines)
 
 
@@ -311,7 +323,13 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
                      n_calibration=len(cal.calibration_index))
 
 
-def auto_candidates(backbone, train, epochs: int | None = None) -> list[Candidate]:
+def check_anomaly_kind(anomalies: str) -> str:
+    if anomalies not in ANOMALY_KINDS:
+        raise ValueError(f"unknown anomaly kind {anomalies!r}; choose one of {', '.join(ANOMALY_KINDS)}")
+    return anomalies
+
+
+def auto_candidates(backbone, train, epochs: int | None = None, anomalies: str = "any") -> list[Candidate]:
     """The ``auto`` preset's candidates for a backbone, simplest first: pretrained features with global k-NN, with
     patch k-NN over the default pair of layers (:data:`doc_core.model.backbones.DEFAULT_PATCH_LAYERS`) and over the
     coarser of the two alone; DOC-trained features with global k-NN and with patch k-NN over the default layers.
@@ -321,14 +339,20 @@ def auto_candidates(backbone, train, epochs: int | None = None) -> list[Candidat
     backbone : BackboneConfig
     train : TrainConfig
         Settings of the DOC-trained candidates (``epochs`` overridden by ``epochs`` when given; at least 1).
+    anomalies : {"any", "defects", "objects"}
+        What the anomalies are like, if the user knows (:data:`ANOMALY_KINDS`; no labels): ``any`` keeps every
+        candidate; ``defects`` only the patch scorers; ``objects`` only global k-NN. The synthetic defects of the
+        selection signal are local, so they favour patch scoring even where the real anomalies are different
+        objects (README, "Fashion-MNIST as an own-images folder"); ``objects`` is how a user says so.
     """
+    check_anomaly_kind(anomalies)
     from ..model.backbones import DEFAULT_PATCH_LAYERS
     from ..model.detector import ScorerConfig
 
     doc_train = replace(train, epochs=max(1, epochs if epochs is not None else train.epochs))
     pre_train = replace(train, epochs=0)
     pair = DEFAULT_PATCH_LAYERS[backbone.name]
-    return [
+    every = [
         Candidate("pretrained, global k-NN", backbone, pre_train, ScorerConfig("knn")),
         Candidate("pretrained, patch k-NN", backbone, pre_train, ScorerConfig("patch")),
         Candidate("pretrained, patch k-NN (coarse layer)", backbone, pre_train,
@@ -336,3 +360,6 @@ def auto_candidates(backbone, train, epochs: int | None = None) -> list[Candidat
         Candidate("DOC, global k-NN", backbone, doc_train, ScorerConfig("knn")),
         Candidate("DOC, patch k-NN", backbone, doc_train, ScorerConfig("patch")),
     ]
+    if anomalies == "any":
+        return every
+    return [c for c in every if (c.scorer.name == "patch") == (anomalies == "defects")]
