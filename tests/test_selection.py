@@ -81,6 +81,24 @@ def test_auto_candidates_follow_what_the_user_says_the_anomalies_are_like():
         auto_candidates(TINY, TrainConfig(), anomalies="scratches")
 
 
+def test_the_cli_and_the_training_page_offer_the_same_anomaly_kinds():
+    import ast
+    from pathlib import Path
+
+    from doc_core.cli import build_parser
+    from doc_core.workflow.selection import ANOMALY_KINDS
+    from ui import state
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in ("train", "benchmark"):
+        action = next(a for a in commands[command]._actions if a.dest == "anomalies")
+        assert tuple(action.choices) == ANOMALY_KINDS and action.default == "any", command
+    page = Path(__file__).resolve().parent.parent / "pages" / "2_training.py"
+    labels = next(ast.literal_eval(node.value) for node in ast.parse(page.read_text()).body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ANOMALY_LABELS")
+    assert tuple(labels) == ANOMALY_KINDS and state.DEFAULTS[state.TR_ANOMALIES] == "any"
+
+
 def test_auto_candidates_cover_pretrained_and_doc_global_and_patch():
     cands = auto_candidates(TINY, TrainConfig(epochs=3))
     assert [c.train.epochs for c in cands] == [0, 0, 0, 3, 3]

@@ -324,6 +324,7 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
 
 
 def check_anomaly_kind(anomalies: str) -> str:
+    """``anomalies`` if it is one of :data:`ANOMALY_KINDS`, else a ValueError naming them."""
     if anomalies not in ANOMALY_KINDS:
         raise ValueError(f"unknown anomaly kind {anomalies!r}; choose one of {', '.join(ANOMALY_KINDS)}")
     return anomalies
