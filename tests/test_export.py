@@ -321,7 +321,8 @@ def test_onnx_bundle_matches_keras_and_needs_no_tensorflow(fitted, tmp_path):
 
 @pytest.fixture(scope="module")
 def patch_fitted(tiny_config, make_normal, make_anomalous, tmp_path_factory):
-    """A tiny patch detector (default top25 image score; two layers, 8x8 and 4x4, so the model resizes one) exported once."""
+    """A tiny patch detector (default top25 image score; two layers, 8x8 and 4x4, so the model resizes one),
+    exported once."""
     rng = np.random.default_rng(3)
     normal = make_normal(rng, 40)
     det = DOCDetector(tiny_config, TrainConfig(epochs=0), ScorerConfig("patch", max_bank_size=300))

@@ -395,7 +395,8 @@ def brute_image_score(patch_scores: np.ndarray, how: str) -> np.ndarray:
     for scores in patch_scores.reshape(len(patch_scores), -1).astype(np.float64):
         ranked = sorted(scores.tolist(), reverse=True)
         tops = {f"top{q}": math.ceil(len(ranked) * q / 100) for q in (10, 25, 50)}
-        rules = {"max": ranked[0], "mean": sum(ranked) / len(ranked), **{k: sum(ranked[:t]) / t for k, t in tops.items()}}
+        rules = {"max": ranked[0], "mean": sum(ranked) / len(ranked),
+                 **{k: sum(ranked[:t]) / t for k, t in tops.items()}}
         out.append(rules[how])
     return np.array(out)
 

@@ -236,7 +236,8 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     evaluate("pretrained_knn", det, fit_s, gradcam=True)
     dflt = ScorerConfig("patch").image_score
     for name, layers, how in (("pretrained_patch", None, dflt), ("pretrained_patch_coarse", coarse, dflt),
-                              ("pretrained_patch_top10", None, "top10"), ("pretrained_patch_coarse_top10", coarse, "top10"),
+                              ("pretrained_patch_top10", None, "top10"),
+                              ("pretrained_patch_coarse_top10", coarse, "top10"),
                               ("pretrained_patch_max", None, "max"), ("pretrained_patch_coarse_max", coarse, "max")):
         # *_top10: the default before; *_max: PatchCore's image score (the most anomalous patch), for comparison
         t0 = time.perf_counter()

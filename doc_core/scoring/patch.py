@@ -11,8 +11,8 @@ Roth et al. 2022, *Towards Total Recall in Industrial Anomaly Detection* (PatchC
    ``c`` channels (``bank_bytes_``).
 3. **Scores.** A patch scores its distance to the nearest bank patch(es); an image scores its most anomalous patch
    (``image_score="max"``, PatchCore), the mean of its top 10, 25 (the default) or 50 % of patches (``"top10"``,
-   ``"top25"``, ``"top50"``) or the mean of all of them (``"mean"``), see :func:`aggregate_patch_scores`; the patch scores upsampled to the image and smoothed are the
-   anomaly map.
+   ``"top25"``, ``"top50"``) or the mean of all of them (``"mean"``), see :func:`aggregate_patch_scores`; the
+   patch scores upsampled to the image and smoothed are the anomaly map.
 
 Every score is a Euclidean distance in feature space: higher = more anomalous. Only numpy and scipy are needed;
 faiss (optional, ``backend="faiss"``) through :mod:`doc_core.scoring.faiss_search`.
@@ -31,11 +31,11 @@ CORESETS = ("greedy", "random")
 IMAGE_SCORES = ("max", "top10", "top25", "top50", "mean")
 """How an image's patch scores become its score (:func:`aggregate_patch_scores`)."""
 TOP_FRACTIONS = {"top10": 10, "top25": 4, "top50": 2}
+"""``topN`` rules: the mean of the ``ceil(p / d)`` highest of an image's ``p`` patch scores, ``d`` given here."""
 DEFAULT_IMAGE_SCORE = "top25"
 """The default rule (:class:`doc_core.model.detector.ScorerConfig`, ``train --image-score``, the Training page):
 the broadest rule that ``auto``'s label-free synthetic-defect signal does not penalise by more than 0.01 on the
 magnetic tiles and on Fashion-MNIST sneakers (``bench/tile_image_score.py``, README "Patch image score")."""
-"""``topN`` rules: the mean of the ``ceil(p / d)`` highest of an image's ``p`` patch scores, ``d`` given here."""
 IMAGE_SCORE_WORDS = {"max": "the most anomalous patch", "top10": "the mean of the 10 % most anomalous patches",
                      "top25": "the mean of the 25 % most anomalous patches",
                      "top50": "the mean of the 50 % most anomalous patches", "mean": "the mean of all patches"}
