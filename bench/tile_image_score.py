@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from doc_core.data.images import resize_image  # noqa: E402
 from doc_core.evaluation.folder_benchmark import MT_DEFECTS, load_magnetic_tiles  # noqa: E402
 from doc_core.evaluation.metrics import roc_auc  # noqa: E402
 from doc_core.model.backbones import DEFAULT_PATCH_LAYERS, BackboneConfig  # noqa: E402
@@ -54,6 +55,12 @@ def choose_rule(signal: dict, layers: str = "default layers", tolerance: float =
           if all(v[f"{layers}, {how}"] >= max(v[f"{layers}, {h}"] for h in IMAGE_SCORES) - tolerance
                  for v in signal.values())]
     return ok[-1]
+
+
+def fashion_96(fm, label: int, n: int) -> np.ndarray:
+    """The first ``n`` Fashion-MNIST *training* images of class ``label`` as 96 x 96 RGB uint8 (bilinear)."""
+    return np.stack([np.repeat(resize_image(i, 96), 3, axis=-1)
+                     for i in fm.train_images[fm.train_labels == label][:n]])
 
 
 def dev_and_held_out(split, seed: int = 123):
@@ -100,15 +107,15 @@ def main() -> int:
         normal = split.test_images[split.test_labels == 0]
         out["held_out"][name] = rule_aucs(det, layers, normal, split.test_images[other_a])
         print(f"held-out half, {name}: {out['held_out'][name]}", flush=True)
-    if not args.no_signal:
+    if not (args.no_signal and args.no_semantic):
         from doc_core.data import load_fashion_mnist
-        from doc_core.workflow.selection import Candidate, select_configuration
-        import cv2
 
         fm = load_fashion_mnist(download=False)
-        sneakers = fm.train_images[fm.train_labels == 7][:1000]
-        sneakers = np.stack([np.repeat(cv2.resize(i, (96, 96))[..., None], 3, -1) for i in sneakers])
-        for data, normal in (("magnetic tiles", split.train_normal), ("Fashion-MNIST sneakers", sneakers)):
+        sneakers = fashion_96(fm, 7, 2500)
+    if not args.no_signal:
+        from doc_core.workflow.selection import Candidate, select_configuration
+
+        for data, normal in (("magnetic tiles", split.train_normal), ("Fashion-MNIST sneakers", sneakers[:1000])):
             cands = [Candidate(f"{name}, {how}", bb, pre, ScorerConfig("patch", patch_layers=layers, image_score=how))
                      for name, layers in LAYERS.items() for how in IMAGE_SCORES]
             sel = select_configuration(normal, cands, seed=0, calibration_fraction=0.1)
@@ -119,13 +126,7 @@ def main() -> int:
         print(f"rule chosen (broadest within {SIGNAL_TOLERANCE} of the best signal everywhere): "
               f"{out['chosen_rule']}", flush=True)
     if not args.no_semantic:
-        from doc_core.data import load_fashion_mnist
-        import cv2
-
-        fm = load_fashion_mnist(download=False)
-        up = lambda x: np.stack([np.repeat(cv2.resize(i, (96, 96))[..., None], 3, -1) for i in x])  # noqa: E731
-        sneakers = up(fm.train_images[fm.train_labels == 7][:2500])
-        boots = up(fm.train_images[fm.train_labels == 9][:500])
+        boots = fashion_96(fm, 9, 500)
         out["semantic_dev"] = {}
         glob = DOCDetector(bb, pre, ScorerConfig("knn"), calibration_fraction=0.0).fit(sneakers[:2000], None, None)
         y = np.r_[np.zeros(500), np.ones(500)]

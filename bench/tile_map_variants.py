@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,8 +37,7 @@ from doc_core.model.backbones import DEFAULT_PATCH_LAYERS, BackboneConfig  # noq
 from doc_core.model.detector import DOCDetector, ScorerConfig  # noqa: E402
 from doc_core.model.training import TrainConfig  # noqa: E402
 from doc_core.scoring.knn import knn_distances  # noqa: E402
-from doc_core.scoring.patch import (DEFAULT_SIGMA_AT_224, aggregate_patch_scores, neighbourhood_average,  # noqa: E402
-                                    resize_bilinear)
+from doc_core.scoring.patch import aggregate_patch_scores, neighbourhood_average, patch_score_maps  # noqa: E402
 
 DEFAULT = DEFAULT_PATCH_LAYERS["mobilenet_v2"]
 COARSE = DEFAULT[-1:]
@@ -60,12 +58,6 @@ VARIANTS = {
     "coarse layer, position window r=1": (96, COARSE, None, ("window", 1)),
     "default layers, flip TTA, whole bank": (96, DEFAULT, None, ("flips", None)),
 }
-
-
-def to_pixels(patch: np.ndarray, size: int) -> np.ndarray:
-    """Patch scores (n, h, w) -> maps (n, size, size) exactly as the product draws them (bilinear, Gaussian)."""
-    sigma = DEFAULT_SIGMA_AT_224 * size / 224.0
-    return gaussian_filter(resize_bilinear(patch, (size, size)), sigma=(0.0, sigma, sigma), mode="nearest")
 
 
 def window_scores(bank_maps: np.ndarray, query_maps: np.ndarray, r: int) -> np.ndarray:
@@ -112,7 +104,7 @@ def measure(name: str, size: int, layers, bank, extra, idx) -> dict:
         flips = [lambda a: a, lambda a: a[:, :, ::-1], lambda a: a[:, ::-1]]
         patch = np.mean([f(det.scorer_.patch_scores(det.backbone_.patch_maps(
             np.ascontiguousarray(f(images)), det.backbone_.patch_layers(layers)))) for f in flips], axis=0)
-    pix = to_pixels(patch, masks.shape[1])
+    pix = patch_score_maps(patch, masks.shape[1:3])  # as the product draws them
     n_norm = len(normal)
     mk = np.concatenate([np.zeros((n_norm,) + masks.shape[1:], bool), masks[dev_a]])
     y = np.r_[np.zeros(n_norm), np.ones(len(anomalous))]

@@ -21,6 +21,8 @@ BACKBONE_NAMES = ("mobilenet_v2", "vgg16", "tiny")
 KNN_BACKEND_NAMES = ("exact", "faiss", "faiss-ivf")
 SCORER_NAMES = ("knn", "lof", "patch")  # doc_core.model.detector.SCORER_NAMES
 REFERENCE_NAMES = ("auto", "folder", "fashion-mnist", "none")  # doc_core.data.datasets.REFERENCE_CHOICES
+IMAGE_SCORE_CHOICES = ("top25", "max", "top10", "top50", "mean")  # doc_core.scoring.patch.IMAGE_SCORES, default first
+ANOMALY_KIND_CHOICES = ("any", "defects", "objects")  # doc_core.workflow.selection.ANOMALY_KINDS
 
 # What TensorFlow's native libraries print while it is imported, before its logging is set up (so
 # TF_CPP_MIN_LOG_LEVEL does not silence it; TensorFlow 2.21 prints it twice, once per library).
@@ -120,9 +122,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "block_6_expand_relu,block_10_expand_relu for MobileNetV2)")
     s.add_argument("--neighbourhood", type=int, default=3,
                    help="patch scorer: odd window each patch feature is averaged over (default 3; 1 = none)")
-    # the rules of doc_core.scoring.patch.IMAGE_SCORES (not imported here: it would import scikit-learn; a test
-    # checks that they agree), default first
-    s.add_argument("--image-score", choices=("top25", "max", "top10", "top50", "mean"), default="top25",
+    s.add_argument("--image-score", choices=IMAGE_SCORE_CHOICES, default=IMAGE_SCORE_CHOICES[0],
                    help="patch scorer: an image scores the mean of its top 25%% of patch scores (top25, default), "
                         "its most anomalous patch (max, PatchCore), the mean of its top 10%% or 50%% (top10, top50) "
                         "or the mean of all patches (mean)")
@@ -235,7 +235,8 @@ def cmd_train(args) -> int:
     from .model.detector import DETECTOR_FOLDER, DOCDetector, estimate_save_bytes
     from .workflow.output_folders import check_target, check_writable
 
-    if args.anomalies != "any" and (args.preset or ("auto" if args.folder else "manual")) != "auto":
+    preset = args.preset or ("auto" if args.folder else "manual")
+    if args.anomalies != "any" and preset != "auto":
         raise ValueError("--anomalies chooses the auto preset's candidates; use it with --preset auto (the default "
                          "with --folder)")
     # --out is checked before any data is read or any step trained: foreign content, a parent that takes no file
@@ -248,7 +249,6 @@ def cmd_train(args) -> int:
     for where in (args.out, args.runs):
         if where:
             check_writable(where, estimate_save_bytes(bb, len(split.train_normal), tc, sc.max_bank_size))
-    preset = args.preset or ("auto" if args.folder else "manual")
     selection = None
     if preset == "auto":
         from .workflow.selection import auto_candidates, select_configuration
@@ -258,8 +258,8 @@ def cmd_train(args) -> int:
         selection = select_configuration(split.train_normal, auto_candidates(bb, tc, anomalies=args.anomalies),
                                          split.reference, split.reference_labels, split.reference_names,
                                          seed=tc.seed, on_progress=lambda m: print(m, file=sys.stderr, flush=True),
-                                         calibration_fraction=args.calibration)  # never sees the slice
-        selection.anomalies = args.anomalies
+                                         calibration_fraction=args.calibration,  # never sees the slice
+                                         anomalies=args.anomalies)
         print(selection.table(), file=sys.stderr)
         bb, tc, sc = selection.chosen.backbone, selection.chosen.train, selection.chosen.scorer
     det = DOCDetector(bb, tc, sc, calibration_fraction=args.calibration)
@@ -645,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "defects pasted into held-out normal training images (no labels; the evidence table is "
                         "printed and saved); manual: exactly the options given. Default: auto with --folder, manual "
                         "for Fashion-MNIST (whose defaults were measured)")
-    p.add_argument("--anomalies", choices=("any", "defects", "objects"), default="any",
+    p.add_argument("--anomalies", choices=ANOMALY_KIND_CHOICES, default="any",
                    help="auto: what your anomalies are like, if you know (no labels needed): any (default: every "
                         "candidate), defects (local scratches, spots, cracks: patch scoring only) or objects "
                         "(different objects or whole-image changes: global scoring only). The synthetic defects "
@@ -781,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--split-seed", type=int, default=0, help="magnetic-tile: seed of the 80/20 split (default 0)")
     f.add_argument("--no-fashion-reference", action="store_true",
                    help="skip the DOC run with the built-in Fashion-MNIST reference set")
-    f.add_argument("--anomalies", choices=("any", "defects", "objects"), default="any",
+    f.add_argument("--anomalies", choices=ANOMALY_KIND_CHOICES, default="any",
                    help="auto's candidates, as for train --anomalies (default any)")
     _add_model_args(p)
     p.set_defaults(func=cmd_benchmark)

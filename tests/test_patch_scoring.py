@@ -466,6 +466,7 @@ def test_every_place_that_lists_the_image_score_rules_agrees():
     from ui import state
 
     assert edge_scorer.PATCH_IMAGE_SCORES == patch_scoring.IMAGE_SCORES
+    assert edge_scorer.PATCH_TOP_FRACTIONS == patch_scoring.TOP_FRACTIONS
     scores = np.random.default_rng(5).gamma(2.0, size=(3, 7, 5)).astype(np.float32)
     for how in patch_scoring.IMAGE_SCORES:
         np.testing.assert_allclose(edge_scorer.aggregate_patch_scores(scores, how),

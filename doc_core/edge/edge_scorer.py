@@ -617,6 +617,8 @@ def knn_mean_distance(queries: np.ndarray, bank: np.ndarray, k: int, bank_sq: np
 
 PATCH_IMAGE_SCORES = ("max", "top10", "top25", "top50", "mean")
 """Image-score rules of a patch bundle (``doc_core.scoring.patch.IMAGE_SCORES``)."""
+PATCH_TOP_FRACTIONS = {"top10": 10, "top25": 4, "top50": 2}
+"""``topN``: the mean of the ceil(p / d) highest of p patch scores (``doc_core.scoring.patch.TOP_FRACTIONS``)."""
 SIGMA_AT_224 = 4.0
 """Gaussian smoothing of the defect maps, in pixels at 224 x 224 (``doc_core.scoring.patch.DEFAULT_SIGMA_AT_224``)."""
 
@@ -706,7 +708,7 @@ def aggregate_patch_scores(patch_scores: np.ndarray, how: str) -> np.ndarray:
         return flat.max(axis=1)
     if how == "mean":
         return flat.mean(axis=1, dtype=np.float64).astype(np.float32)
-    divisor = {"top10": 10, "top25": 4, "top50": 2}.get(how)
+    divisor = PATCH_TOP_FRACTIONS.get(how)
     if divisor is None:
         raise ValueError(f"unknown image score {how!r}; expected one of {', '.join(PATCH_IMAGE_SCORES)}")
     top = -(-flat.shape[1] // divisor)

@@ -261,8 +261,8 @@ def benchmark_folder(split: OneClassSplit, masks: np.ndarray | None = None,
     cands = auto_candidates(backbone, train, anomalies=anomalies)
     sel = select_configuration(auto_split.train_normal, cands, auto_split.reference, auto_split.reference_labels,
                                auto_split.reference_names, seed=seed, on_progress=log,
-                               calibration_fraction=DEFAULT_CALIBRATION_FRACTION)  # never sees the threshold's slice
-    sel.anomalies = anomalies
+                               calibration_fraction=DEFAULT_CALIBRATION_FRACTION,  # never sees the threshold's slice
+                               anomalies=anomalies)
     chosen = sel.chosen
     det, _ = fit(DOCDetector(chosen.backbone, chosen.train, chosen.scorer), auto_split)
     evaluate("auto", det, time.perf_counter() - t0)

@@ -97,6 +97,36 @@ def aggregate_patch_scores(patch_scores: np.ndarray, how: str = "max") -> np.nda
     return np.partition(flat, flat.shape[1] - top, axis=1)[:, -top:].mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
+def patch_score_maps(patch_scores: np.ndarray, size: tuple[int, int], sigma: float | None = None) -> np.ndarray:
+    """Pixel anomaly maps from patch scores: upsampled bilinearly to ``size`` and smoothed with a Gaussian.
+
+    Parameters
+    ----------
+    patch_scores : np.ndarray, float, shape (n, h, w); higher = more anomalous
+    size : (H, W)
+        Output size in pixels (the image size). The patch grid is stretched over the whole image (half-pixel
+        centres, as ``cv2.resize`` ``INTER_LINEAR``), so patch (i, j) sits over its own receptive-field cell.
+    sigma : float or None
+        Gaussian standard deviation in output pixels; None = :data:`DEFAULT_SIGMA_AT_224` px at 224 x 224
+        (PatchCore), scaled to the output: ``4 * (H + W) / 2 / 224``. 0 = no smoothing.
+
+    Returns
+    -------
+    np.ndarray, float32, shape (n, H, W); the units of ``patch_scores``
+    """
+    out_h, out_w = (int(s) for s in size)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"size must be two integers >= 1, got {size!r}")
+    if sigma is None:
+        sigma = DEFAULT_SIGMA_AT_224 * (out_h + out_w) / 2.0 / 224.0
+    if not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+    up = resize_bilinear(np.asarray(patch_scores, np.float32), (out_h, out_w))
+    if sigma > 0:
+        up = gaussian_filter(up, sigma=(0.0, float(sigma), float(sigma)), mode="nearest")
+    return up.astype(np.float32, copy=False)
+
+
 def _as_maps(maps: np.ndarray, name: str, convert: bool = True) -> np.ndarray:
     """Check a stack of feature maps (n, h, w, c); float32 and finite when ``convert``, else only the shape."""
     arr = np.asarray(maps)
@@ -595,33 +625,20 @@ class PatchKNNScorer:
 
     def anomaly_maps(self, maps: np.ndarray, size: tuple[int, int] = (224, 224),
                      sigma: float | None = None) -> np.ndarray:
-        """Pixel anomaly maps: patch scores upsampled bilinearly to ``size`` and smoothed with a Gaussian.
+        """Pixel anomaly maps: the :meth:`patch_scores` of ``maps`` through :func:`patch_score_maps` (upsampled
+        bilinearly to ``size`` and smoothed with a Gaussian of ``sigma`` output pixels; None = 4 px at 224 x 224).
 
         Parameters
         ----------
         maps : np.ndarray, shape (n, h, w, c)
         size : (H, W)
-            Output size in pixels (the image size). The patch grid is stretched over the whole image (half-pixel
-            centres, as ``cv2.resize`` ``INTER_LINEAR``), so patch (i, j) sits over its own receptive-field cell.
         sigma : float or None
-            Gaussian standard deviation in output pixels; None = 4 px at 224 x 224 (PatchCore), scaled to the output:
-            ``4 * (H + W) / 2 / 224``. 0 = no smoothing.
 
         Returns
         -------
         np.ndarray, float32, shape (n, H, W); same units as :meth:`patch_scores` (higher = more anomalous)
         """
-        out_h, out_w = (int(s) for s in size)
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"size must be two integers >= 1, got {size!r}")
-        if sigma is None:
-            sigma = DEFAULT_SIGMA_AT_224 * (out_h + out_w) / 2.0 / 224.0
-        if not np.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
-        up = resize_bilinear(self.patch_scores(maps), (out_h, out_w))
-        if sigma > 0:
-            up = gaussian_filter(up, sigma=(0.0, float(sigma), float(sigma)), mode="nearest")
-        return up.astype(np.float32, copy=False)
+        return patch_score_maps(self.patch_scores(maps), size, sigma)
 
     # -- saving -------------------------------------------------------------------------------------------------
 

@@ -488,11 +488,11 @@ class TrainingJob:
             selection = select_configuration(split.train_normal, candidates, split.reference,
                                              split.reference_labels, split.reference_names, seed=self.train.seed,
                                              on_progress=on_progress,  # never sees the threshold's calibration slice
-                                             calibration_fraction=self.calibration_fraction)
+                                             calibration_fraction=self.calibration_fraction,
+                                             anomalies=self.anomalies)
         except RuntimeError as exc:  # every candidate failed
             raise ValueError(f"automatic selection failed: {exc}") from exc
         self._check_cancel()
-        selection.anomalies = self.anomalies
         chosen = selection.chosen
         self.backbone, self.train, self.scorer = chosen.backbone, chosen.train, chosen.scorer
         doc = selection.to_dict()

@@ -191,8 +191,8 @@ class Selection:
     rule : str
         The selection rule in words.
     anomalies : str
-        What the user said the anomalies are like (:data:`ANOMALY_KINDS`), which chose the candidates; set by the
-        caller of :func:`select_configuration` ("any" = every candidate).
+        What the user said the anomalies are like (:data:`ANOMALY_KINDS`), which chose the candidates ("any" = every
+        candidate).
     """
 
     rows: list[dict]
@@ -248,7 +248,8 @@ def _auroc(normal: np.ndarray, anomalous: np.ndarray) -> float | None:
 def select_configuration(normal: np.ndarray, candidates: list[Candidate], reference: np.ndarray | None = None,
                          reference_labels: np.ndarray | None = None, reference_names: tuple[str, ...] | None = None,
                          seed: int = 0, on_progress: Callable[[str], None] | None = None,
-                         calibration_fraction: float = 0.0, calibration_min: int | None = None) -> Selection:
+                         calibration_fraction: float = 0.0, calibration_min: int | None = None,
+                         anomalies: str = "any") -> Selection:
     """Fit each candidate on part of the normal images and rank them on synthetic defects; no labels needed.
 
     Parameters
@@ -267,6 +268,9 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
         The final detector's calibration setting (:class:`doc_core.model.detector.DOCDetector`) and ``seed`` its
         ``train.seed``: the calibration slice it will hold out is dropped here first, so selection never sees it.
         0 (default) = every normal image is used.
+    anomalies : {"any", "defects", "objects"}
+        What the user said the anomalies are like, recorded in the result (:attr:`Selection.anomalies`); pass the
+        same kind that built ``candidates`` with :func:`auto_candidates`.
 
     Returns
     -------
@@ -320,7 +324,7 @@ def select_configuration(normal: np.ndarray, candidates: list[Candidate], refere
     pick = next(i for i, a in scored if a >= best - TIE_MARGIN)
     rows[pick]["chosen"] = True
     return Selection(rows=rows, chosen=candidates[pick], n_fit=len(fit_idx), n_holdout=len(held_idx), seed=seed,
-                     n_calibration=len(cal.calibration_index))
+                     n_calibration=len(cal.calibration_index), anomalies=check_anomaly_kind(anomalies))
 
 
 def check_anomaly_kind(anomalies: str) -> str:
